@@ -1,0 +1,30 @@
+"""The library's exception types.
+
+Every error raised on purpose by mlp_jax derives from `MLPJaxError`, so a caller can catch
+them all at once; each also derives from the built-in type a Python user would expect
+(`ValueError`, `TypeError`, ...), so ordinary `except ValueError` code keeps working.
+"""
+
+
+class MLPJaxError(Exception):
+  """Base class of every error mlp_jax raises on purpose."""
+
+
+class InputError(MLPJaxError, ValueError):
+  """An argument has the wrong shape, value range, or non-finite entries."""
+
+
+class InputTypeError(MLPJaxError, TypeError):
+  """An argument has the wrong type or dtype."""
+
+
+class DataFileError(MLPJaxError, ValueError):
+  """A data file is missing, unreadable, truncated, or not in a known format."""
+
+
+class CheckpointError(MLPJaxError, ValueError):
+  """A checkpoint is missing, corrupt, of another format version, or does not match."""
+
+
+class NonFiniteError(MLPJaxError, FloatingPointError):
+  """Training produced a NaN or Inf loss or gradient."""

@@ -1,0 +1,93 @@
+"""Hand-derived gradients of (E6), (E7)-(E12), for any depth; no autodiff on this path.
+
+The backward pass is written out, with shapes for a batch of m rows:
+
+    E = softmax(Z) - Y                                     (m, K)        (E7)
+    Delta_L = E / m
+    Delta_l = (Delta_{l+1} W_{l+1}^T) * 1[A_l > 0]        (m, d_l)      (E10)
+    dL/dW_l = A_{l-1}^T Delta_l + (lambda / m) W_l        (d_{l-1}, d_l) (E8), (E11)
+    dL/db_l = 1^T Delta_l                                  (d_l,)        (E9), (E12)
+
+with A_0 = X. The ReLU mask uses a_l > 0, which equals h_l > 0, so the derivative at h = 0 is 0
+as in the derivation. One forward pass serves both the loss and the gradients.
+"""
+
+from typing import Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from mlp_jax import validation
+from mlp_jax.loss import cross_entropy, l2_penalty, log_softmax
+from mlp_jax.model import Dense, Params, forward_activations, matmul
+
+
+def output_error(log_probs: jax.Array, y: jax.Array) -> jax.Array:
+  """dl_i/dz_i = yhat_i - y_i for every row, (E7); shape (m, K)."""
+  return jnp.exp(log_probs) - jax.nn.one_hot(y, log_probs.shape[1], dtype=log_probs.dtype)
+
+
+def backprop_errors(params: Params, activations: Sequence[jax.Array], top: jax.Array,
+                    compute_dtype=None) -> Tuple[jax.Array, ...]:
+  """The error signal of every layer, (E10) and its recursion for deeper nets.
+
+  Args:
+    params: the L layers.
+    activations: the input of every layer, (X, A_1, ..., A_{L-1}), from `forward_activations`.
+    top: the error at the logits, (m, K): E / m for the batch gradient, E per example.
+
+  Returns:
+    (Delta_1, ..., Delta_L), Delta_l of shape (m, d_l), with Delta_L = top.
+  """
+  deltas = [top]
+  for layer, a in zip(params[:0:-1], activations[:0:-1]):
+    back = matmul(deltas[-1], layer.w.T, compute_dtype)
+    deltas.append(jnp.where(a > 0, back, jnp.zeros_like(back)))
+  return tuple(deltas[::-1])
+
+
+def layer_grads(params: Params, activations: Sequence[jax.Array],
+                deltas: Sequence[jax.Array], l2, m: int, compute_dtype=None) -> Params:
+  """dL/dW_l = A_{l-1}^T Delta_l + (lambda/m) W_l and dL/db_l = 1^T Delta_l, (E8)-(E12)."""
+  dtype = params[0].w.dtype
+  decay = jnp.asarray(l2, dtype) / m
+  return tuple(
+      Dense(w=matmul(a.T, delta, compute_dtype) + decay * layer.w, b=delta.sum(axis=0))
+      for layer, a, delta in zip(params, activations, deltas))
+
+
+def _loss_and_grads(params: Params, x: jax.Array, y: jax.Array, l2,
+                    compute_dtype=None) -> Tuple[jax.Array, Params]:
+  m = x.shape[0]
+  logits, activations = forward_activations(params, x, compute_dtype)
+  log_probs = log_softmax(logits)
+  loss = cross_entropy(log_probs, y).mean() + l2_penalty(params, l2, m)
+  deltas = backprop_errors(params, activations, output_error(log_probs, y) / m, compute_dtype)
+  return loss, layer_grads(params, activations, deltas, l2, m, compute_dtype)
+
+
+_loss_and_grads_jit = jax.jit(_loss_and_grads, static_argnames="compute_dtype")
+
+
+def loss_and_grads(params: Params, x, y, l2=0.0, *,
+                   compute_dtype: Optional[jnp.dtype] = None) -> Tuple[jax.Array, Params]:
+  """The loss (E6) and its analytic gradient (E7)-(E12), from one shared forward pass.
+
+  Args:
+    params: tuple of `Dense`, any depth.
+    x: features (m, n), floating; cast to the parameters' dtype.
+    y: integer labels (m,) in 0..K-1.
+    l2: the penalty lambda >= 0 (traced: changing it does not recompile).
+    compute_dtype: optional GEMM input dtype (e.g. jnp.bfloat16); products are accumulated,
+      and softmax and the loss computed, in the parameters' dtype.
+
+  Returns:
+    (loss, grads): a scalar and a tuple of `Dense` shaped like `params`.
+  """
+  params, x, y, l2 = validation.check_batch(params, x, y, l2)
+  return _loss_and_grads_jit(params, x, y, l2, compute_dtype=compute_dtype)
+
+
+def grads(params: Params, x, y, l2=0.0, *, compute_dtype=None) -> Params:
+  """The analytic gradient of (E6), (E7)-(E12); see `loss_and_grads`."""
+  return loss_and_grads(params, x, y, l2, compute_dtype=compute_dtype)[1]

@@ -1,0 +1,53 @@
+"""The objective: softmax cross-entropy plus the L2 penalty, (E4)-(E6).
+
+    L = (1/m) sum_i l_i + (lambda / 2m) sum_l ||W_l||_F^2,   l_i = -log softmax(z_i)[y_i]
+
+Biases are not penalised. Softmax is evaluated through a log-sum-exp shifted by the row
+maximum, so logits of +-1e4 give finite values.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from mlp_jax import validation
+from mlp_jax.model import Params, forward
+
+
+def log_softmax(logits: jax.Array) -> jax.Array:
+  """Row-wise log softmax(z), (E4), computed stably; shape (m, K)."""
+  shifted = logits - jax.lax.stop_gradient(logits.max(axis=1, keepdims=True))
+  return shifted - jnp.log(jnp.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def cross_entropy(log_probs: jax.Array, y: jax.Array) -> jax.Array:
+  """Per-example loss l_i = -log yhat_{i, y_i}, (E5); shape (m,)."""
+  return -jnp.take_along_axis(log_probs, y[:, None], axis=1)[:, 0]
+
+
+def l2_penalty(params: Params, l2, m: int) -> jax.Array:
+  """(lambda / 2m) sum_l ||W_l||_F^2, the penalty of (E6); biases excluded."""
+  dtype = params[0].w.dtype
+  total = sum(jnp.sum(jnp.square(layer.w)) for layer in params)
+  return jnp.asarray(l2, dtype) / (2 * m) * total
+
+
+def objective(params: Params, x: jax.Array, y: jax.Array, l2=0.0) -> jax.Array:
+  """(E6) without input checks: the function the oracle differentiates."""
+  per_example = cross_entropy(log_softmax(forward(params, x)), y)
+  return per_example.mean() + l2_penalty(params, l2, x.shape[0])
+
+
+def loss(params: Params, x, y, l2=0.0) -> jax.Array:
+  """The training objective L of (E6): mean cross-entropy plus lambda/(2m) sum ||W||^2.
+
+  Args:
+    params: tuple of `Dense`.
+    x: features, (m, n), floating.
+    y: integer class labels, (m,), in 0..K-1.
+    l2: the penalty lambda >= 0.
+
+  Returns:
+    A scalar of the parameters' dtype.
+  """
+  params, x, y, l2 = validation.check_batch(params, x, y, l2)
+  return objective(params, x, y, l2)

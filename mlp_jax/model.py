@@ -1,0 +1,101 @@
+"""The multilayer perceptron: parameters, initialisation and the forward pass, (E1)-(E3).
+
+Parameters are a tuple of `Dense` layers, a pytree that optax, `jax.tree_util`, sharding and
+checkpointing handle with no glue. Inputs are rows: `x` has shape (m, n), layer l maps
+(m, fan_in) to (m, fan_out) by `x @ w + b`, every layer but the last is followed by a ReLU, and
+the last layer's output are the logits `z` of shape (m, K).
+"""
+
+from typing import NamedTuple, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from mlp_jax.errors import InputError, InputTypeError
+
+
+class Dense(NamedTuple):
+  """One affine layer `x @ w + b`."""
+  w: jax.Array  # (fan_in, fan_out)
+  b: jax.Array  # (fan_out,)
+
+
+Params = Tuple[Dense, ...]
+
+SOURCE_LAYER_SIZES = (256, 256, 10)  # the source's network: 256 pixels, 256 hidden, 10 classes
+
+
+def init_params(
+    key: jax.Array,
+    layer_sizes: Sequence[int] = SOURCE_LAYER_SIZES,
+    dtype=jnp.float32,
+) -> Params:
+  """He-normal initialisation: w ~ N(0, 2 / fan_in), b = 0.
+
+  Args:
+    key: a PRNG key.
+    layer_sizes: widths (n, d_1, ..., K); at least an input and an output width.
+    dtype: floating dtype of every leaf (float64 needs `jax_enable_x64`).
+
+  Returns:
+    A tuple of `len(layer_sizes) - 1` `Dense` layers.
+  """
+  sizes = tuple(int(s) for s in layer_sizes)
+  if len(sizes) < 2 or any(s < 1 for s in sizes):
+    raise InputError(
+        f"layer_sizes must hold at least two positive widths, got {tuple(layer_sizes)!r}")
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise InputTypeError(f"dtype must be a floating dtype, got {jnp.dtype(dtype)}")
+  keys = jax.random.split(key, len(sizes) - 1)
+  return tuple(
+      Dense(
+          w=jax.random.normal(k, (fan_in, fan_out), dtype) * jnp.sqrt(2.0 / fan_in).astype(dtype),
+          b=jnp.zeros((fan_out,), dtype),
+      )
+      for k, fan_in, fan_out in zip(keys, sizes[:-1], sizes[1:]))
+
+
+def layer_sizes(params: Params) -> Tuple[int, ...]:
+  """The widths (n, d_1, ..., K) of a parameter tuple."""
+  return (params[0].w.shape[0],) + tuple(layer.w.shape[1] for layer in params)
+
+
+def affine(layer: Dense, x: jax.Array, compute_dtype=None) -> jax.Array:
+  """`x @ w + b` for rows of x, (E1)/(E3); GEMM inputs optionally cast to `compute_dtype`.
+
+  With `compute_dtype` (e.g. bfloat16) the product is accumulated and returned in the
+  parameters' dtype; the bias is added in that dtype too.
+  """
+  return matmul(x, layer.w, compute_dtype) + layer.b[None, :]
+
+
+def matmul(a: jax.Array, b: jax.Array, compute_dtype=None) -> jax.Array:
+  """`a @ b`, optionally with inputs cast to `compute_dtype` and the result in `a`'s dtype."""
+  if compute_dtype is None:
+    return a @ b
+  out_dtype = jnp.result_type(a.dtype, b.dtype)
+  return jnp.matmul(a.astype(compute_dtype), b.astype(compute_dtype),
+                    preferred_element_type=out_dtype)
+
+
+def forward_activations(params: Params, x: jax.Array, compute_dtype=None):
+  """Forward pass keeping what the backward pass needs.
+
+  Returns:
+    (logits, activations): logits (m, K), (E3); activations is a tuple with the input of every
+    layer, `(x, a_1, ..., a_{L-1})`, where a_l = ReLU(h_l), (E1)-(E2).
+  """
+  activations = [x]
+  for layer in params[:-1]:
+    activations.append(jax.nn.relu(affine(layer, activations[-1], compute_dtype)))
+  return affine(params[-1], activations[-1], compute_dtype), tuple(activations)
+
+
+def forward(params: Params, x: jax.Array) -> jax.Array:
+  """Logits of shape (m, K) for inputs of shape (m, n), (E1)-(E3)."""
+  return forward_activations(params, x)[0]
+
+
+def predict(params: Params, x: jax.Array) -> jax.Array:
+  """Predicted class index of each row of x, shape (m,)."""
+  return jnp.argmax(forward(params, x), axis=-1)

@@ -1,0 +1,176 @@
+"""Per-example gradients, their norms, and clipped means from the analytic formulas, (E13)-(E15).
+
+Each example's gradient of l_i alone (no 1/m, no penalty) is a set of rank-one outer products,
+(E13):
+
+    dl_i/dW_l = a_{l-1,i} delta_{l,i}^T,   dl_i/db_l = delta_{l,i}
+
+where delta_{l,i} is row i of the error signal of (E10) started from yhat_i - y_i. So its squared
+Frobenius norm is a product of two vector norms, (E15):
+
+    ||dl_i/dW_l||^2 + ||dl_i/db_l||^2 = (||a_{l-1,i}||^2 + 1) ||delta_{l,i}||^2
+
+and a per-example weighting c_i of the gradients is a row scaling of the error signal:
+sum_i c_i dl_i/dW_l = A_{l-1}^T (c * Delta_l). Norms and clipped means therefore cost one forward
+and one backward pass and never materialise an (m, n, d) tensor.
+"""
+
+import functools
+from typing import Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from mlp_jax import validation
+from mlp_jax.errors import InputError
+from mlp_jax.gradients import backprop_errors, layer_grads, output_error
+from mlp_jax.loss import log_softmax
+from mlp_jax.model import Dense, Params, forward_activations
+
+
+def _example_errors(params: Params, x: jax.Array, y: jax.Array, compute_dtype=None):
+  """Forward pass and per-example error signals: (activations, (delta_1, ..., delta_L))."""
+  logits, activations = forward_activations(params, x, compute_dtype)
+  top = output_error(log_softmax(logits), y)  # (m, K), (E7) per example
+  return activations, backprop_errors(params, activations, top, compute_dtype)
+
+
+def _per_sample_grads(params: Params, x: jax.Array, y: jax.Array) -> Params:
+  activations, deltas = _example_errors(params, x, y)
+  return tuple(
+      Dense(w=jnp.einsum("mi,mj->mij", a, delta), b=delta)
+      for a, delta in zip(activations, deltas))
+
+
+@jax.jit
+def _per_sample_grads_jit(params, x, y):
+  return _per_sample_grads(params, x, y)
+
+
+def per_sample_grads(params: Params, x, y, *, chunk_size: Optional[int] = None) -> Params:
+  """Gradients of each l_i alone, (E13): every leaf gains a leading axis of size m.
+
+  Args:
+    params: tuple of `Dense`.
+    x: features (m, n); y: integer labels (m,).
+    chunk_size: if given, examples are processed `chunk_size` at a time (`jax.lax.map`), so the
+      working memory beyond the (m, ...) result is bounded by the chunk, not the batch.
+
+  Returns:
+    A tuple of `Dense(w=(m, fan_in, fan_out), b=(m, fan_out))`. The batch gradient of (E6) is
+    their mean plus (lambda/m) W, (E14).
+  """
+  params, x, y, _ = validation.check_batch(params, x, y)
+  if chunk_size is None:
+    return _per_sample_grads_jit(params, x, y)
+  chunk_size = _check_chunk_size(chunk_size)
+  return _per_sample_grads_map(params, x, y, chunk_size)
+
+
+def _check_chunk_size(chunk_size) -> int:
+  if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+    raise InputError(f"chunk_size: expected a positive int, got {chunk_size!r}")
+  return chunk_size
+
+
+@functools.partial(jax.jit, static_argnames="chunk_size")
+def _per_sample_grads_map(params, x, y, chunk_size: int):
+  one = lambda xy: jax.tree.map(lambda g: g[0], _per_sample_grads(params, xy[0][None], xy[1][None]))
+  return jax.lax.map(one, (x, y), batch_size=chunk_size)
+
+
+def _layer_sq_norms(activations, deltas) -> Tuple[jax.Array, ...]:
+  """Per layer: (||a_i||^2 ||delta_i||^2, ||delta_i||^2), each (m,), (E15)."""
+  return tuple(
+      (jnp.sum(a * a, axis=1) * jnp.sum(d * d, axis=1), jnp.sum(d * d, axis=1))
+      for a, d in zip(activations, deltas))
+
+
+@jax.jit
+def _layer_norms_jit(params, x, y):
+  activations, deltas = _example_errors(params, x, y)
+  return tuple(Dense(w=jnp.sqrt(w2), b=jnp.sqrt(b2))
+               for w2, b2 in _layer_sq_norms(activations, deltas))
+
+
+def per_sample_layer_norms(params: Params, x, y) -> Params:
+  """Each example's gradient norm per leaf, (E15): a tuple of `Dense(w=(m,), b=(m,))`.
+
+  `w` holds ||dl_i/dW_l||_F = ||a_{l-1,i}|| ||delta_{l,i}|| and `b` holds ||delta_{l,i}||,
+  computed without forming the per-example gradients. For diagnostics: which layer dominates.
+  """
+  params, x, y, _ = validation.check_batch(params, x, y)
+  return _layer_norms_jit(params, x, y)
+
+
+def _global_norms(activations, deltas) -> jax.Array:
+  return jnp.sqrt(sum(w2 + b2 for w2, b2 in _layer_sq_norms(activations, deltas)))
+
+
+@jax.jit
+def _global_norms_jit(params, x, y):
+  return _global_norms(*_example_errors(params, x, y))
+
+
+def per_sample_grad_norms(params: Params, x, y) -> jax.Array:
+  """The global L2 norm, over all parameters, of each example's gradient of l_i, (E15); (m,).
+
+  Equals `optax.global_norm` of each slice of `per_sample_grads`, at the cost of one forward and
+  one backward pass, never materialising the per-example gradients.
+  """
+  params, x, y, _ = validation.check_batch(params, x, y)
+  return _global_norms_jit(params, x, y)
+
+
+def clip_factors(norms: jax.Array, clip_norm) -> jax.Array:
+  """min(1, C / ||g_i||), with 1 where ||g_i|| <= C (so a zero gradient stays untouched)."""
+  clip_norm = jnp.asarray(clip_norm, norms.dtype)
+  return jnp.where(norms > clip_norm, clip_norm / jnp.where(norms > 0, norms, 1), 1)
+
+
+def clipped_grad_sum(params: Params, x: jax.Array, y: jax.Array, clip_norm,
+                     compute_dtype=None) -> Tuple[Params, jax.Array]:
+  """sum_i min(1, C/||g_i||) g_i and the norms ||g_i||; no checks, traceable.
+
+  The sum is A_{l-1}^T (c * Delta_l) per layer: the per-example weights c_i scale the rows of the
+  error signal (E10) before the weight-gradient GEMMs of (E8)/(E11).
+  """
+  activations, deltas = _example_errors(params, x, y, compute_dtype)
+  norms = _global_norms(activations, deltas)
+  c = clip_factors(norms, clip_norm)[:, None]
+  weighted = tuple(c * d for d in deltas)
+  return layer_grads(params, activations, weighted, 0.0, 1, compute_dtype), norms
+
+
+@jax.jit
+def _clipped_mean_jit(params, x, y, clip_norm, l2):
+  m = x.shape[0]
+  total, _ = clipped_grad_sum(params, x, y, clip_norm)
+  decay = jnp.asarray(l2, params[0].w.dtype) / m
+  return tuple(Dense(w=g.w / m + decay * p.w, b=g.b / m) for g, p in zip(total, params))
+
+
+def check_clip_norm(clip_norm):
+  """A positive, finite clip norm C when concrete."""
+  if jnp.ndim(clip_norm) != 0:
+    raise InputError(f"clip_norm: expected a scalar, got shape {jnp.shape(clip_norm)}")
+  if validation.is_concrete(clip_norm):
+    value = float(clip_norm)
+    if not (value > 0 and value < float("inf")):
+      raise InputError(f"clip_norm: expected a finite value > 0, got {value}")
+  return clip_norm
+
+
+def clipped_mean_grads(params: Params, x, y, clip_norm, l2=0.0) -> Params:
+  """Mean of per-example gradients clipped to norm C, plus the penalty gradient of (E6).
+
+      (1/m) sum_i min(1, C/||g_i||) g_i + (lambda/m) W,   g_i = dl_i/dtheta, (E13)-(E15)
+
+  One forward and one backward pass; with C = inf it equals `grads` (pass a large C).
+
+  Returns:
+    A tuple of `Dense` shaped like `params`.
+  """
+  params, x, y, l2 = validation.check_batch(params, x, y, l2)
+  check_clip_norm(clip_norm)
+  return _clipped_mean_jit(params, x, y, clip_norm, l2)

@@ -1,0 +1,110 @@
+"""Checks at the public boundary: shapes, dtypes, label range, finiteness, penalty.
+
+They run outside compiled code. On traced values (inside a user's `jax.jit`) only the static
+checks (rank, shape, dtype) run, at trace time, so a compiled step pays nothing for them; on
+concrete arrays the value checks (labels in 0..K-1, finite features, lambda >= 0) run too.
+Every failure is an `InputError` / `InputTypeError` naming the argument, what was expected and
+what was given.
+"""
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mlp_jax.errors import InputError, InputTypeError
+from mlp_jax.model import Dense, Params
+
+
+def is_concrete(x) -> bool:
+  """True when x holds values (not a tracer inside jit/grad/vmap)."""
+  return not isinstance(x, jax.core.Tracer)
+
+
+def check_params(params) -> Params:
+  """A non-empty tuple of `Dense` with chained, floating, same-dtype weights; returns it."""
+  if isinstance(params, list):
+    params = tuple(params)
+  if not isinstance(params, tuple) or not params or not all(
+      isinstance(layer, Dense) for layer in params):
+    raise InputTypeError(
+        f"params must be a non-empty tuple of mlp_jax.Dense layers, got {type(params).__name__}")
+  dtype = jnp.asarray(params[0].w).dtype
+  for i, layer in enumerate(params):
+    w, b = layer
+    if jnp.ndim(w) != 2 or jnp.ndim(b) != 1:
+      raise InputError(
+          f"params[{i}]: expected w of rank 2 and b of rank 1, got shapes "
+          f"{jnp.shape(w)} and {jnp.shape(b)}")
+    if jnp.shape(b)[0] != jnp.shape(w)[1]:
+      raise InputError(
+          f"params[{i}].b: expected shape ({jnp.shape(w)[1]},) to match w {jnp.shape(w)}, "
+          f"got {jnp.shape(b)}")
+    if i and jnp.shape(w)[0] != jnp.shape(params[i - 1].w)[1]:
+      raise InputError(
+          f"params[{i}].w: expected fan_in {jnp.shape(params[i - 1].w)[1]} (the previous "
+          f"layer's fan_out), got shape {jnp.shape(w)}")
+    for name, leaf in (("w", w), ("b", b)):
+      leaf_dtype = jnp.asarray(leaf).dtype if not hasattr(leaf, "dtype") else leaf.dtype
+      if leaf_dtype != dtype or not jnp.issubdtype(leaf_dtype, jnp.floating):
+        raise InputTypeError(
+            f"params[{i}].{name}: expected floating dtype {dtype} like params[0].w, "
+            f"got {leaf_dtype}")
+  return params
+
+
+def check_features(params: Params, x, name: str = "x") -> jax.Array:
+  """x of shape (m, n), m >= 1, floating and finite; returned in the parameters' dtype."""
+  n = params[0].w.shape[0]
+  if not hasattr(x, "dtype"):
+    x = np.asarray(x)
+  if jnp.ndim(x) != 2 or x.shape[1] != n or x.shape[0] < 1:
+    raise InputError(f"{name}: expected shape (m, {n}) with m >= 1, got {jnp.shape(x)}")
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise InputTypeError(f"{name}: expected a floating dtype, got {x.dtype}")
+  if is_concrete(x) and not bool(jnp.isfinite(x).all()):
+    bad = int(jnp.size(x) - jnp.isfinite(x).sum())
+    raise InputError(f"{name}: expected finite values, got {bad} NaN or Inf entries")
+  return jnp.asarray(x, params[0].w.dtype)
+
+
+def check_labels(params: Params, y, m: int, name: str = "y") -> jax.Array:
+  """Integer class labels of shape (m,) in 0..K-1; returned as a JAX array."""
+  k = params[-1].w.shape[1]
+  if not hasattr(y, "dtype"):
+    y = np.asarray(y)
+  if jnp.ndim(y) != 1 or y.shape[0] != m:
+    raise InputError(f"{name}: expected integer labels of shape ({m},), got {jnp.shape(y)}")
+  if not jnp.issubdtype(y.dtype, jnp.integer):
+    raise InputTypeError(
+        f"{name}: expected an integer dtype (class indices 0..{k - 1}), got {y.dtype}")
+  if is_concrete(y):
+    lo, hi = int(jnp.min(y)), int(jnp.max(y))
+    if lo < 0 or hi >= k:
+      raise InputError(f"{name}: expected labels in 0..{k - 1}, got values in {lo}..{hi}")
+  return jnp.asarray(y)
+
+
+def check_l2(l2, name: str = "l2"):
+  """The penalty lambda: a real scalar, finite and >= 0 when concrete."""
+  if jnp.ndim(l2) != 0:
+    raise InputError(f"{name}: expected a scalar, got shape {jnp.shape(l2)}")
+  if isinstance(l2, (bool, complex)) or not (
+      isinstance(l2, numbers.Real) or jnp.issubdtype(jnp.asarray(l2).dtype, jnp.floating)
+      or jnp.issubdtype(jnp.asarray(l2).dtype, jnp.integer)):
+    raise InputTypeError(f"{name}: expected a real number, got {type(l2).__name__}")
+  if is_concrete(l2):
+    value = float(l2)
+    if not np.isfinite(value) or value < 0:
+      raise InputError(f"{name}: expected a finite value >= 0, got {value}")
+  return l2
+
+
+def check_batch(params, x, y, l2=0.0):
+  """All of the above for one call; returns (params, x, y, l2) ready for the compiled core."""
+  params = check_params(params)
+  x = check_features(params, x)
+  y = check_labels(params, y, x.shape[0])
+  check_l2(l2)
+  return params, x, y, l2

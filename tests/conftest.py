@@ -1,0 +1,68 @@
+"""Shared test setup: strict JAX numerics, tolerances by dtype, dtype and jit-mode fixtures."""
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+# Catch accidental broadcasts (a bias gradient of the wrong rank) and silent dtype promotion.
+jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+# float32 oracle comparisons must hold on GPU/TPU too, where the default matmul is lower precision.
+jax.config.update("jax_default_matmul_precision", "highest")
+
+# Relative-error bars against the oracle, named once.
+RTOL = {"float32": 1e-5, "float64": 1e-12}
+
+DTYPES = ["float32", "float64"]
+
+
+@pytest.fixture(params=DTYPES)
+def dtype(request):
+  """Each dtype in turn; float64 runs inside `jax.enable_x64`, which ends with the test."""
+  with (jax.enable_x64(True) if request.param == "float64" else contextlib.nullcontext()):
+    yield jnp.dtype(request.param)
+
+
+@pytest.fixture
+def rtol(dtype):
+  return RTOL[dtype.name]
+
+
+def call(fn, jit_mode, *args, **kwargs):
+  """Call fn compiled (`jax.jit`) or op by op (`jax.disable_jit`)."""
+  if jit_mode == "jit":
+    return jax.jit(fn)(*args, **kwargs)
+  with jax.disable_jit():
+    return fn(*args, **kwargs)
+
+
+def make_batch(seed, layer_sizes, m, dtype, scale=1.0):
+  """Random inputs (m, n) of the dtype and labels (m,) covering 0..K-1 where m allows."""
+  rng = np.random.default_rng(seed)
+  x = (scale * rng.standard_normal((m, layer_sizes[0]))).astype(dtype)
+  y = rng.integers(0, layer_sizes[-1], size=m).astype(np.int32)
+  return jnp.asarray(x), jnp.asarray(y)
+
+
+def tree_rel_errors(actual, reference):
+  """Relative error of each leaf pair, as a list."""
+  from mlp_jax import relative_error
+  return [relative_error(a, r) for a, r in zip(jax.tree.leaves(actual), jax.tree.leaves(reference))]
+
+
+def assert_tree_close(actual, reference, rtol):
+  assert jax.tree.structure(actual) == jax.tree.structure(reference)
+  for a, r in zip(jax.tree.leaves(actual), jax.tree.leaves(reference)):
+    assert a.shape == r.shape and a.dtype == r.dtype, (a.shape, a.dtype, r.shape, r.dtype)
+  errors = tree_rel_errors(actual, reference)
+  assert max(errors) <= rtol, errors
+
+
+@pytest.fixture
+def standard_promotion():
+  """optax mixes int32 step counts with floats: allow JAX's standard promotion for its tests."""
+  with jax.numpy_dtype_promotion("standard"):
+    yield

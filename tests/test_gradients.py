@@ -1,0 +1,137 @@
+"""The analytic gradients (E7)-(E12) equal jax.grad of the loss (E6)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mlp_jax as mj
+from conftest import assert_tree_close, call, make_batch
+
+# (layer sizes, batch size m): the source's network with m != n, m = 1 and m = n; a deeper net;
+# small odd shapes.
+SHAPES = [
+    ((256, 256, 10), 37),
+    ((256, 256, 10), 1),
+    ((256, 256, 10), 256),
+    ((256, 512, 128, 10), 64),
+    ((5, 3, 2), 7),
+    ((7, 4, 9, 5, 3), 1),
+    ((3, 11, 4), 2),
+]
+L2S = [0.0, 0.7]
+
+
+def _ids(shape):
+  return "x".join(map(str, shape[0])) + f"-m{shape[1]}"
+
+
+@pytest.mark.parametrize("jit_mode", ["jit", "nojit"])
+@pytest.mark.parametrize("l2", L2S)
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
+def test_grads_match_autodiff_E7_to_E12(shape, l2, jit_mode, dtype, rtol):
+  sizes, m = shape
+  params = mj.init_params(jax.random.PRNGKey(m), sizes, dtype)
+  x, y = make_batch(m, sizes, m, dtype)
+  loss, got = call(mj.loss_and_grads, jit_mode, params, x, y, l2)
+  want = mj.autodiff_grads(params, x, y, l2)
+  assert_tree_close(got, want, rtol)
+  assert_tree_close(call(mj.grads, jit_mode, params, x, y, l2), want, rtol)
+  np.testing.assert_allclose(loss, mj.loss(params, x, y, l2), rtol=rtol)
+  assert loss.dtype == dtype
+
+
+def test_loss_E6_equals_explicit_formula(dtype, rtol):
+  sizes, m = (6, 5, 4), 9
+  params = mj.init_params(jax.random.PRNGKey(1), sizes, dtype)
+  x, y = make_batch(2, sizes, m, dtype)
+  l2 = 0.3
+  p64 = [(np.asarray(l.w, np.float64), np.asarray(l.b, np.float64)) for l in params]
+  h = np.maximum(np.asarray(x, np.float64) @ p64[0][0] + p64[0][1], 0)
+  z = h @ p64[1][0] + p64[1][1]
+  yhat = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+  want = -np.log(yhat[np.arange(m), np.asarray(y)]).mean() + l2 / (2 * m) * sum(
+      (w ** 2).sum() for w, _ in p64)
+  np.testing.assert_allclose(float(mj.loss(params, x, y, l2)), want, rtol=rtol)
+
+
+def test_biases_are_not_penalised_E6():
+  params = mj.init_params(jax.random.PRNGKey(0), (4, 3, 2))
+  params = tuple(mj.Dense(l.w, l.b + 5.0) for l in params)
+  x, y = make_batch(0, (4, 3, 2), 5, jnp.float32)
+  g0, g1 = mj.grads(params, x, y, 0.0), mj.grads(params, x, y, 2.0)
+  for a, b, p in zip(g0, g1, params):
+    np.testing.assert_allclose(b.b, a.b, rtol=1e-6)
+    np.testing.assert_allclose(b.w - a.w, 2.0 / 5 * p.w, rtol=1e-5, atol=1e-6)
+
+
+def test_extreme_logits_give_finite_loss_and_grads(dtype, rtol):
+  """Logits of +-1e4: the log-sum-exp shift keeps loss and gradients finite and exact."""
+  sizes, m = (4, 3, 5), 6
+  params = mj.init_params(jax.random.PRNGKey(0), sizes, dtype)
+  w2 = jnp.zeros((3, 5), dtype).at[0, :].set(jnp.asarray([1e4, -1e4, 1e4, 0.0, -1e4], dtype))
+  params = (mj.Dense(jnp.eye(4, 3, dtype=dtype), jnp.asarray([1.0, 0.0, 0.0], dtype)),
+            mj.Dense(w2, jnp.zeros((5,), dtype)))
+  x, _ = make_batch(0, sizes, m, dtype, scale=0.1)
+  x = jnp.abs(x)
+  y = jnp.asarray([0, 1, 2, 3, 4, 1], jnp.int32)
+  loss, got = mj.loss_and_grads(params, x, y)
+  assert bool(jnp.isfinite(loss))
+  assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(got))
+  assert float(loss) > 1e3  # the wrong classes cost ~1e4 each: not clipped to 0 or inf
+  assert_tree_close(got, mj.autodiff_grads(params, x, y), rtol)
+
+
+def test_all_equal_logits_give_uniform_error(dtype):
+  sizes, m = (3, 4, 5), 4
+  params = tuple(mj.Dense(jnp.zeros_like(l.w), jnp.zeros_like(l.b))
+                 for l in mj.init_params(jax.random.PRNGKey(0), sizes, dtype))
+  x, y = make_batch(0, sizes, m, dtype)
+  loss, g = mj.loss_and_grads(params, x, y)
+  np.testing.assert_allclose(float(loss), np.log(5), rtol=1e-6)
+  counts = np.bincount(np.asarray(y), minlength=5)
+  np.testing.assert_allclose(g[1].b, 1 / 5 - counts / m, rtol=1e-6, atol=1e-7)
+
+
+def test_relu_derivative_is_zero_at_exactly_zero(dtype):
+  """Pre-activations exactly 0 pass no gradient, as in the derivation's convention (E10)."""
+  sizes = (2, 3, 2)
+  w1 = jnp.asarray([[1.0, -1.0, 0.0], [1.0, 1.0, 0.0]], dtype)
+  params = (mj.Dense(w1, jnp.zeros((3,), dtype)),
+            mj.Dense(jnp.asarray([[1.0, -2.0], [0.5, 1.0], [3.0, 1.0]], dtype), jnp.zeros((2,), dtype)))
+  x = jnp.asarray([[1.0, -1.0], [2.0, 2.0]], dtype)  # h = [[0, -2, 0], [4, 0, 0]]: ties at 0
+  y = jnp.asarray([0, 1], jnp.int32)
+  got = mj.grads(params, x, y)
+  want = mj.autodiff_grads(params, x, y)  # jax.nn.relu: derivative 0 at 0
+  np.testing.assert_array_equal(got[0].b[2], 0)
+  np.testing.assert_array_equal(got[0].w[:, 2], 0)
+  assert_tree_close(got, want, 1e-6)
+
+
+def test_jitted_gradient_traces_once_per_shape():
+  traces = []
+
+  def counted(params, x, y, l2):
+    traces.append(x.shape)
+    return mj.loss_and_grads(params, x, y, l2)
+
+  step = jax.jit(counted)
+  params = mj.init_params(jax.random.PRNGKey(0))
+  for seed, l2 in enumerate([0.0, 0.1, 0.2]):
+    x, y = make_batch(seed, (256, 256, 10), 32, jnp.float32)
+    jax.block_until_ready(step(params, x, y, l2))
+  assert traces == [(32, 256)]
+  # The library's own compiled core: one entry for this shape, whatever lambda is.
+  from mlp_jax import gradients
+  before = gradients._loss_and_grads_jit._cache_size()
+  for l2 in [0.0, 0.5]:
+    mj.loss_and_grads(params, x, y, l2)
+  assert gradients._loss_and_grads_jit._cache_size() - before <= 1
+
+
+def test_deeper_net_recursion_layer_by_layer(dtype, rtol):
+  """Delta_l = (Delta_{l+1} W_{l+1}^T) * 1[H_l > 0] for every layer of a 5-layer net."""
+  sizes = (9, 8, 7, 6, 5, 4)
+  params = mj.init_params(jax.random.PRNGKey(3), sizes, dtype)
+  x, y = make_batch(3, sizes, 13, dtype)
+  assert_tree_close(mj.grads(params, x, y, 0.2), mj.autodiff_grads(params, x, y, 0.2), rtol)

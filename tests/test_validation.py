@@ -1,0 +1,94 @@
+"""Bad input at the public boundary: one clear error naming the argument, expected and actual."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mlp_jax as mj
+
+SIZES = (4, 3, 2)
+
+
+@pytest.fixture
+def batch():
+  params = mj.init_params(jax.random.PRNGKey(0), SIZES)
+  x = jnp.ones((5, 4), jnp.float32)
+  y = jnp.asarray([0, 1, 0, 1, 1], jnp.int32)
+  return params, x, y
+
+
+FUNCS = [mj.loss, mj.grads, mj.loss_and_grads, mj.autodiff_grads]
+
+
+@pytest.mark.parametrize("fn", FUNCS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("bad_x, kind, match", [
+    (jnp.ones((5, 3)), mj.InputError, r"x: expected shape \(m, 4\).*\(5, 3\)"),
+    (jnp.ones((5,)), mj.InputError, r"x: expected shape"),
+    (jnp.ones((0, 4)), mj.InputError, r"m >= 1"),
+    (jnp.ones((5, 4), jnp.int32), mj.InputTypeError, r"x: expected a floating dtype, got int32"),
+    (jnp.ones((5, 4)).at[2, 1].set(jnp.nan), mj.InputError, r"x: expected finite.*1 NaN"),
+    (jnp.ones((5, 4)).at[0, 0].set(jnp.inf), mj.InputError, r"x: expected finite"),
+])
+def test_bad_features(fn, batch, bad_x, kind, match):
+  params, _, y = batch
+  with pytest.raises(kind, match=match):
+    fn(params, bad_x, y)
+
+
+@pytest.mark.parametrize("fn", FUNCS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("bad_y, kind, match", [
+    (jnp.asarray([0, 1, 2, 0, 1]), mj.InputError, r"y: expected labels in 0..1, got values in 0..2"),
+    (jnp.asarray([0, -1, 0, 0, 1]), mj.InputError, r"labels in 0..1"),
+    (jnp.asarray([0.0, 1, 0, 0, 1]), mj.InputTypeError, r"y: expected an integer dtype"),
+    (jnp.asarray([0, 1, 0]), mj.InputError, r"y: expected integer labels of shape \(5,\)"),
+    (jnp.zeros((5, 2), jnp.int32), mj.InputError, r"shape \(5,\)"),
+])
+def test_bad_labels(fn, batch, bad_y, kind, match):
+  params, x, _ = batch
+  with pytest.raises(kind, match=match):
+    fn(params, x, bad_y)
+
+
+@pytest.mark.parametrize("bad_l2", [-0.1, float("nan"), float("inf")])
+def test_bad_penalty(batch, bad_l2):
+  params, x, y = batch
+  with pytest.raises(mj.InputError, match="l2: expected a finite value >= 0"):
+    mj.grads(params, x, y, bad_l2)
+
+
+def test_bad_params(batch):
+  params, x, y = batch
+  with pytest.raises(mj.InputTypeError, match="tuple of mlp_jax.Dense"):
+    mj.grads({"w": 1}, x, y)
+  with pytest.raises(mj.InputError, match=r"params\[1\].w: expected fan_in 3"):
+    mj.grads((params[0], mj.Dense(jnp.ones((2, 2)), jnp.ones((2,)))), x, y)
+  with pytest.raises(mj.InputError, match=r"params\[0\].b"):
+    mj.grads((mj.Dense(params[0].w, jnp.ones((4,))), params[1]), x, y)
+
+
+def test_errors_are_catchable_as_builtin_and_library_types(batch):
+  params, x, _ = batch
+  with pytest.raises(ValueError):
+    mj.grads(params, x, jnp.asarray([9, 9, 9, 9, 9]))
+  with pytest.raises(TypeError):
+    mj.grads(params, x.astype(jnp.int32), jnp.zeros(5, jnp.int32))
+  with pytest.raises(mj.MLPJaxError):
+    mj.grads(params, x, jnp.asarray([9, 9, 9, 9, 9]))
+
+
+def test_shape_checks_run_under_jit_and_value_checks_are_skipped(batch):
+  """Inside a user's jit only static checks run (at trace time): no cost in the step."""
+  params, x, y = batch
+  with pytest.raises(mj.InputError, match="x: expected shape"):
+    jax.jit(mj.grads)(params, jnp.ones((5, 3)), y)
+  out = jax.jit(mj.grads)(params, x, y)  # traced labels are not read back to the host
+  assert out[0].w.shape == (4, 3)
+
+
+def test_numpy_and_list_inputs_are_accepted(batch):
+  params, x, y = batch
+  g1 = mj.grads(params, np.asarray(x), [0, 1, 0, 1, 1])
+  g2 = mj.grads(params, x, y)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(a, b)

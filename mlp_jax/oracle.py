@@ -20,9 +20,10 @@ from mlp_jax.model import Params, forward, layer_sizes
 
 # Relative-error bars of the analytic gradient against jax.grad, by dtype.
 RTOL = {jnp.dtype(jnp.float32): 1e-5, jnp.dtype(jnp.float64): 1e-12}
-# Central differences: step and bar, by dtype (truncation O(eps^2), roundoff O(ulp / eps)).
-FD_EPS = {jnp.dtype(jnp.float32): 1e-2, jnp.dtype(jnp.float64): 1e-6}
-FD_RTOL = {jnp.dtype(jnp.float32): 2e-2, jnp.dtype(jnp.float64): 1e-6}
+# Central differences always run in float64 (parameters and data upcast), whatever the dtype
+# under test: in float32 their roundoff, O(ulp / eps), would swamp the check. Step and bar:
+FD_EPS = 1e-6   # truncation O(eps^2), roundoff O(1e-16 / eps): both far below the bar
+FD_RTOL = 1e-6
 
 _grad_objective = jax.jit(jax.grad(objective))
 
@@ -94,7 +95,7 @@ class ParamCheck:
   name: str
   shape: Tuple[int, ...]
   rel_err: float      # analytic vs jax.grad, over the whole array
-  fd_rel_err: float   # jax.grad vs central differences, over the random directions
+  fd_rel_err: float   # jax.grad vs central differences (both float64), over random directions
   passed: bool
 
 
@@ -120,7 +121,7 @@ class GradientReport:
     head = (f"gradient check: layers {self.layer_sizes}, m={self.m}, lambda={self.l2:g}, "
             f"{self.dtype}\n"
             f"bars: analytic vs jax.grad <= {self.rtol:.0e}; "
-            f"jax.grad vs central differences <= {self.fd_rtol:.0e}\n")
+            f"jax.grad vs central differences (float64) <= {self.fd_rtol:.0e}\n")
     rows = [("param", "shape", "analytic vs jax.grad", "jax.grad vs FD", "result")]
     rows += [(c.name, "x".join(map(str, c.shape)), f"{c.rel_err:.2e}", f"{c.fd_rel_err:.2e}",
               "ok" if c.passed else "FAIL") for c in self.checks]
@@ -153,8 +154,12 @@ def check_gradients(params: Params, x, y, l2=0.0, *,
   reference = jax.tree.leaves(_grad_objective(params, x, y, l2))
   tested = jax.tree.leaves(grad_fn(params, x, y, l2))
   key = jax.random.PRNGKey(0) if key is None else key
-  fd, exact = _directional_fd(params, x, y, l2, key, FD_EPS[dtype], num_directions)
-  rtol, fd_rtol = RTOL[dtype], FD_RTOL[dtype]
+  with jax.enable_x64(True):
+    to64 = lambda a: jnp.asarray(np.asarray(a, np.float64))
+    fd, exact = _directional_fd(jax.tree.map(to64, params), to64(x), y, float(l2), key,
+                                FD_EPS, num_directions)
+    fd, exact = np.asarray(fd), np.asarray(exact)
+  rtol, fd_rtol = RTOL[dtype], FD_RTOL
   checks = []
   for name, ref, got, fd_row, exact_row in zip(param_names(params), reference, tested, fd, exact):
     err = relative_error(got, ref)

@@ -47,7 +47,7 @@ def backprop_errors(params: Params, activations: Sequence[jax.Array], top: jax.A
 
 
 def layer_grads(params: Params, activations: Sequence[jax.Array],
-                deltas: Sequence[jax.Array], l2, m: int, compute_dtype=None) -> Params:
+                deltas: Sequence[jax.Array], l2, m, compute_dtype=None) -> Params:
   """dL/dW_l = A_{l-1}^T Delta_l + (lambda/m) W_l and dL/db_l = 1^T Delta_l, (E8)-(E12)."""
   dtype = params[0].w.dtype
   decay = jnp.asarray(l2, dtype) / m
@@ -57,12 +57,25 @@ def layer_grads(params: Params, activations: Sequence[jax.Array],
 
 
 def _loss_and_grads(params: Params, x: jax.Array, y: jax.Array, l2,
-                    compute_dtype=None) -> Tuple[jax.Array, Params]:
-  m = x.shape[0]
+                    compute_dtype=None, mask=None) -> Tuple[jax.Array, Params]:
+  """The compiled core of `loss_and_grads`, without input checks.
+
+  `mask`, optional (m,) of 0/1 in the parameters' dtype, marks padding rows with 0: loss and
+  gradients are then exactly those of (E6) over the unmasked rows, with m = sum(mask). This lets
+  a short last minibatch reuse the compiled step of a full one.
+  """
   logits, activations = forward_activations(params, x, compute_dtype)
   log_probs = log_softmax(logits)
-  loss = cross_entropy(log_probs, y).mean() + l2_penalty(params, l2, m)
-  deltas = backprop_errors(params, activations, output_error(log_probs, y) / m, compute_dtype)
+  per_example = cross_entropy(log_probs, y)
+  error = output_error(log_probs, y)  # (E7)
+  if mask is None:
+    m = x.shape[0]
+    data_loss, top = per_example.mean(), error / m
+  else:
+    m = mask.sum()
+    data_loss, top = (per_example * mask).sum() / m, error * (mask / m)[:, None]
+  loss = data_loss + l2_penalty(params, l2, m)
+  deltas = backprop_errors(params, activations, top, compute_dtype)
   return loss, layer_grads(params, activations, deltas, l2, m, compute_dtype)
 
 

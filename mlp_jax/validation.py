@@ -63,8 +63,10 @@ def check_features(params: Params, x, name: str = "x") -> jax.Array:
     raise InputError(f"{name}: expected shape (m, {n}) with m >= 1, got {jnp.shape(x)}")
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise InputTypeError(f"{name}: expected a floating dtype, got {x.dtype}")
-  if is_concrete(x) and not bool(jnp.isfinite(x).all()):
-    bad = int(jnp.size(x) - jnp.isfinite(x).sum())
+  if is_concrete(x):
+    with jax.ensure_compile_time_eval():  # evaluate now, even while a caller is tracing
+      bad = int(jnp.size(x) - jnp.isfinite(x).sum())
+  if is_concrete(x) and bad:
     raise InputError(f"{name}: expected finite values, got {bad} NaN or Inf entries")
   return jnp.asarray(x, params[0].w.dtype)
 
@@ -80,7 +82,8 @@ def check_labels(params: Params, y, m: int, name: str = "y") -> jax.Array:
     raise InputTypeError(
         f"{name}: expected an integer dtype (class indices 0..{k - 1}), got {y.dtype}")
   if is_concrete(y):
-    lo, hi = int(jnp.min(y)), int(jnp.max(y))
+    with jax.ensure_compile_time_eval():
+      lo, hi = int(jnp.min(y)), int(jnp.max(y))
     if lo < 0 or hi >= k:
       raise InputError(f"{name}: expected labels in 0..{k - 1}, got values in {lo}..{hi}")
   return jnp.asarray(y)

@@ -1,0 +1,268 @@
+"""Training on the analytic gradients: a compiled step, a compiled epoch, and `fit`.
+
+    step  = make_train_step(optax.adam(1e-3), l2=1e-4)     # one minibatch, jitted, donating
+    epoch = make_epoch(optax.adam(1e-3), batch_size=128)   # a whole shuffled epoch, one call
+    result = fit(params, train, optimizer=optax.adam(1e-3), epochs=20, val=val)
+
+Every gradient comes from `gradients._loss_and_grads`, (E7)-(E12); jax.grad is never called.
+
+The epoch is one `jax.lax.scan` over minibatches of a permutation drawn inside the compiled call
+from a PRNG key, with the data resident on the device, so a step costs no Python dispatch and no
+host sync. When the batch size does not divide the number of examples, the permutation is padded
+to whole batches and the padding rows are masked out: the last minibatch is the r = N mod B
+remaining examples exactly (its loss and gradient are those of (E6) with m = r), no data is
+dropped, and the same compiled step serves it. A non-finite loss or gradient freezes the
+parameters at their last good value for the rest of the epoch and is reported with its step.
+"""
+
+import dataclasses
+import functools
+import time
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mlp_jax import validation
+from mlp_jax.errors import InputError, NonFiniteError
+from mlp_jax.gradients import _loss_and_grads
+from mlp_jax.loss import cross_entropy, l2_penalty, log_softmax
+from mlp_jax.model import Params, forward
+
+
+def _tree_all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.asarray([jnp.isfinite(leaf).all() for leaf in jax.tree.leaves(tree)]))
+
+
+def _update(optimizer, l2, compute_dtype, params, opt_state, x, y, mask=None):
+  """One optimizer update on the analytic gradients; returns (params, opt_state, loss, finite)."""
+  loss, grads = _loss_and_grads(params, x, y, l2, compute_dtype, mask)
+  updates, opt_state = optimizer.update(grads, opt_state, params)
+  finite = jnp.isfinite(loss) & _tree_all_finite(grads)
+  return optax.apply_updates(params, updates), opt_state, loss, finite
+
+
+def make_train_step(optimizer: optax.GradientTransformation, l2=0.0, *,
+                    compute_dtype=None) -> Callable:
+  """A jitted `step(params, opt_state, x, y) -> (params, opt_state, loss)`.
+
+  The gradient is the analytic one, (E7)-(E12). The step compiles once per batch shape (lambda is
+  closed over as a constant), and donates the buffers of `params` and `opt_state`: do not reuse
+  the arrays passed in. Shapes and dtypes are checked when the step is traced.
+
+  Args:
+    optimizer: any optax GradientTransformation.
+    l2: the penalty lambda of (E6).
+    compute_dtype: optional GEMM dtype (e.g. jnp.bfloat16), see `loss_and_grads`.
+  """
+  validation.check_l2(l2)
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def step(params, opt_state, x, y):
+    params, x, y, _ = validation.check_batch(params, x, y)
+    params, opt_state, loss, _ = _update(optimizer, l2, compute_dtype, params, opt_state, x, y)
+    return params, opt_state, loss
+
+  return step
+
+
+def epoch_batches(key: jax.Array, num_examples: int, batch_size: int):
+  """The shuffled minibatch indices and padding mask of one epoch.
+
+  Returns:
+    (indices, mask): int32 (num_batches, batch_size) and bool (num_batches, batch_size), with
+    num_batches = ceil(num_examples / batch_size); the mask is False only on the padding that
+    fills the last batch.
+  """
+  num_batches = -(-num_examples // batch_size)
+  perm = jax.random.permutation(key, num_examples)
+  pad = num_batches * batch_size - num_examples
+  indices = jnp.concatenate([perm, perm[:pad]]) if pad else perm
+  mask = jnp.arange(num_batches * batch_size) < num_examples
+  return indices.reshape(num_batches, batch_size), mask.reshape(num_batches, batch_size)
+
+
+class EpochStats(NamedTuple):
+  """What a compiled epoch returns beside the new state."""
+  losses: jax.Array   # (num_batches,) loss of each step
+  finite: jax.Array   # (num_batches,) bool: loss and gradient finite at that step
+
+
+def make_epoch(optimizer: optax.GradientTransformation, batch_size: int, l2=0.0, *,
+               compute_dtype=None) -> Callable:
+  """A jitted `epoch(params, opt_state, x, y, key) -> (params, opt_state, EpochStats)`.
+
+  One `lax.scan` over the minibatches of a permutation drawn from `key`. The short last batch
+  is masked (see the module docstring), so one compilation serves any epoch of the same data
+  shape. Once a step is non-finite the parameters and optimizer state stay at their last good
+  values for the rest of the epoch; `EpochStats.finite` says where it happened.
+  """
+  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    raise InputError(f"batch_size: expected a positive int, got {batch_size!r}")
+  validation.check_l2(l2)
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def epoch(params, opt_state, x, y, key):
+    indices, mask = epoch_batches(key, x.shape[0], batch_size)
+    dtype = params[0].w.dtype
+
+    def body(carry, batch):
+      params, opt_state, ok = carry
+      idx, keep = batch
+      new_params, new_state, loss, finite = _update(
+          optimizer, l2, compute_dtype, params, opt_state, x[idx], y[idx], keep.astype(dtype))
+      ok_now = ok & finite
+      params, opt_state = jax.tree.map(lambda new, old: jnp.where(ok_now, new, old),
+                                       (new_params, new_state), (params, opt_state))
+      return (params, opt_state, ok_now), (loss, finite)
+
+    (params, opt_state, _), (losses, finite) = jax.lax.scan(
+        body, (params, opt_state, jnp.asarray(True)), (indices, mask))
+    return params, opt_state, EpochStats(losses, finite)
+
+  return epoch
+
+
+@functools.partial(jax.jit, static_argnames="chunk")
+def _sums(params, x, y, chunk=8192):
+  """Summed cross-entropy and correct predictions over (x, y), in chunks of `chunk` rows."""
+  n = x.shape[0]
+  pad = -n % chunk
+  xs = jnp.pad(x, ((0, pad), (0, 0))).reshape(-1, chunk, x.shape[1])
+  ys = jnp.pad(y, (0, pad)).reshape(-1, chunk)
+  keep = (jnp.arange(n + pad) < n).reshape(-1, chunk)
+
+  def body(total, batch):
+    xb, yb, kb = batch
+    logits = forward(params, xb)
+    ce = jnp.where(kb, cross_entropy(log_softmax(logits), yb), 0).sum()
+    correct = (kb & (jnp.argmax(logits, axis=1) == yb)).sum()
+    return (total[0] + ce, total[1] + correct), None
+
+  init = (jnp.zeros((), x.dtype), jnp.zeros((), jnp.int32))
+  (ce, correct), _ = jax.lax.scan(body, init, (xs, ys, keep))
+  return ce, correct
+
+
+def evaluate(params: Params, x, y, l2=0.0) -> Tuple[float, float]:
+  """(loss (E6), accuracy) on a whole dataset, evaluated in fixed-size chunks."""
+  params, x, y, l2 = validation.check_batch(params, x, y, l2)
+  ce, correct = _sums(params, x, y, chunk=min(8192, x.shape[0]))
+  m = x.shape[0]
+  return float(ce) / m + float(l2_penalty(params, l2, m)), int(correct) / m
+
+
+def confusion_matrix(params: Params, x, y, num_classes: Optional[int] = None) -> np.ndarray:
+  """counts[true, predicted] over a dataset, int64 (K, K)."""
+  params, x, y, _ = validation.check_batch(params, x, y)
+  k = params[-1].w.shape[1] if num_classes is None else num_classes
+  pred = np.asarray(jax.jit(lambda p, x: jnp.argmax(forward(p, x), axis=1))(params, x))
+  counts = np.zeros((k, k), np.int64)
+  np.add.at(counts, (np.asarray(y), pred), 1)
+  return counts
+
+
+@dataclasses.dataclass
+class FitResult:
+  """What `fit` returns."""
+  params: Params
+  opt_state: optax.OptState
+  history: List[Dict[str, float]]   # one dict per epoch: epoch, train_loss, val_loss, val_acc, ...
+  best_epoch: int                   # the epoch whose parameters were returned (1-based)
+  stopped_early: bool
+
+
+def epoch_key(seed: int, epoch: int) -> jax.Array:
+  """The shuffling key of an epoch (0-based): a pure function of (seed, epoch), so a resumed run
+  draws the same permutations as an uninterrupted one."""
+  return jax.random.fold_in(jax.random.PRNGKey(seed), epoch)
+
+
+def _check_dataset(params, data, name):
+  if not (isinstance(data, tuple) and len(data) == 2):
+    raise InputError(f"{name}: expected a pair (x, y) or a Dataset, got {type(data).__name__}")
+  x = validation.check_features(params, data[0], f"{name}.x")
+  y = validation.check_labels(params, data[1], x.shape[0], f"{name}.y")
+  return x, y
+
+
+def fit(params: Params, train, *, optimizer: optax.GradientTransformation, epochs: int,
+        batch_size: int = 128, l2=0.0, seed: int = 0, val=None,
+        patience: Optional[int] = None, opt_state=None, start_epoch: int = 0,
+        history: Optional[List[Dict[str, float]]] = None,
+        on_epoch_end: Optional[Callable[[int, Params, optax.OptState, Dict], None]] = None,
+        compute_dtype=None) -> FitResult:
+  """Trains with the compiled epoch: shuffling, validation each epoch, optional early stopping.
+
+  Args:
+    params: initial parameters (tuple of `Dense`); not modified.
+    train: (x, y) training data, (N, n) floating and (N,) integer.
+    optimizer: an optax GradientTransformation.
+    epochs: total number of epochs (counting those before `start_epoch` when resuming).
+    batch_size: minibatch size; the last short batch is kept (masked), see `make_epoch`.
+    l2: the penalty lambda of (E6).
+    seed: shuffling seed; epoch e uses `epoch_key(seed, e)`. Same seed, same machine: the same
+      parameters bit for bit.
+    val: optional (x, y) validation data: loss and accuracy are recorded each epoch.
+    patience: with `val`, stop after this many epochs without a lower validation loss and return
+      the parameters of the best epoch.
+    opt_state, start_epoch, history: to resume (from a checkpoint): the optimizer state, the
+      number of epochs already done, and their history.
+    on_epoch_end: called as `on_epoch_end(epoch, params, opt_state, record)` after each epoch
+      (1-based epoch), e.g. to checkpoint or to draw a progress bar. The arrays it gets are
+      donated to the next epoch: copy them (e.g. to numpy) to keep them.
+    compute_dtype: optional GEMM dtype, e.g. jnp.bfloat16.
+
+  Raises:
+    NonFiniteError: a step produced a NaN/Inf loss or gradient; it carries `.epoch`, `.step`,
+      `.batch_indices` (the rows of the offending batch) and `.params` (the last good ones).
+  """
+  params = validation.check_params(params)
+  x, y = _check_dataset(params, tuple(train), "train")
+  val = None if val is None else _check_dataset(params, tuple(val), "val")
+  if patience is not None and val is None:
+    raise InputError("patience: early stopping needs validation data (val=...)")
+  validation.check_l2(l2)
+  params = jax.tree.map(jnp.array, params)  # our own buffers: the epoch donates them
+  opt_state = optimizer.init(params) if opt_state is None else jax.tree.map(jnp.array, opt_state)
+  epoch_fn = make_epoch(optimizer, batch_size, l2, compute_dtype=compute_dtype)
+  history = list(history or [])
+  best_loss = min((r.get("val_loss", float("inf")) for r in history), default=float("inf"))
+  best_params, best_epoch, since_best, stopped = params, start_epoch, 0, False
+  for e in range(start_epoch, epochs):
+    start = time.perf_counter()
+    key = epoch_key(seed, e)
+    params, opt_state, stats = epoch_fn(params, opt_state, x, y, key)
+    finite = np.asarray(stats.finite)
+    if not finite.all():
+      step = int(np.argmin(finite))
+      indices, _ = epoch_batches(key, x.shape[0], batch_size)
+      err = NonFiniteError(
+          f"non-finite loss or gradient at epoch {e + 1}, step {step + 1} of {finite.size}; "
+          f"parameters kept from before that step")
+      err.epoch, err.step = e + 1, step + 1
+      err.batch_indices = np.asarray(indices[step])
+      err.params, err.opt_state = params, opt_state
+      raise err
+    record = {"epoch": e + 1, "train_loss": float(np.mean(np.asarray(stats.losses))),
+              "epoch_seconds": time.perf_counter() - start}
+    if val is not None:
+      record["val_loss"], record["val_acc"] = evaluate(params, *val, l2)
+    history.append(record)
+    if on_epoch_end is not None:
+      on_epoch_end(e + 1, params, opt_state, record)
+    if val is not None and patience is not None:
+      if record["val_loss"] < best_loss:
+        # A copy: the next epoch donates (invalidates) the buffers of `params`.
+        best_params = jax.tree.map(jnp.copy, params)
+        best_loss, best_epoch, since_best = record["val_loss"], e + 1, 0
+      else:
+        since_best += 1
+        if since_best >= patience:
+          stopped = True
+          break
+  if patience is None or val is None:
+    best_params, best_epoch = params, (history[-1]["epoch"] if history else start_epoch)
+  return FitResult(best_params, opt_state, history, best_epoch, stopped)

@@ -1,0 +1,181 @@
+"""The compiled step, the scanned epoch and `fit`, all on the analytic gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import mlp_jax as mj
+from mlp_jax import training
+from conftest import assert_tree_close, make_batch
+
+SIZES = (12, 16, 5)
+pytestmark = pytest.mark.usefixtures("standard_promotion")  # optax's int32 step counters
+
+
+def _data(n=50, seed=0, dtype=jnp.float32):
+  x, y = make_batch(seed, SIZES, n, dtype)
+  return x, y
+
+
+def _copy(tree):
+  return jax.tree.map(jnp.array, tree)
+
+
+def _bit_equal(a, b):
+  return all(np.array_equal(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_step_lowers_the_loss():
+  params = mj.init_params(jax.random.PRNGKey(0), SIZES)
+  x, y = _data()
+  opt = optax.sgd(0.1)
+  step = mj.make_train_step(opt, l2=1e-3)
+  state = opt.init(params)
+  first = float(mj.loss(params, x, y, 1e-3))
+  for _ in range(20):
+    params, state, loss = step(params, state, x, y)
+  assert float(mj.loss(params, x, y, 1e-3)) < 0.7 * first
+
+
+@pytest.mark.parametrize("opt", [optax.sgd(0.05), optax.sgd(0.05, momentum=0.9), optax.adam(1e-2)],
+                         ids=["sgd", "momentum", "adam"])
+def test_step_matches_a_step_built_on_jax_grad(opt, dtype, rtol):
+  params = mj.init_params(jax.random.PRNGKey(1), SIZES, dtype)
+  x, y = _data(dtype=dtype)
+  state = opt.init(params)
+
+  @jax.jit
+  def reference(params, state):
+    g = jax.grad(mj.loss)(params, x, y, 0.01)
+    updates, state = opt.update(g, state, params)
+    return optax.apply_updates(params, updates), state
+
+  want_p, want_s = params, state
+  got_p, got_s = _copy(params), _copy(state)
+  step = mj.make_train_step(opt, l2=0.01)
+  for _ in range(3):
+    want_p, want_s = reference(want_p, want_s)
+    got_p, got_s, _ = step(got_p, got_s, x, y)
+  assert_tree_close(got_p, want_p, 10 * rtol)
+
+
+def test_step_compiles_once_per_batch_shape():
+  params = mj.init_params(jax.random.PRNGKey(0), SIZES)
+  opt = optax.adam(1e-3)
+  state = opt.init(params)
+  step = mj.make_train_step(opt)
+  for seed in range(4):
+    x, y = _data(32, seed)
+    params, state, _ = step(params, state, x, y)
+  assert step._cache_size() == 1
+
+
+def test_short_last_batch_is_the_remaining_examples_exactly():
+  """Padding rows are masked: the last step's loss is (E6) on the N mod B real rows alone."""
+  params = mj.init_params(jax.random.PRNGKey(0), SIZES)
+  x, y = _data(10)
+  key = jax.random.PRNGKey(3)
+  indices, mask = training.epoch_batches(key, 10, 4)
+  assert indices.shape == (3, 4) and mask.sum() == 10
+  assert sorted(np.asarray(indices)[np.asarray(mask)].tolist()) == list(range(10))
+  epoch = mj.make_epoch(optax.sgd(0.0), batch_size=4, l2=0.5)
+  opt_state = optax.sgd(0.0).init(params)
+  _, _, stats = epoch(_copy(params), opt_state, x, y, key)
+  last = np.asarray(indices[2])[:2]
+  np.testing.assert_allclose(stats.losses[2], mj.loss(params, x[last], y[last], 0.5), rtol=1e-6)
+
+
+def test_scanned_epoch_equals_the_same_steps_one_by_one(dtype, rtol):
+  params = mj.init_params(jax.random.PRNGKey(2), SIZES, dtype)
+  x, y = _data(23, dtype=dtype)
+  opt = optax.sgd(0.1, momentum=0.9)
+  key = jax.random.PRNGKey(7)
+  got_p, _, stats = mj.make_epoch(opt, batch_size=5, l2=0.1)(_copy(params), opt.init(params),
+                                                             x, y, key)
+  indices, mask = training.epoch_batches(key, 23, 5)
+  step = mj.make_train_step(opt, l2=0.1)
+  p, s = _copy(params), opt.init(params)
+  for idx, keep in zip(np.asarray(indices), np.asarray(mask)):
+    p, s, loss = step(p, s, x[idx[keep]], y[idx[keep]])
+  assert_tree_close(got_p, p, 10 * rtol)
+  np.testing.assert_allclose(stats.losses[-1], loss, rtol=10 * rtol)
+  assert bool(stats.finite.all())
+
+
+def test_fit_is_deterministic_and_validates_each_epoch():
+  params = mj.init_params(jax.random.PRNGKey(0), SIZES)
+  train, val = _data(60, 0), _data(20, 1)
+  kwargs = dict(optimizer=optax.adam(1e-2), epochs=3, batch_size=16, l2=1e-3, seed=5, val=val)
+  a = mj.fit(params, train, **kwargs)
+  b = mj.fit(params, train, **kwargs)
+  assert _bit_equal(a.params, b.params)
+  assert [r["epoch"] for r in a.history] == [1, 2, 3]
+  assert all({"train_loss", "val_loss", "val_acc"} <= set(r) for r in a.history)
+  assert a.history[-1]["train_loss"] < a.history[0]["train_loss"]
+  c = mj.fit(params, train, **{**kwargs, "seed": 6})
+  assert not _bit_equal(a.params, c.params)
+
+
+def test_resume_equals_uninterrupted():
+  params = mj.init_params(jax.random.PRNGKey(0), SIZES)
+  train = _data(45, 0)
+  kwargs = dict(optimizer=optax.adam(1e-2), batch_size=8, l2=1e-3, seed=1)
+  whole = mj.fit(params, train, epochs=4, **kwargs)
+  half = mj.fit(params, train, epochs=2, **kwargs)
+  rest = mj.fit(half.params, train, epochs=4, start_epoch=2, opt_state=half.opt_state,
+                history=half.history, **kwargs)
+  assert _bit_equal(whole.params, rest.params)
+  assert [r["epoch"] for r in rest.history] == [1, 2, 3, 4]
+
+
+def test_early_stopping_returns_the_best_epoch():
+  params = mj.init_params(jax.random.PRNGKey(0), (12, 64, 5))
+  x, _ = _data(40, 0)
+  y = jnp.asarray(np.random.default_rng(0).integers(0, 5, 40), jnp.int32)  # noise: overfits
+  val = _data(40, 1)
+  snapshots = {}
+  result = mj.fit(params, (x, y), optimizer=optax.adam(3e-2), epochs=60, batch_size=8, val=val,
+                  patience=3,
+                  on_epoch_end=lambda e, p, s, r: snapshots.__setitem__(e, jax.tree.map(np.array, p)))
+  assert result.stopped_early
+  losses = [r["val_loss"] for r in result.history]
+  assert result.best_epoch == 1 + int(np.argmin(losses))
+  assert len(losses) == result.best_epoch + 3
+  assert _bit_equal(result.params, snapshots[result.best_epoch])
+
+
+def test_non_finite_training_stops_with_epoch_step_and_last_good_params():
+  params = mj.init_params(jax.random.PRNGKey(0), SIZES)
+  x, y = _data(40)
+  with pytest.raises(mj.NonFiniteError, match=r"epoch 1, step \d+ of 5") as info:
+    mj.fit(params, (100 * x, y), optimizer=optax.sgd(1e18), epochs=2, batch_size=8)
+  err = info.value
+  assert err.epoch == 1 and 1 <= err.step <= 5
+  assert err.batch_indices.shape == (8,)
+  assert all(bool(jnp.isfinite(leaf).all()) for leaf in jax.tree.leaves(err.params))
+
+
+def test_fit_rejects_bad_arguments():
+  params = mj.init_params(jax.random.PRNGKey(0), SIZES)
+  x, y = _data(10)
+  with pytest.raises(mj.InputError, match="batch_size"):
+    mj.fit(params, (x, y), optimizer=optax.sgd(0.1), epochs=1, batch_size=0)
+  with pytest.raises(mj.InputError, match="patience"):
+    mj.fit(params, (x, y), optimizer=optax.sgd(0.1), epochs=1, patience=2)
+  with pytest.raises(mj.InputError, match=r"train.y: expected labels in 0..4"):
+    mj.fit(params, (x, y + 10), optimizer=optax.sgd(0.1), epochs=1)
+  with pytest.raises(mj.InputError, match=r"val.x: expected shape"):
+    mj.fit(params, (x, y), optimizer=optax.sgd(0.1), epochs=1, val=(x[:, :3], y))
+
+
+def test_evaluate_and_confusion_matrix():
+  params = mj.init_params(jax.random.PRNGKey(0), SIZES)
+  x, y = _data(30)
+  loss, acc = mj.evaluate(params, x, y, 0.2)
+  np.testing.assert_allclose(loss, mj.loss(params, x, y, 0.2), rtol=1e-5)
+  assert acc == pytest.approx(float((mj.predict(params, x) == y).mean()))
+  counts = mj.confusion_matrix(params, x, y)
+  assert counts.shape == (5, 5) and counts.sum() == 30
+  assert np.trace(counts) == round(acc * 30)

@@ -24,19 +24,26 @@ import jax.numpy as jnp
 from mlp_jax import validation
 from mlp_jax.errors import InputError
 from mlp_jax.gradients import backprop_errors, layer_grads, output_error
-from mlp_jax.loss import log_softmax
+from mlp_jax.loss import cross_entropy, log_softmax
 from mlp_jax.model import Dense, Params, forward_activations
 
 
 def _example_errors(params: Params, x: jax.Array, y: jax.Array, compute_dtype=None):
-  """Forward pass and per-example error signals: (activations, (delta_1, ..., delta_L))."""
+  """Forward pass and per-example error signals.
+
+  Returns:
+    (activations, (delta_1, ..., delta_L), losses): the inputs of every layer, the error of
+    every layer for each example alone, (E13), and the per-example losses l_i, (m,).
+  """
   logits, activations = forward_activations(params, x, compute_dtype)
-  top = output_error(log_softmax(logits), y)  # (m, K), (E7) per example
-  return activations, backprop_errors(params, activations, top, compute_dtype)
+  log_probs = log_softmax(logits)
+  top = output_error(log_probs, y)  # (m, K), (E7) per example
+  return (activations, backprop_errors(params, activations, top, compute_dtype),
+          cross_entropy(log_probs, y))
 
 
 def _per_sample_grads(params: Params, x: jax.Array, y: jax.Array) -> Params:
-  activations, deltas = _example_errors(params, x, y)
+  activations, deltas, _ = _example_errors(params, x, y)
   return tuple(
       Dense(w=jnp.einsum("mi,mj->mij", a, delta), b=delta)
       for a, delta in zip(activations, deltas))
@@ -88,7 +95,7 @@ def _layer_sq_norms(activations, deltas) -> Tuple[jax.Array, ...]:
 
 @jax.jit
 def _layer_norms_jit(params, x, y):
-  activations, deltas = _example_errors(params, x, y)
+  activations, deltas, _ = _example_errors(params, x, y)
   return tuple(Dense(w=jnp.sqrt(w2), b=jnp.sqrt(b2))
                for w2, b2 in _layer_sq_norms(activations, deltas))
 
@@ -109,7 +116,8 @@ def _global_norms(activations, deltas) -> jax.Array:
 
 @jax.jit
 def _global_norms_jit(params, x, y):
-  return _global_norms(*_example_errors(params, x, y))
+  activations, deltas, _ = _example_errors(params, x, y)
+  return _global_norms(activations, deltas)
 
 
 def per_sample_grad_norms(params: Params, x, y) -> jax.Array:
@@ -128,24 +136,32 @@ def clip_factors(norms: jax.Array, clip_norm) -> jax.Array:
   return jnp.where(norms > clip_norm, clip_norm / jnp.where(norms > 0, norms, 1), 1)
 
 
-def clipped_grad_sum(params: Params, x: jax.Array, y: jax.Array, clip_norm,
-                     compute_dtype=None) -> Tuple[Params, jax.Array]:
-  """sum_i min(1, C/||g_i||) g_i and the norms ||g_i||; no checks, traceable.
+def clipped_grad_sum(params: Params, x: jax.Array, y: jax.Array, clip_norm, mask=None,
+                     compute_dtype=None):
+  """sum_i w_i min(1, C/||g_i||) g_i, with the norms and losses; no checks, traceable.
 
   The sum is A_{l-1}^T (c * Delta_l) per layer: the per-example weights c_i scale the rows of the
   error signal (E10) before the weight-gradient GEMMs of (E8)/(E11).
+
+  Args:
+    mask: optional (m,) weights w_i (0 drops a padding row); all ones by default.
+
+  Returns:
+    (sums, norms, losses): a params-shaped tuple of sums, and (m,) gradient norms ||g_i|| and
+    losses l_i.
   """
-  activations, deltas = _example_errors(params, x, y, compute_dtype)
+  activations, deltas, losses = _example_errors(params, x, y, compute_dtype)
   norms = _global_norms(activations, deltas)
-  c = clip_factors(norms, clip_norm)[:, None]
-  weighted = tuple(c * d for d in deltas)
-  return layer_grads(params, activations, weighted, 0.0, 1, compute_dtype), norms
+  c = clip_factors(norms, clip_norm)
+  c = c if mask is None else c * mask
+  weighted = tuple(c[:, None] * d for d in deltas)
+  return layer_grads(params, activations, weighted, 0.0, 1, compute_dtype), norms, losses
 
 
 @jax.jit
 def _clipped_mean_jit(params, x, y, clip_norm, l2):
   m = x.shape[0]
-  total, _ = clipped_grad_sum(params, x, y, clip_norm)
+  total, _, _ = clipped_grad_sum(params, x, y, clip_norm)
   decay = jnp.asarray(l2, params[0].w.dtype) / m
   return tuple(Dense(w=g.w / m + decay * p.w, b=g.b / m) for g, p in zip(total, params))
 

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mlp_jax import validation
+from mlp_jax import privacy, validation
 from mlp_jax.errors import InputError, NonFiniteError
 from mlp_jax.gradients import _loss_and_grads
 from mlp_jax.loss import cross_entropy, l2_penalty, log_softmax
@@ -36,9 +36,8 @@ def _tree_all_finite(tree) -> jax.Array:
   return jnp.all(jnp.asarray([jnp.isfinite(leaf).all() for leaf in jax.tree.leaves(tree)]))
 
 
-def _update(optimizer, l2, compute_dtype, params, opt_state, x, y, mask=None):
-  """One optimizer update on the analytic gradients; returns (params, opt_state, loss, finite)."""
-  loss, grads = _loss_and_grads(params, x, y, l2, compute_dtype, mask)
+def _apply(optimizer, params, opt_state, loss, grads):
+  """One optimizer update; returns (params, opt_state, loss, finite)."""
   updates, opt_state = optimizer.update(grads, opt_state, params)
   finite = jnp.isfinite(loss) & _tree_all_finite(grads)
   return optax.apply_updates(params, updates), opt_state, loss, finite
@@ -62,7 +61,8 @@ def make_train_step(optimizer: optax.GradientTransformation, l2=0.0, *,
   @functools.partial(jax.jit, donate_argnums=(0, 1))
   def step(params, opt_state, x, y):
     params, x, y, _ = validation.check_batch(params, x, y)
-    params, opt_state, loss, _ = _update(optimizer, l2, compute_dtype, params, opt_state, x, y)
+    loss, grads = _loss_and_grads(params, x, y, l2, compute_dtype)
+    params, opt_state, loss, _ = _apply(optimizer, params, opt_state, loss, grads)
     return params, opt_state, loss
 
   return step
@@ -84,6 +84,20 @@ def epoch_batches(key: jax.Array, num_examples: int, batch_size: int):
   return indices.reshape(num_batches, batch_size), mask.reshape(num_batches, batch_size)
 
 
+def epoch_plan(key: jax.Array, num_examples: int, batch_size: int,
+               dp: Optional[privacy.DPConfig] = None):
+  """(indices, mask, step_keys) of the epoch drawn from `key`: the shuffled minibatches of
+  `epoch_batches`, or with `dp` the Poisson-sampled ones of `privacy.poisson_batches`, and one
+  PRNG key per step for the DP noise."""
+  batch_key, noise_key = jax.random.split(key)
+  if dp is None:
+    indices, mask = epoch_batches(batch_key, num_examples, batch_size)
+  else:
+    indices, mask = privacy.poisson_batches(
+        batch_key, num_examples, batch_size, privacy.steps_per_epoch(num_examples, batch_size))
+  return indices, mask, jax.random.split(noise_key, indices.shape[0])
+
+
 class EpochStats(NamedTuple):
   """What a compiled epoch returns beside the new state."""
   losses: jax.Array   # (num_batches,) loss of each step
@@ -91,35 +105,44 @@ class EpochStats(NamedTuple):
 
 
 def make_epoch(optimizer: optax.GradientTransformation, batch_size: int, l2=0.0, *,
-               compute_dtype=None) -> Callable:
+               compute_dtype=None, dp: Optional[privacy.DPConfig] = None) -> Callable:
   """A jitted `epoch(params, opt_state, x, y, key) -> (params, opt_state, EpochStats)`.
 
   One `lax.scan` over the minibatches of a permutation drawn from `key`. The short last batch
   is masked (see the module docstring), so one compilation serves any epoch of the same data
   shape. Once a step is non-finite the parameters and optimizer state stay at their last good
   values for the rest of the epoch; `EpochStats.finite` says where it happened.
+
+  With `dp`, the epoch is DP-SGD instead: ceil(N / B) steps on truncated Poisson-sampled batches
+  of expected size B, each with the clipped, noised gradient of `privacy.noisy_clipped_grads`.
   """
   if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
     raise InputError(f"batch_size: expected a positive int, got {batch_size!r}")
   validation.check_l2(l2)
+  dp = None if dp is None else privacy.check_dp_config(dp)
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))
   def epoch(params, opt_state, x, y, key):
-    indices, mask = epoch_batches(key, x.shape[0], batch_size)
     dtype = params[0].w.dtype
+    indices, mask, step_keys = epoch_plan(key, x.shape[0], batch_size, dp)
 
     def body(carry, batch):
       params, opt_state, ok = carry
-      idx, keep = batch
-      new_params, new_state, loss, finite = _update(
-          optimizer, l2, compute_dtype, params, opt_state, x[idx], y[idx], keep.astype(dtype))
+      idx, keep, step_key = batch
+      keep = keep.astype(dtype)
+      if dp is None:
+        loss, grads = _loss_and_grads(params, x[idx], y[idx], l2, compute_dtype, keep)
+      else:
+        loss, grads = privacy.noisy_clipped_grads(params, x[idx], y[idx], keep, step_key, l2,
+                                                  dp, batch_size, compute_dtype)
+      new_params, new_state, loss, finite = _apply(optimizer, params, opt_state, loss, grads)
       ok_now = ok & finite
       params, opt_state = jax.tree.map(lambda new, old: jnp.where(ok_now, new, old),
                                        (new_params, new_state), (params, opt_state))
       return (params, opt_state, ok_now), (loss, finite)
 
     (params, opt_state, _), (losses, finite) = jax.lax.scan(
-        body, (params, opt_state, jnp.asarray(True)), (indices, mask))
+        body, (params, opt_state, jnp.asarray(True)), (indices, mask, step_keys))
     return params, opt_state, EpochStats(losses, finite)
 
   return epoch
@@ -193,7 +216,7 @@ def fit(params: Params, train, *, optimizer: optax.GradientTransformation, epoch
         patience: Optional[int] = None, opt_state=None, start_epoch: int = 0,
         history: Optional[List[Dict[str, float]]] = None,
         on_epoch_end: Optional[Callable[[int, Params, optax.OptState, Dict], None]] = None,
-        compute_dtype=None) -> FitResult:
+        compute_dtype=None, dp: Optional[privacy.DPConfig] = None) -> FitResult:
   """Trains with the compiled epoch: shuffling, validation each epoch, optional early stopping.
 
   Args:
@@ -214,6 +237,8 @@ def fit(params: Params, train, *, optimizer: optax.GradientTransformation, epoch
       (1-based epoch), e.g. to checkpoint or to draw a progress bar. The arrays it gets are
       donated to the next epoch: copy them (e.g. to numpy) to keep them.
     compute_dtype: optional GEMM dtype, e.g. jnp.bfloat16.
+    dp: train with DP-SGD (see `privacy`); each epoch's record then holds `epsilon`, the
+      privacy spent so far at `dp.delta`.
 
   Raises:
     NonFiniteError: a step produced a NaN/Inf loss or gradient; it carries `.epoch`, `.step`,
@@ -227,7 +252,7 @@ def fit(params: Params, train, *, optimizer: optax.GradientTransformation, epoch
   validation.check_l2(l2)
   params = jax.tree.map(jnp.array, params)  # our own buffers: the epoch donates them
   opt_state = optimizer.init(params) if opt_state is None else jax.tree.map(jnp.array, opt_state)
-  epoch_fn = make_epoch(optimizer, batch_size, l2, compute_dtype=compute_dtype)
+  epoch_fn = make_epoch(optimizer, batch_size, l2, compute_dtype=compute_dtype, dp=dp)
   history = list(history or [])
   best_loss = min((r.get("val_loss", float("inf")) for r in history), default=float("inf"))
   best_params, best_epoch, since_best, stopped = params, start_epoch, 0, False
@@ -238,18 +263,21 @@ def fit(params: Params, train, *, optimizer: optax.GradientTransformation, epoch
     finite = np.asarray(stats.finite)
     if not finite.all():
       step = int(np.argmin(finite))
-      indices, _ = epoch_batches(key, x.shape[0], batch_size)
+      indices, mask, _ = epoch_plan(key, x.shape[0], batch_size, dp)
       err = NonFiniteError(
           f"non-finite loss or gradient at epoch {e + 1}, step {step + 1} of {finite.size}; "
           f"parameters kept from before that step")
       err.epoch, err.step = e + 1, step + 1
-      err.batch_indices = np.asarray(indices[step])
+      err.batch_indices = np.asarray(indices[step])[np.asarray(mask[step])]
       err.params, err.opt_state = params, opt_state
       raise err
     record = {"epoch": e + 1, "train_loss": float(np.mean(np.asarray(stats.losses))),
               "epoch_seconds": time.perf_counter() - start}
     if val is not None:
       record["val_loss"], record["val_acc"] = evaluate(params, *val, l2)
+    if dp is not None:
+      steps = (e + 1) * privacy.steps_per_epoch(x.shape[0], batch_size)
+      record["epsilon"] = privacy.dp_epsilon(dp, x.shape[0], batch_size, steps)
     history.append(record)
     if on_epoch_end is not None:
       on_epoch_end(e + 1, params, opt_state, record)

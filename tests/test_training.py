@@ -77,7 +77,7 @@ def test_short_last_batch_is_the_remaining_examples_exactly():
   params = mj.init_params(jax.random.PRNGKey(0), SIZES)
   x, y = _data(10)
   key = jax.random.PRNGKey(3)
-  indices, mask = training.epoch_batches(key, 10, 4)
+  indices, mask, _ = training.epoch_plan(key, 10, 4)
   assert indices.shape == (3, 4) and mask.sum() == 10
   assert sorted(np.asarray(indices)[np.asarray(mask)].tolist()) == list(range(10))
   epoch = mj.make_epoch(optax.sgd(0.0), batch_size=4, l2=0.5)
@@ -94,7 +94,7 @@ def test_scanned_epoch_equals_the_same_steps_one_by_one(dtype, rtol):
   key = jax.random.PRNGKey(7)
   got_p, _, stats = mj.make_epoch(opt, batch_size=5, l2=0.1)(_copy(params), opt.init(params),
                                                              x, y, key)
-  indices, mask = training.epoch_batches(key, 23, 5)
+  indices, mask, _ = training.epoch_plan(key, 23, 5)
   step = mj.make_train_step(opt, l2=0.1)
   p, s = _copy(params), opt.init(params)
   for idx, keep in zip(np.asarray(indices), np.asarray(mask)):

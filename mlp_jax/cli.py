@@ -1,0 +1,272 @@
+"""The `mlp-jax` command: train, evaluate, check.
+
+Each subcommand parses its arguments and calls the library; errors the library raises on
+purpose (bad files, bad data, bad arguments) end the command with a one-line message and exit
+status 2, before anything is written to the output folder.
+"""
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import List, Optional
+
+EXAMPLES_TRAIN = """examples:
+  mlp-jax train                                  # 64-256-10 on the bundled 8x8 digits
+  mlp-jax train --dataset usps --data ../shared/data/usps/usps.h5 --epochs 40
+  mlp-jax train --dataset usps --data zip.train.gz --augment --optimizer adam --lr 1e-3
+  mlp-jax train --hidden 512 128 --l2 1e-4 --out runs/deep --resume
+"""
+EXAMPLES_EVALUATE = """examples:
+  mlp-jax evaluate runs/digits/checkpoint.npz
+  mlp-jax evaluate runs/usps/checkpoint.npz --dataset usps --data usps.h5
+"""
+EXAMPLES_CHECK = """examples:
+  mlp-jax check                                  # the 256-256-10 network, float64
+  mlp-jax check --hidden 512 128 --m 13 --l2 0.5 --dtype float32
+"""
+
+
+def _optimizer(name: str, lr: float):
+  import optax
+  if name == "sgd":
+    return optax.sgd(lr)
+  if name == "momentum":
+    return optax.sgd(lr, momentum=0.9, nesterov=True)
+  return optax.adam(lr)
+
+
+def write_atomic(path: str, text: str) -> None:
+  """Writes text to path through a temporary file and a rename: all or nothing."""
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def _history_csv(history) -> str:
+  keys = sorted({k for r in history for k in r}, key=lambda k: (k != "epoch", k))
+  out = io.StringIO()
+  writer = csv.DictWriter(out, fieldnames=keys)
+  writer.writeheader()
+  writer.writerows(history)
+  return out.getvalue()
+
+
+def _table(rows: List[List[str]]) -> str:
+  widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+  return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def cmd_train(args) -> int:
+  import jax
+  import numpy as np
+  import mlp_jax as mj
+  from mlp_jax import checkpoint, data, plots
+
+  splits = data.prepare(args.dataset, args.data, val_fraction=args.val_fraction,
+                        seed=args.seed, augment=args.augment, num_samples=args.num_samples)
+  sizes = (splits.train.x.shape[1],) + tuple(args.hidden) + (splits.num_classes,)
+  config = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
+  config["layer_sizes"] = list(sizes)
+  optimizer = _optimizer(args.optimizer, args.lr)
+  out = args.out
+  ckpt_path = os.path.join(out, "checkpoint.npz")
+  params = mj.init_params(jax.random.PRNGKey(args.seed), sizes)
+  opt_state, start_epoch, history = None, 0, []
+  if args.resume and os.path.exists(ckpt_path):
+    template = optimizer.init(params)
+    ckpt = checkpoint.load_checkpoint(ckpt_path, opt_state_template=template)
+    checkpoint.check_compatible(ckpt, sizes)
+    params, opt_state, start_epoch = ckpt.params, ckpt.opt_state, ckpt.epoch
+    history = ckpt.extra.get("history", [])
+    print(f"resuming from {ckpt_path} at epoch {start_epoch}")
+  os.makedirs(out, exist_ok=True)
+  scaler_extra = {"scaler_mean": splits.scaler.mean.tolist(),
+                  "scaler_scale": splits.scaler.scale.tolist()}
+
+  progress = None
+  if not args.no_progress:
+    from tqdm import tqdm
+    progress = tqdm(total=args.epochs, initial=start_epoch, unit="epoch", desc="train",
+                    file=sys.stderr)
+
+  def on_epoch_end(epoch, p, s, record):
+    record["train_acc"] = mj.evaluate(p, splits.train.x, splits.train.y)[1]
+    checkpoint.save_checkpoint(
+        ckpt_path, p, s, epoch=epoch, config=config, rng_key=jax.random.PRNGKey(args.seed),
+        extra={"history": history_so_far + [record], **scaler_extra})
+    history_so_far.append(record)
+    if progress is not None:
+      progress.set_postfix(loss=f"{record['train_loss']:.4f}",
+                           val_acc=f"{100 * record.get('val_acc', float('nan')):.2f}%")
+      progress.update(1)
+
+  history_so_far = list(history)
+  start = time.perf_counter()
+  val = (splits.val.x, splits.val.y) if splits.val is not None else None
+  result = mj.fit(params, (splits.train.x, splits.train.y), optimizer=optimizer,
+                  epochs=args.epochs, batch_size=args.batch_size, l2=args.l2, seed=args.seed,
+                  val=val, patience=args.patience, opt_state=opt_state,
+                  start_epoch=start_epoch, history=history, on_epoch_end=on_epoch_end)
+  seconds = time.perf_counter() - start
+  if progress is not None:
+    progress.close()
+  test_loss, test_acc = mj.evaluate(result.params, splits.test.x, splits.test.y, args.l2)
+  counts = mj.confusion_matrix(result.params, splits.test.x, splits.test.y)
+  # The checkpoint holds the returned (best) parameters, for `mlp-jax evaluate`.
+  checkpoint.save_checkpoint(
+      ckpt_path, result.params, result.opt_state, epoch=result.best_epoch, config=config,
+      rng_key=jax.random.PRNGKey(args.seed), extra={"history": result.history, **scaler_extra})
+  metrics = {"config": config, "history": result.history, "best_epoch": result.best_epoch,
+             "stopped_early": result.stopped_early, "test_loss": test_loss,
+             "test_accuracy": test_acc, "train_seconds": seconds,
+             "train_examples": int(splits.train.x.shape[0]),
+             "test_examples": int(splits.test.x.shape[0]),
+             "device": str(jax.devices()[0].device_kind), "confusion": counts.tolist()}
+  write_atomic(os.path.join(out, "metrics.json"), json.dumps(metrics, indent=1))
+  write_atomic(os.path.join(out, "metrics.csv"), _history_csv(result.history))
+  plots.plot_curves(result.history, os.path.join(out, "curves.png"))
+  plots.plot_confusion(counts, os.path.join(out, "confusion.png"))
+  last = result.history[-1] if result.history else {}
+  print(_table([
+      ["dataset", f"{args.dataset} ({splits.train.x.shape[0]} train, "
+                  f"{0 if splits.val is None else splits.val.x.shape[0]} val, "
+                  f"{splits.test.x.shape[0]} test)"],
+      ["network", "-".join(map(str, sizes)) + f", {args.optimizer} lr={args.lr:g}, "
+                  f"l2={args.l2:g}, batch={args.batch_size}"],
+      ["epochs", f"{len(result.history)} (best {result.best_epoch}"
+                 f"{', stopped early' if result.stopped_early else ''})"],
+      ["train loss", f"{last.get('train_loss', float('nan')):.4f}"],
+      ["val accuracy", f"{100 * last.get('val_acc', float('nan')):.2f}%"],
+      ["test accuracy", f"{100 * test_acc:.2f}%"],
+      ["train time", f"{seconds:.1f} s"],
+      ["output", out],
+  ]))
+  return 0
+
+
+def cmd_evaluate(args) -> int:
+  import numpy as np
+  import mlp_jax as mj
+  from mlp_jax import checkpoint, data
+
+  ckpt = checkpoint.load_checkpoint(args.checkpoint)
+  cfg = ckpt.config
+  dataset = args.dataset or cfg.get("dataset", "digits")
+  path = args.data or cfg.get("data")
+  splits = data.prepare(dataset, path, val_fraction=0.0, seed=cfg.get("seed", 0),
+                        num_samples=cfg.get("num_samples", 2000))
+  scaler = data.Scaler(np.asarray(ckpt.extra["scaler_mean"], np.float32),
+                       np.asarray(ckpt.extra["scaler_scale"], np.float32))
+  x = data.apply_scaler(scaler, splits.raw_test.x)
+  checkpoint.check_compatible(ckpt, (x.shape[1],) + tuple(mj.layer_sizes(ckpt.params)[1:]))
+  y = splits.test.y
+  counts = mj.confusion_matrix(ckpt.params, x, y)
+  acc = np.trace(counts) / counts.sum()
+  per_class = np.diag(counts) / np.maximum(counts.sum(1), 1)
+  print(f"{args.checkpoint}: {dataset} test set, {counts.sum()} examples")
+  print(f"accuracy {100 * acc:.2f}%")
+  print(_table([["class"] + [str(i) for i in range(len(per_class))],
+                ["accuracy %"] + [f"{100 * a:.1f}" for a in per_class]]))
+  print("confusion matrix (rows: true, columns: predicted)")
+  print(_table([[""] + [str(i) for i in range(len(counts))]] +
+               [[str(i)] + [str(c) for c in row] for i, row in enumerate(counts)]))
+  return 0
+
+
+def cmd_check(args) -> int:
+  import jax
+  if args.dtype == "float64":
+    jax.config.update("jax_enable_x64", True)
+  import jax.numpy as jnp
+  import mlp_jax as mj
+
+  sizes = (args.features,) + tuple(args.hidden) + (args.classes,)
+  params = mj.init_params(jax.random.PRNGKey(args.seed), sizes, jnp.dtype(args.dtype))
+  key_x, key_y = jax.random.split(jax.random.PRNGKey(args.seed + 1))
+  x = jax.random.uniform(key_x, (args.m, args.features), jnp.dtype(args.dtype))
+  y = jax.random.randint(key_y, (args.m,), 0, args.classes)
+  report = mj.check_gradients(params, x, y, args.l2)
+  print(report)
+  return 0 if report.passed else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="mlp-jax", description="Train and check MLPs with hand-derived gradients in JAX.")
+  sub = parser.add_subparsers(dest="command", required=True)
+  fmt = argparse.RawDescriptionHelpFormatter
+
+  t = sub.add_parser("train", help="train a network and evaluate it on the test set",
+                     epilog=EXAMPLES_TRAIN, formatter_class=fmt)
+  t.add_argument("--dataset", choices=["digits", "usps", "synthetic"], default="digits",
+                 help="digits: scikit-learn's bundled 8x8 digits (default); usps: the 16x16 "
+                      "USPS digits from --data; synthetic: Gaussian clusters")
+  t.add_argument("--data", help="USPS file: HDF5 (usps.h5) or ESL text (zip.train[.gz])")
+  t.add_argument("--hidden", type=int, nargs="+", default=[256], help="hidden widths (256)")
+  t.add_argument("--l2", type=float, default=1e-4, help="penalty lambda of (E6) (1e-4)")
+  t.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default="adam")
+  t.add_argument("--lr", type=float, default=1e-3, help="learning rate (1e-3)")
+  t.add_argument("--batch-size", type=int, default=128)
+  t.add_argument("--epochs", type=int, default=30)
+  t.add_argument("--seed", type=int, default=0)
+  t.add_argument("--val-fraction", type=float, default=0.1,
+                 help="fraction of the training set held out for validation (0.1)")
+  t.add_argument("--patience", type=int, help="early stopping after N epochs without a "
+                                              "lower validation loss")
+  t.add_argument("--augment", action="store_true",
+                 help="add copies of the training images shifted by one pixel (x5 data)")
+  t.add_argument("--num-samples", type=int, default=2000, help="synthetic dataset size")
+  t.add_argument("--out", default="runs/latest", help="output folder (runs/latest)")
+  t.add_argument("--resume", action="store_true",
+                 help="continue from OUT/checkpoint.npz if it exists")
+  t.add_argument("--no-progress", action="store_true", help="no progress bar")
+  t.set_defaults(func=cmd_train)
+
+  e = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix",
+                     epilog=EXAMPLES_EVALUATE, formatter_class=fmt)
+  e.add_argument("checkpoint")
+  e.add_argument("--dataset", choices=["digits", "usps", "synthetic"],
+                 help="defaults to the dataset the checkpoint was trained on")
+  e.add_argument("--data", help="USPS file, as for train")
+  e.set_defaults(func=cmd_evaluate)
+
+  c = sub.add_parser("check", help="analytic gradients vs jax.grad vs finite differences; "
+                                   "exit status 1 if a bar is missed",
+                     epilog=EXAMPLES_CHECK, formatter_class=fmt)
+  c.add_argument("--features", type=int, default=256)
+  c.add_argument("--hidden", type=int, nargs="+", default=[256])
+  c.add_argument("--classes", type=int, default=10)
+  c.add_argument("--m", type=int, default=37, help="batch size (37: differs from the widths)")
+  c.add_argument("--l2", type=float, default=0.1)
+  c.add_argument("--dtype", choices=["float32", "float64"], default="float64")
+  c.add_argument("--seed", type=int, default=0)
+  c.set_defaults(func=cmd_check)
+  return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+  args = build_parser().parse_args(argv)
+  from mlp_jax.errors import MLPJaxError
+  try:
+    return args.func(args)
+  except MLPJaxError as err:
+    print(f"mlp-jax: error: {err}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -74,7 +74,7 @@ def cmd_train(args) -> int:
   import jax
   import numpy as np
   import mlp_jax as mj
-  from mlp_jax import checkpoint, data, plots
+  from mlp_jax import checkpoint, data, plots, privacy
 
   splits = data.prepare(args.dataset, args.data, val_fraction=args.val_fraction,
                         seed=args.seed, augment=args.augment, num_samples=args.num_samples)
@@ -110,17 +110,22 @@ def cmd_train(args) -> int:
         extra={"history": history_so_far + [record], **scaler_extra})
     history_so_far.append(record)
     if progress is not None:
+      extra = {"eps": f"{record['epsilon']:.2f}"} if "epsilon" in record else {}
       progress.set_postfix(loss=f"{record['train_loss']:.4f}",
-                           val_acc=f"{100 * record.get('val_acc', float('nan')):.2f}%")
+                           val_acc=f"{100 * record.get('val_acc', float('nan')):.2f}%", **extra)
       progress.update(1)
 
   history_so_far = list(history)
+  dp = None
+  if args.dp:
+    dp = privacy.check_dp_config(
+        privacy.DPConfig(args.clip_norm, args.noise_multiplier, args.delta))
   start = time.perf_counter()
   val = (splits.val.x, splits.val.y) if splits.val is not None else None
   result = mj.fit(params, (splits.train.x, splits.train.y), optimizer=optimizer,
                   epochs=args.epochs, batch_size=args.batch_size, l2=args.l2, seed=args.seed,
                   val=val, patience=args.patience, opt_state=opt_state,
-                  start_epoch=start_epoch, history=history, on_epoch_end=on_epoch_end)
+                  start_epoch=start_epoch, history=history, on_epoch_end=on_epoch_end, dp=dp)
   seconds = time.perf_counter() - start
   if progress is not None:
     progress.close()
@@ -152,6 +157,8 @@ def cmd_train(args) -> int:
       ["train loss", f"{last.get('train_loss', float('nan')):.4f}"],
       ["val accuracy", f"{100 * last.get('val_acc', float('nan')):.2f}%"],
       ["test accuracy", f"{100 * test_acc:.2f}%"],
+  ] + ([["privacy", f"({last['epsilon']:.2f}, {args.delta:g})-DP, C={args.clip_norm:g}, "
+                    f"sigma={args.noise_multiplier:g}"]] if dp is not None else []) + [
       ["train time", f"{seconds:.1f} s"],
       ["output", out],
   ]))
@@ -230,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--augment", action="store_true",
                  help="add copies of the training images shifted by one pixel (x5 data)")
   t.add_argument("--num-samples", type=int, default=2000, help="synthetic dataset size")
+  t.add_argument("--dp", action="store_true",
+                 help="DP-SGD: Poisson-sampled batches, per-example clipping, Gaussian noise; "
+                      "reports epsilon each epoch")
+  t.add_argument("--clip-norm", type=float, default=1.0, help="DP clip norm C (1.0)")
+  t.add_argument("--noise-multiplier", type=float, default=1.1, help="DP noise sigma (1.1)")
+  t.add_argument("--delta", type=float, default=1e-5, help="DP delta (1e-5)")
   t.add_argument("--out", default="runs/latest", help="output folder (runs/latest)")
   t.add_argument("--resume", action="store_true",
                  help="continue from OUT/checkpoint.npz if it exists")

@@ -1,0 +1,440 @@
+"""Checkpoints: bit-exact round trips, atomic writes that survive SIGKILL, corrupt files refused."""
+
+import json
+import os
+import pathlib
+import random
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import mlp_jax as mj
+from mlp_jax import checkpoint as ckpt_lib
+from mlp_jax.checkpoint import Checkpoint, check_compatible, load_checkpoint, save_checkpoint
+
+SIZES = (4, 8, 3)
+OPTIMIZERS = {
+    "adam": lambda: optax.adam(1e-2),
+    "sgd_momentum": lambda: optax.sgd(1e-2, momentum=0.9),
+}
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def assert_bits_equal(actual, expected):
+  """Same tree structure, and every leaf with the same shape, dtype and bytes."""
+  assert jax.tree.structure(actual) == jax.tree.structure(expected)
+  for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+    a, e = np.asarray(a), np.asarray(e)
+    assert a.shape == e.shape and a.dtype == e.dtype, (a.shape, a.dtype, e.shape, e.dtype)
+    assert a.tobytes() == e.tobytes()
+
+
+def trained_state(opt_name, sizes=SIZES, dtype=jnp.float32, steps=2):
+  """Params and optimizer state after a few updates, so no leaf is trivially zero."""
+  opt = OPTIMIZERS[opt_name]()
+  params = mj.init_params(jax.random.PRNGKey(0), sizes, dtype)
+  state = opt.init(params)
+  for _ in range(steps):
+    updates, state = opt.update(params, state, params)  # params as stand-in gradients
+    params = optax.apply_updates(params, updates)
+  return opt, params, state
+
+
+def refused(path, *needles, **load_kwargs) -> str:
+  """Loads `path`, expecting one one-line CheckpointError naming the file and each needle."""
+  with pytest.raises(mj.CheckpointError) as info:
+    load_checkpoint(path, **load_kwargs)
+  message = str(info.value)
+  assert isinstance(info.value, ValueError)
+  assert str(path) in message and "\n" not in message, message
+  for needle in needles:
+    assert needle in message, message
+  return message
+
+
+def repack(src, dst, edit_meta=None, drop=(), add=None, replace=None):
+  """Rewrites a checkpoint's npz with edited metadata or arrays (the zip stays valid)."""
+  with np.load(src, allow_pickle=False) as npz:
+    arrays = {name: npz[name] for name in npz.files}
+  meta = json.loads(arrays["__meta__"].tobytes())
+  if edit_meta:
+    edit_meta(meta)
+  arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+  for name in drop:
+    del arrays[name]
+  arrays.update(add or {})
+  arrays.update(replace or {})
+  with open(dst, "wb") as f:
+    np.savez(f, **arrays)
+  return dst
+
+
+# ------------------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
+def test_round_trip_is_bit_exact(tmp_path, dtype, opt_name, standard_promotion):
+  opt, params, state = trained_state(opt_name, dtype=dtype)
+  rng = jax.random.fold_in(jax.random.PRNGKey(42), 3)
+  config = {"lr": 0.01, "layer_sizes": [4, 8, 3], "name": "run-1", "nested": {"a": [1, None]}}
+  extra = {"best_accuracy": 0.75, "history": [0.5, 0.25]}
+  path = save_checkpoint(tmp_path / "runs" / "a" / "ckpt.npz", params, state, epoch=5,
+                         config=config, rng_key=rng, step=123, extra=extra)
+  assert path == tmp_path / "runs" / "a" / "ckpt.npz"
+  assert os.listdir(path.parent) == ["ckpt.npz"]  # parents created, no temp file left
+
+  ckpt = load_checkpoint(path, opt_state_template=opt.init(params))
+  assert isinstance(ckpt, Checkpoint)
+  assert isinstance(ckpt.params, tuple) and all(isinstance(l, mj.Dense) for l in ckpt.params)
+  assert_bits_equal(ckpt.params, params)
+  assert_bits_equal(ckpt.opt_state, state)
+  assert_bits_equal(ckpt.rng_key, rng)
+  assert (ckpt.epoch, ckpt.step, ckpt.config, ckpt.extra) == (5, 123, config, extra)
+  # The restored state drives the optimizer exactly as the original does.
+  assert_bits_equal(opt.update(ckpt.params, ckpt.opt_state, ckpt.params),
+                    opt.update(params, state, params))
+  # Without a template: the leaves, in order.
+  assert_bits_equal(load_checkpoint(path).opt_state, jax.tree.leaves(state))
+  # A shape-only template (jax.eval_shape) works too.
+  assert_bits_equal(load_checkpoint(path, jax.eval_shape(opt.init, params)).opt_state, state)
+
+
+def test_typed_key_none_state_and_defaults(tmp_path, standard_promotion):
+  params = mj.init_params(jax.random.PRNGKey(1), SIZES)
+  key = jax.random.key(7)
+  path = save_checkpoint(tmp_path / "ckpt", params, epoch=0, rng_key=key)
+  assert os.listdir(tmp_path) == ["ckpt"]  # used as given: no .npz suffix added
+  ckpt = load_checkpoint(path)
+  assert jnp.issubdtype(ckpt.rng_key.dtype, jax.dtypes.prng_key)
+  assert jax.random.key_impl(ckpt.rng_key) == jax.random.key_impl(key)
+  assert_bits_equal(jax.random.key_data(ckpt.rng_key), jax.random.key_data(key))
+  assert_bits_equal(jax.random.normal(ckpt.rng_key, (3,)), jax.random.normal(key, (3,)))
+  assert (ckpt.opt_state, ckpt.epoch, ckpt.config, ckpt.step, ckpt.extra) == (None, 0, {}, 0, {})
+  # A state-less optimizer's template fits a file without state; one with state does not.
+  empty = optax.sgd(0.1).init(params)
+  assert load_checkpoint(path, empty).opt_state == empty
+  refused(path, "optimizer state does not match: the file holds none",
+          opt_state_template=optax.adam(0.1).init(params))
+  assert load_checkpoint(save_checkpoint(tmp_path / "nokey", params, epoch=1)).rng_key is None
+
+
+def test_bfloat16_params_round_trip(tmp_path):
+  params = jax.tree.map(lambda a: a.astype(jnp.bfloat16),
+                        mj.init_params(jax.random.PRNGKey(2), SIZES))
+  ckpt = load_checkpoint(save_checkpoint(tmp_path / "bf16.npz", params, epoch=1))
+  assert_bits_equal(ckpt.params, params)
+
+
+def test_float64_file_needs_x64_to_load(tmp_path):
+  with jax.enable_x64(True):
+    params = mj.init_params(jax.random.PRNGKey(3), SIZES, jnp.float64)
+    path = save_checkpoint(tmp_path / "f64.npz", params, epoch=1)
+  refused(path, "float64", "jax.enable_x64(True)")
+
+
+def test_file_is_plain_numpy_and_json(tmp_path, standard_promotion):
+  _, params, state = trained_state("adam")
+  path = save_checkpoint(tmp_path / "c.npz", params, state, epoch=2, step=9,
+                         rng_key=jax.random.PRNGKey(0), config={"k": 1})
+  with np.load(path, allow_pickle=False) as npz:
+    meta = json.loads(npz["__meta__"].tobytes().decode("utf-8"))
+    np.testing.assert_array_equal(npz["params.1.w"], params[1].w)
+    assert npz["opt_state.0"].dtype == np.int32  # adam's step count
+  assert meta["format"] == "mlp_jax-checkpoint" and meta["version"] == 1
+  assert meta["layer_sizes"] == list(SIZES) and meta["param_dtype"] == "float32"
+  assert (meta["epoch"], meta["step"], meta["config"], meta["extra"]) == (2, 9, {"k": 1}, {})
+  assert [e["name"] for e in meta["leaves"]["params"]] == [
+      "params.0.w", "params.0.b", "params.1.w", "params.1.b"]
+  assert meta["leaves"]["params"][0] == {"name": "params.0.w", "shape": [4, 8], "dtype": "float32"}
+  assert len(meta["leaves"]["opt_state"]) == len(jax.tree.leaves(state))
+  assert meta["leaves"]["rng"] == [{"name": "rng", "shape": [2], "dtype": "uint32"}]
+  assert len(meta["sha256"]) == 64 and int(meta["sha256"], 16) >= 0
+
+
+def test_new_file_mode_follows_umask(tmp_path):
+  umask = os.umask(0o022)
+  try:
+    path = save_checkpoint(tmp_path / "c.npz", mj.init_params(jax.random.PRNGKey(0), SIZES),
+                           epoch=0)
+  finally:
+    os.umask(umask)
+  assert os.stat(path).st_mode & 0o777 == 0o644  # not the temp file's 0o600
+
+
+@pytest.mark.parametrize("kwargs, kind, match", [
+    ({"epoch": -1}, mj.InputError, "epoch: expected an int >= 0"),
+    ({"epoch": 1.5}, mj.InputTypeError, "epoch: expected an int"),
+    ({"epoch": 1, "step": "3"}, mj.InputTypeError, "step: expected an int"),
+    ({"epoch": 1, "config": {"f": object()}}, mj.InputTypeError, "config: expected a JSON"),
+    ({"epoch": 1, "extra": [1]}, mj.InputTypeError, "extra: expected a dict"),
+    ({"epoch": 1, "rng_key": jnp.ones(2)}, mj.InputTypeError, "rng_key"),
+])
+def test_save_rejects_bad_arguments_and_writes_nothing(tmp_path, kwargs, kind, match):
+  params = mj.init_params(jax.random.PRNGKey(0), SIZES)
+  with pytest.raises(kind, match=match):
+    save_checkpoint(tmp_path / "c.npz", params, **kwargs)
+  with pytest.raises(mj.InputTypeError, match="params"):
+    save_checkpoint(tmp_path / "c.npz", [np.ones((2, 2))], epoch=0)
+  assert os.listdir(tmp_path) == []
+
+
+# -------------------------------------------------------------------------------- atomicity
+
+
+@pytest.mark.parametrize("where", ["write", "fsync", "replace", "interrupt"])
+def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch, where):
+  params = mj.init_params(jax.random.PRNGKey(0), SIZES)
+  path = save_checkpoint(tmp_path / "c.npz", params, epoch=1)
+  before = path.read_bytes()
+
+  def write_half_then_fail(file, arrays):
+    file.write(before[:len(before) // 2])
+    raise KeyboardInterrupt if where == "interrupt" else OSError(28, "No space left on device")
+
+  def fail(*args):
+    raise OSError(5, "Input/output error")
+
+  if where in ("write", "interrupt"):
+    monkeypatch.setattr(ckpt_lib, "_write_npz", write_half_then_fail)
+  else:
+    monkeypatch.setattr(os, where, fail)
+  newer = jax.tree.map(lambda a: a + 1, params)
+  with pytest.raises(KeyboardInterrupt if where == "interrupt" else OSError):
+    save_checkpoint(path, newer, epoch=2)
+  monkeypatch.undo()
+
+  assert os.listdir(tmp_path) == ["c.npz"]  # the temp file is gone
+  assert path.read_bytes() == before
+  ckpt = load_checkpoint(path)
+  assert ckpt.epoch == 1
+  assert_bits_equal(ckpt.params, params)
+
+
+CHILD = r"""
+import sys
+import numpy as np
+from mlp_jax.checkpoint import save_checkpoint
+from mlp_jax.model import Dense
+path = sys.argv[1]
+for i in range(1, 10**6):
+  params = (Dense(np.full((256, 1024), i, np.float32), np.full((1024,), i, np.float32)),
+            Dense(np.full((1024, 256), i, np.float32), np.full((256,), i, np.float32)))
+  opt_state = [np.full((256, 1024), -i, np.float32), np.int32(i)]
+  save_checkpoint(path, params, opt_state, epoch=i, step=10 * i, config={"i": i})
+  if i == 1:
+    print("saved", flush=True)
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
+def test_sigkill_mid_save_leaves_a_valid_checkpoint(tmp_path):
+  """A writer killed at random moments never leaves a torn or unverifiable file."""
+  path = tmp_path / "ckpt.npz"
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+  delays = random.Random(0)
+  epochs = []
+  for trial in range(3):
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=tmp_path)
+    try:
+      ready, _, _ = select.select([proc.stdout], [], [], 90)
+      assert ready, "the writer did not save within 90 s"
+      line = proc.stdout.readline()
+      assert line == b"saved\n", (line, proc.stderr.read() if proc.poll() is not None else b"")
+      time.sleep(delays.uniform(0.3, 1.5))
+      assert proc.poll() is None, proc.stderr.read()
+      os.kill(proc.pid, signal.SIGKILL)
+      assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=30)
+      proc.stdout.close()
+      proc.stderr.close()
+
+    ckpt = load_checkpoint(path)  # verifies format, checksum, shapes and dtypes
+    i = ckpt.epoch
+    assert i >= 1 and ckpt.step == 10 * i and ckpt.config == {"i": i}
+    for leaf in jax.tree.leaves(ckpt.params):
+      assert np.all(np.asarray(leaf) == i)  # every leaf from the same save
+    assert np.all(np.asarray(ckpt.opt_state[0]) == -i) and int(ckpt.opt_state[1]) == i
+    epochs.append(i)
+  # A stale temp file from a kill does not get in the way of the next save.
+  params = mj.init_params(jax.random.PRNGKey(0), SIZES)
+  assert load_checkpoint(save_checkpoint(path, params, epoch=99)).epoch == 99
+
+
+# ------------------------------------------------------------------------------- corruption
+
+
+@pytest.fixture
+def saved(tmp_path, standard_promotion):
+  """A checkpoint with adam state for (64, 128, 10), the template, and its bytes."""
+  opt, params, state = trained_state("adam", sizes=(64, 128, 10), steps=1)
+  path = save_checkpoint(tmp_path / "good.npz", params, state, epoch=3,
+                         rng_key=jax.random.PRNGKey(5))
+  return path, opt.init(params), path.read_bytes()
+
+
+def test_missing_file_and_directory(tmp_path):
+  refused(tmp_path / "nope.npz", "no such file")
+  refused(tmp_path, "is a directory")
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, not a zip\n" * 10, b"PK\x03\x04garbage"],
+                         ids=["empty", "text", "zip-magic"])
+def test_not_a_zip(tmp_path, content):
+  path = tmp_path / "bad.npz"
+  path.write_bytes(content)
+  refused(path, "truncated or not a mlp_jax checkpoint")
+
+
+def test_npy_and_pickle_files_refused_without_running_code(tmp_path):
+  np.save(tmp_path / "array.npy", np.ones(3))
+  refused(tmp_path / "array.npy", "truncated or not a mlp_jax checkpoint", "single .npy")
+  marker = tmp_path / "pwned"
+
+  class Payload:
+    def __reduce__(self):
+      return open, (str(marker), "w")
+
+  import pickle
+  (tmp_path / "evil.npz").write_bytes(pickle.dumps(Payload()))
+  refused(tmp_path / "evil.npz", "truncated or not a mlp_jax checkpoint")
+  assert not marker.exists()
+
+
+def test_truncated_files(saved, tmp_path):
+  path, template, data = saved
+  n = len(data)
+  for length in sorted({1, 4, 30, 100, n // 4, n // 2, 3 * n // 4, n - 100, n - 22, n - 1}):
+    cut = tmp_path / f"cut{length}.npz"
+    cut.write_bytes(data[:length])
+    refused(cut, "truncated or not a mlp_jax checkpoint", opt_state_template=template)
+
+
+def test_flipped_byte_in_the_middle(saved, tmp_path):
+  path, template, data = saved
+  bad = bytearray(data)
+  bad[len(bad) // 2] ^= 0x01
+  (tmp_path / "flip.npz").write_bytes(bytes(bad))
+  refused(tmp_path / "flip.npz", "checksum mismatch: file corrupted", opt_state_template=template)
+
+
+def test_any_flipped_byte_is_refused_or_harmless(tmp_path):
+  """Flipped bytes in a small checkpoint: each loads identically or raises CheckpointError.
+
+  Every byte of the zip's central directory (the last 600 bytes, where flag, method, size and
+  offset fields live) is flipped, and every 7th byte before it.
+  """
+  params = mj.init_params(jax.random.PRNGKey(0), (3, 2, 2))
+  data = save_checkpoint(tmp_path / "small.npz", params, epoch=4).read_bytes()
+  path = tmp_path / "flip.npz"
+  refusals = 0
+  offsets = sorted(set(range(0, len(data), 7)) | set(range(max(0, len(data) - 600), len(data))))
+  for offset in offsets:
+    bad = bytearray(data)
+    bad[offset] ^= 0xFF
+    path.write_bytes(bytes(bad))
+    try:
+      ckpt = load_checkpoint(path)
+    except mj.CheckpointError as e:
+      assert str(path) in str(e) and "\n" not in str(e)
+      refusals += 1
+      continue
+    assert ckpt.epoch == 4, offset  # a flip in a field zip ignores: same checkpoint
+    assert_bits_equal(ckpt.params, params)
+  assert refusals > len(offsets) // 2
+
+
+def test_checksum_catches_edited_data_with_valid_zip(saved, tmp_path):
+  path, template, _ = saved
+  with np.load(path) as npz:
+    w = npz["params.0.w"].copy()
+  w.reshape(-1).view(np.uint8)[1000] ^= 0x10  # one flipped bit; the re-packed zip's CRCs are all correct
+  repack(path, tmp_path / "edited.npz", replace={"params.0.w": w})
+  refused(tmp_path / "edited.npz", "checksum mismatch: file corrupted")
+
+
+def test_other_format_version(saved, tmp_path):
+  path, _, _ = saved
+  repack(path, tmp_path / "v7.npz", edit_meta=lambda m: m.update(version=7))
+  refused(tmp_path / "v7.npz", "format version 7, this mlp_jax reads version 1")
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("format", "not a mlp_jax checkpoint (format 'something-else')"),
+    ("no_meta", "no __meta__ metadata"),
+    ("bad_json", "bad metadata: not valid JSON"),
+    ("no_epoch", "bad metadata: 'epoch' should be an int, got None"),
+    ("missing_leaf", "missing arrays ['opt_state.3']"),
+    ("extra_leaf", "arrays ['stowaway'] not listed"),
+    ("shape", "leaf 'params.1.b' has shape (10,) in the data, (11,) in the metadata"),
+    ("dtype", "leaf 'params.1.b' is stored as float32, the metadata says int32"),
+    ("layer_sizes", "the metadata says (64, 128, 11)"),
+])
+def test_inconsistent_files(saved, tmp_path, case, needle):
+  path, _, _ = saved
+  bad = tmp_path / "bad.npz"
+
+  def leaf(meta, name):
+    return next(e for g in meta["leaves"].values() for e in g if e["name"] == name)
+
+  if case == "format":
+    repack(path, bad, edit_meta=lambda m: m.update(format="something-else"))
+  elif case == "no_meta":
+    repack(path, bad, drop=["__meta__"])
+  elif case == "bad_json":
+    repack(path, bad, replace={"__meta__": np.frombuffer(b"{not json", np.uint8)})
+  elif case == "no_epoch":
+    repack(path, bad, edit_meta=lambda m: m.pop("epoch"))
+  elif case == "missing_leaf":
+    repack(path, bad, drop=["opt_state.3"])
+  elif case == "extra_leaf":
+    repack(path, bad, add={"stowaway": np.zeros(2)})
+  elif case == "shape":
+    repack(path, bad, edit_meta=lambda m: leaf(m, "params.1.b").update(shape=[11]))
+  elif case == "dtype":
+    repack(path, bad, edit_meta=lambda m: leaf(m, "params.1.b").update(dtype="int32"))
+  elif case == "layer_sizes":
+    repack(path, bad, edit_meta=lambda m: m.update(layer_sizes=[64, 128, 11]))
+  refused(bad, needle)
+
+
+def test_mismatched_opt_state_template(saved, standard_promotion):
+  path, template, _ = saved
+  wider = optax.adam(1e-2).init(mj.init_params(jax.random.PRNGKey(0), (64, 256, 10)))
+  refused(path, "optimizer state does not match: leaf 1 has shape (64, 128) in the file, "
+          "(64, 256) expected", opt_state_template=wider)
+  sgd = optax.sgd(1e-2, momentum=0.9).init(mj.init_params(jax.random.PRNGKey(0), (64, 128, 10)))
+  refused(path, "optimizer state does not match: the file holds 9 leaves, 4 expected",
+          opt_state_template=sgd)
+  half = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, jnp.float16), template)
+  refused(path, "optimizer state does not match: leaf 0 has dtype int32 in the file, float16 "
+          "expected", opt_state_template=half)
+
+
+def test_check_compatible(saved):
+  path, template, _ = saved
+  ckpt = load_checkpoint(path, template)
+  check_compatible(ckpt, (64, 128, 10))
+  for sizes, message in [
+      ((256, 128, 10), "checkpoint has 64 input features, the data has 256"),
+      ((64, 128, 5), "checkpoint has 10 classes, the data has 5"),
+      ((64, 256, 10), "checkpoint has layer sizes (64, 128, 10), (64, 256, 10) expected"),
+  ]:
+    with pytest.raises(mj.CheckpointError) as info:
+      check_compatible(ckpt, sizes)
+    assert str(info.value) == message
+  with pytest.raises(mj.CheckpointError, match="input features") as info:
+    check_compatible(ckpt, (256, 128, 10), path=path)
+  assert str(info.value) == f"checkpoint {path} has 64 input features, the data has 256"

@@ -195,18 +195,19 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_check(args) -> int:
+  import contextlib
   import jax
-  if args.dtype == "float64":
-    jax.config.update("jax_enable_x64", True)
   import jax.numpy as jnp
   import mlp_jax as mj
 
-  sizes = (args.features,) + tuple(args.hidden) + (args.classes,)
-  params = mj.init_params(jax.random.PRNGKey(args.seed), sizes, jnp.dtype(args.dtype))
-  key_x, key_y = jax.random.split(jax.random.PRNGKey(args.seed + 1))
-  x = jax.random.uniform(key_x, (args.m, args.features), jnp.dtype(args.dtype))
-  y = jax.random.randint(key_y, (args.m,), 0, args.classes)
-  report = mj.check_gradients(params, x, y, args.l2)
+  x64 = jax.enable_x64(True) if args.dtype == "float64" else contextlib.nullcontext()
+  with x64:
+    sizes = (args.features,) + tuple(args.hidden) + (args.classes,)
+    params = mj.init_params(jax.random.PRNGKey(args.seed), sizes, jnp.dtype(args.dtype))
+    key_x, key_y = jax.random.split(jax.random.PRNGKey(args.seed + 1))
+    x = jax.random.uniform(key_x, (args.m, args.features), jnp.dtype(args.dtype))
+    y = jax.random.randint(key_y, (args.m,), 0, args.classes)
+    report = mj.check_gradients(params, x, y, args.l2)
   print(report)
   return 0 if report.passed else 1
 

@@ -1,0 +1,139 @@
+"""The `mlp-jax` command end to end, on tiny data in a temporary folder."""
+
+import json
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from mlp_jax import checkpoint, cli
+
+TINY = ["--dataset", "synthetic", "--num-samples", "300", "--hidden", "8", "--epochs", "3",
+        "--batch-size", "32", "--no-progress"]
+pytestmark = pytest.mark.usefixtures("standard_promotion")  # optax inside the CLI
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _run(args, capsys):
+  code = cli.main(args)
+  out, err = capsys.readouterr()
+  return code, out, err
+
+
+def test_train_writes_every_output(tmp_path, capsys):
+  out = tmp_path / "run"
+  code, text, _ = _run(["train", *TINY, "--out", str(out)], capsys)
+  assert code == 0
+  assert "test accuracy" in text
+  assert sorted(os.listdir(out)) == ["checkpoint.npz", "confusion.png", "curves.png",
+                                     "metrics.csv", "metrics.json"]
+  for png in ("curves.png", "confusion.png"):
+    data = (out / png).read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 2000
+    import matplotlib.image
+    assert matplotlib.image.imread(out / png).ndim == 3  # decodes as an image
+  metrics = json.loads((out / "metrics.json").read_text())
+  assert [r["epoch"] for r in metrics["history"]] == [1, 2, 3]
+  assert 0 <= metrics["test_accuracy"] <= 1
+  assert np.asarray(metrics["confusion"]).sum() == metrics["test_examples"]
+  rows = (out / "metrics.csv").read_text().splitlines()
+  assert rows[0].startswith("epoch,") and len(rows) == 4
+  ckpt = checkpoint.load_checkpoint(out / "checkpoint.npz")
+  assert ckpt.config["layer_sizes"] == [256, 8, 10]
+
+
+def test_evaluate_reads_the_checkpoint(tmp_path, capsys):
+  out = tmp_path / "run"
+  assert _run(["train", *TINY, "--out", str(out)], capsys)[0] == 0
+  accuracy = json.loads((out / "metrics.json").read_text())["test_accuracy"]
+  code, text, _ = _run(["evaluate", str(out / "checkpoint.npz")], capsys)
+  assert code == 0
+  assert f"accuracy {100 * accuracy:.2f}%" in text
+  assert "confusion matrix" in text
+
+
+def test_resume_continues_to_the_same_parameters(tmp_path, capsys):
+  whole, part = tmp_path / "whole", tmp_path / "part"
+  assert _run(["train", *TINY, "--out", str(whole)], capsys)[0] == 0
+  args = [a if a != "3" else "1" for a in TINY]  # --epochs 1
+  assert _run(["train", *args, "--out", str(part)], capsys)[0] == 0
+  code, text, _ = _run(["train", *TINY, "--out", str(part), "--resume"], capsys)
+  assert code == 0 and "resuming" in text
+  a = checkpoint.load_checkpoint(whole / "checkpoint.npz")
+  b = checkpoint.load_checkpoint(part / "checkpoint.npz")
+  for u, v in zip(a.params, b.params):
+    np.testing.assert_array_equal(u.w, v.w)
+    np.testing.assert_array_equal(u.b, v.b)
+
+
+def test_dp_training_reports_epsilon(tmp_path, capsys):
+  code, text, _ = _run(["train", *TINY, "--out", str(tmp_path / "dp"), "--dp",
+                        "--clip-norm", "1", "--noise-multiplier", "1.0"], capsys)
+  assert code == 0 and "-DP" in text
+  history = json.loads((tmp_path / "dp" / "metrics.json").read_text())["history"]
+  assert all(r["epsilon"] > 0 for r in history)
+
+
+def _write_h5(path, groups=("train", "test"), x=None):
+  rng = np.random.default_rng(0)
+  with h5py.File(path, "w") as f:
+    for g in groups:
+      f[f"{g}/data"] = rng.random((20, 256)).astype(np.float32) if x is None else x
+      f[f"{g}/target"] = rng.integers(0, 10, 20).astype(np.int32)
+
+
+@pytest.mark.parametrize("case, match", [
+    ("missing", "no such file"),
+    ("no_test_group", "missing group 'test'"),
+    ("nan", "NaN or Inf"),
+    ("ragged", "line 2"),
+])
+def test_bad_data_exits_2_with_one_line_and_writes_nothing(case, match, tmp_path, capsys):
+  path = tmp_path / "usps.h5"
+  if case == "no_test_group":
+    _write_h5(path, groups=("train",))
+  elif case == "nan":
+    x = np.ones((20, 256), np.float32)
+    x[3, 4] = np.nan
+    _write_h5(path, x=x)
+  elif case == "ragged":
+    path = tmp_path / "zip.train"
+    path.write_text("1 " + " ".join(["0.5"] * 256) + "\n2 0.1 0.2\n")
+  out = tmp_path / "out"
+  code, _, err = _run(["train", "--dataset", "usps", "--data", str(path), "--out", str(out),
+                       "--no-progress"], capsys)
+  assert code == 2
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("mlp-jax: error:") and match in lines[0]
+  assert str(path.name) in lines[0]
+  assert not out.exists()
+
+
+def test_feature_count_mismatch_with_checkpoint_exits_2(tmp_path, capsys):
+  out = tmp_path / "run"
+  assert _run(["train", *TINY, "--out", str(out)], capsys)[0] == 0
+  code, _, err = _run(["evaluate", str(out / "checkpoint.npz"), "--dataset", "digits"], capsys)
+  assert code == 2 and "64" in err and "256" in err
+
+
+def test_corrupt_checkpoint_exits_2(tmp_path, capsys):
+  bad = tmp_path / "checkpoint.npz"
+  bad.write_bytes(b"not a checkpoint")
+  code, _, err = _run(["evaluate", str(bad)], capsys)
+  assert code == 2 and "checkpoint.npz" in err
+
+
+def test_check_passes_and_exits_0(capsys):
+  code, text, _ = _run(["check", "--features", "12", "--hidden", "7", "5", "--classes", "4",
+                        "--m", "9"], capsys)
+  assert code == 0 and "PASSED" in text and "float64" in text
+
+
+def test_help_has_examples():
+  for sub in ("train", "evaluate", "check"):
+    result = subprocess.run([sys.executable, "-m", "mlp_jax.cli", sub, "--help"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "examples:" in result.stdout

@@ -63,6 +63,7 @@ def erratum_grad_fn(name):
 
 
 def main():
+  from mlp_jax.diagnose import diagnose
   jax.config.update("jax_enable_x64", True)
   params = mj.init_params(jax.random.PRNGKey(0), (256, 256, 10), jnp.float64)
   x = jax.random.uniform(jax.random.PRNGKey(1), (37, 256), jnp.float64)
@@ -71,6 +72,9 @@ def main():
     print(f"=== source formulas, {'corrected' if name is None else 'with ' + name}")
     print(mj.check_gradients(params, x, y, 0.1, grad_fn=erratum_grad_fn(name)))
     print()
+    if name is not None:  # which gradient is wrong, where, and the likely mistake
+      print(diagnose(erratum_grad_fn(name), params, x, y, 0.1))
+      print()
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from mlp_jax.model import Dense, Params, forward, init_params, layer_sizes, pred
 from mlp_jax.oracle import (GradientReport, autodiff_grads, autodiff_per_sample_grads,
                             check_gradients, relative_error)
 from mlp_jax import data
+from mlp_jax.diagnose import Diagnosis, diagnose
 from mlp_jax.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from mlp_jax.privacy import DPConfig, dp_epsilon
 from mlp_jax.training import (FitResult, confusion_matrix, evaluate, fit, make_epoch,

@@ -28,6 +28,7 @@ EXAMPLES_EVALUATE = """examples:
 EXAMPLES_CHECK = """examples:
   mlp-jax check                                  # the 256-256-10 network, float64
   mlp-jax check --hidden 512 128 --m 13 --l2 0.5 --dtype float32
+  mlp-jax check --grads my_backprop.py:grads     # diagnose a hand-written gradient
 """
 
 
@@ -207,9 +208,37 @@ def cmd_check(args) -> int:
     key_x, key_y = jax.random.split(jax.random.PRNGKey(args.seed + 1))
     x = jax.random.uniform(key_x, (args.m, args.features), jnp.dtype(args.dtype))
     y = jax.random.randint(key_y, (args.m,), 0, args.classes)
-    report = mj.check_gradients(params, x, y, args.l2)
+    if args.grads is None:
+      report = mj.check_gradients(params, x, y, args.l2)
+    else:
+      report = mj.diagnose(load_function(args.grads), params, x, y, args.l2)
   print(report)
   return 0 if report.passed else 1
+
+
+def load_function(spec: str):
+  """`module:function` or `path/to/file.py:function` -> the function."""
+  import importlib
+  import importlib.util
+  from mlp_jax.errors import InputError
+  module_name, _, attr = spec.rpartition(":")
+  if not module_name or not attr:
+    raise InputError(f"--grads: expected module:function or file.py:function, got {spec!r}")
+  try:
+    if module_name.endswith(".py"):
+      spec_ = importlib.util.spec_from_file_location("user_grads", module_name)
+      if spec_ is None:
+        raise ImportError(f"cannot load {module_name}")
+      module = importlib.util.module_from_spec(spec_)
+      spec_.loader.exec_module(module)
+    else:
+      module = importlib.import_module(module_name)
+  except (ImportError, OSError, SyntaxError) as err:
+    raise InputError(f"--grads: cannot import {module_name}: {err}") from err
+  fn = getattr(module, attr, None)
+  if not callable(fn):
+    raise InputError(f"--grads: {module_name} has no function {attr!r}")
+  return fn
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
   c.add_argument("--l2", type=float, default=0.1)
   c.add_argument("--dtype", choices=["float32", "float64"], default="float64")
   c.add_argument("--seed", type=int, default=0)
+  c.add_argument("--grads", metavar="MODULE:FUNCTION",
+                 help="diagnose your own gradient function grad_fn(params, x, y, l2) -> tuple "
+                      "of Dense (float64, several draws): which parameter is wrong, where, and "
+                      "the likely mistake")
   c.set_defaults(func=cmd_check)
   return parser
 

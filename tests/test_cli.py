@@ -137,3 +137,18 @@ def test_help_has_examples():
     result = subprocess.run([sys.executable, "-m", "mlp_jax.cli", sub, "--help"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "examples:" in result.stdout
+
+
+def test_check_diagnoses_a_user_gradient_file(tmp_path, capsys):
+  user = tmp_path / "my_backprop.py"
+  user.write_text(
+      "import mlp_jax as mj\n"
+      "def grads(params, x, y, l2):\n"
+      "  g = mj.grads(params, x, y, l2)\n"
+      "  return (mj.Dense(g[0].w, g[0].b * x.shape[0] / x.shape[1]), g[1])\n")
+  code, text, _ = _run(["check", "--features", "6", "--hidden", "5", "--classes", "3", "--m", "7",
+                        "--grads", f"{user}:grads"], capsys)
+  assert code == 1
+  assert "b1" in text and "m/n" in text
+  code, _, err = _run(["check", "--grads", f"{user}:nothing"], capsys)
+  assert code == 2 and "no function 'nothing'" in err

@@ -73,12 +73,14 @@ def _table(rows: List[List[str]]) -> str:
 
 def cmd_train(args) -> int:
   import jax
+  import jax.numpy as jnp
   import numpy as np
   import mlp_jax as mj
   from mlp_jax import checkpoint, data, plots, privacy
 
   splits = data.prepare(args.dataset, args.data, val_fraction=args.val_fraction,
-                        seed=args.seed, augment=args.augment, num_samples=args.num_samples)
+                        seed=args.seed, augment=args.augment, num_samples=args.num_samples,
+                        scaling=args.scaling)
   sizes = (splits.train.x.shape[1],) + tuple(args.hidden) + (splits.num_classes,)
   config = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
   config["layer_sizes"] = list(sizes)
@@ -123,10 +125,22 @@ def cmd_train(args) -> int:
         privacy.DPConfig(args.clip_norm, args.noise_multiplier, args.delta))
   start = time.perf_counter()
   val = (splits.val.x, splits.val.y) if splits.val is not None else None
-  result = mj.fit(params, (splits.train.x, splits.train.y), optimizer=optimizer,
-                  epochs=args.epochs, batch_size=args.batch_size, l2=args.l2, seed=args.seed,
-                  val=val, patience=args.patience, opt_state=opt_state,
-                  start_epoch=start_epoch, history=history, on_epoch_end=on_epoch_end, dp=dp)
+  compute_dtype = jnp.bfloat16 if args.bf16 else None
+  try:
+    result = mj.fit(params, (splits.train.x, splits.train.y), optimizer=optimizer,
+                    epochs=args.epochs, batch_size=args.batch_size, l2=args.l2, seed=args.seed,
+                    val=val, patience=args.patience, opt_state=opt_state,
+                    start_epoch=start_epoch, history=history, on_epoch_end=on_epoch_end, dp=dp,
+                    compute_dtype=compute_dtype)
+  except mj.NonFiniteError as err:
+    # The checkpoint of the last good epoch stays; the offending batch is kept for inspection.
+    write_atomic(os.path.join(out, "nonfinite_batch.json"), json.dumps(
+        {"epoch": err.epoch, "step": err.step, "batch_indices": err.batch_indices.tolist(),
+         "message": str(err)}))
+    kept = (f"; last good checkpoint kept at {ckpt_path}" if os.path.exists(ckpt_path)
+            else "; no epoch had finished, so no checkpoint was written")
+    raise mj.NonFiniteError(
+        f"{err} (offending batch in {out}/nonfinite_batch.json{kept})") from err
   seconds = time.perf_counter() - start
   if progress is not None:
     progress.close()
@@ -266,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
                                               "lower validation loss")
   t.add_argument("--augment", action="store_true",
                  help="add copies of the training images shifted by one pixel (x5 data)")
+  t.add_argument("--scaling", choices=["global", "feature", "none"], default="global",
+                 help="input scaling fitted on the training part: one mean/std for all pixels "
+                      "(global, default), per feature, or none")
   t.add_argument("--num-samples", type=int, default=2000, help="synthetic dataset size")
   t.add_argument("--dp", action="store_true",
                  help="DP-SGD: Poisson-sampled batches, per-example clipping, Gaussian noise; "
@@ -276,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--out", default="runs/latest", help="output folder (runs/latest)")
   t.add_argument("--resume", action="store_true",
                  help="continue from OUT/checkpoint.npz if it exists")
+  t.add_argument("--bf16", action="store_true",
+                 help="mixed precision: bfloat16 GEMM inputs, float32 parameters, "
+                      "accumulation and softmax")
   t.add_argument("--no-progress", action="store_true", help="no progress bar")
   t.set_defaults(func=cmd_train)
 

@@ -467,8 +467,18 @@ def train_val_split(ds: Dataset, val_fraction: float = 0.1, seed=0) -> tuple[Dat
   return Dataset(x[train], y[train]), Dataset(x[val], y[val])
 
 
-def fit_scaler(x) -> Scaler:
-  """Per-feature mean and std of (training) rows x; a std below `MIN_STD` becomes 1."""
+SCALINGS = ("global", "feature", "none")
+
+
+def fit_scaler(x, mode: str = "feature") -> Scaler:
+  """Mean and std of (training) rows x; a std below `MIN_STD` becomes 1.
+
+  mode: "feature" standardises each feature on its own; "global" uses one mean and std over all
+  pixels, which keeps the images' geometry (a rarely-inked border pixel is not blown up by its
+  tiny std); "none" is the identity.
+  """
+  if mode not in SCALINGS:
+    raise InputError(f"scaling: expected one of {', '.join(SCALINGS)}, got {mode!r}")
   x = np.asarray(x)
   if x.ndim != 2 or x.shape[0] < 1:
     raise InputError(f"x: expected shape (N, n) with N >= 1, got {x.shape}")
@@ -477,9 +487,15 @@ def fit_scaler(x) -> Scaler:
   if not np.isfinite(x).all():
     raise InputError(f"x: expected finite values, got {int((~np.isfinite(x)).sum())} NaN or Inf")
   x = x.astype(np.float64)
-  std = x.std(axis=0)
+  n = x.shape[1]
+  if mode == "none":
+    return Scaler(np.zeros(n, np.float32), np.ones(n, np.float32))
+  if mode == "global":
+    mean, std = np.full(n, x.mean()), np.full(n, x.std())
+  else:
+    mean, std = x.mean(axis=0), x.std(axis=0)
   scale = np.where(std < MIN_STD, 1.0, std)
-  return Scaler(x.mean(axis=0).astype(np.float32), scale.astype(np.float32))
+  return Scaler(mean.astype(np.float32), scale.astype(np.float32))
 
 
 def apply_scaler(scaler: Scaler, x) -> np.ndarray:
@@ -536,7 +552,7 @@ class Prepared(NamedTuple):
 
 
 def prepare(dataset: str = "digits", path=None, *, val_fraction: float = 0.1, seed=0,
-            augment: bool = False, num_samples: int = 2000) -> Prepared:
+            augment: bool = False, num_samples: int = 2000, scaling: str = "global") -> Prepared:
   """Loads a dataset, carves the validation part from its training set, fits the scaler on
   the (possibly augmented) training part only, and scales all three.
 
@@ -548,6 +564,8 @@ def prepare(dataset: str = "digits", path=None, *, val_fraction: float = 0.1, se
     seed: the seed of the splits.
     augment: add one-pixel shifts of the training images (after the validation split, so no
       shifted copy of a validation image is trained on).
+    scaling: "global" (default: one mean and std for all pixels), "feature" or "none"; see
+      `fit_scaler`. Fitted on the training part only.
   """
   if dataset == "digits":
     splits, shape = load_digits(seed=seed), (8, 8)
@@ -568,7 +586,7 @@ def prepare(dataset: str = "digits", path=None, *, val_fraction: float = 0.1, se
     train, val = splits.train, None
   if augment:
     train = shift_augment(train, shape)
-  scaler = fit_scaler(train.x)
+  scaler = fit_scaler(train.x, scaling)
   scale = lambda ds: Dataset(scaler.apply(ds.x), ds.y)
   return Prepared(scale(train), None if val is None else scale(val), scale(splits.test),
                   splits.test, scaler, NUM_CLASSES, shape)

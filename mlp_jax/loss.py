@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from mlp_jax import validation
-from mlp_jax.model import Params, forward
+from mlp_jax.model import Params, forward_activations
 
 
 def log_softmax(logits: jax.Array) -> jax.Array:
@@ -31,9 +31,14 @@ def l2_penalty(params: Params, l2, m: int) -> jax.Array:
   return jnp.asarray(l2, dtype) / (2 * m) * total
 
 
-def objective(params: Params, x: jax.Array, y: jax.Array, l2=0.0) -> jax.Array:
-  """(E6) without input checks: the function the oracle differentiates."""
-  per_example = cross_entropy(log_softmax(forward(params, x)), y)
+def objective(params: Params, x: jax.Array, y: jax.Array, l2=0.0,
+              compute_dtype=None) -> jax.Array:
+  """(E6) without input checks: the function the oracle differentiates.
+
+  `compute_dtype` (e.g. bfloat16) casts the forward GEMMs' inputs as `loss_and_grads` does.
+  """
+  logits, _ = forward_activations(params, x, compute_dtype)
+  per_example = cross_entropy(log_softmax(logits), y)
   return per_example.mean() + l2_penalty(params, l2, x.shape[0])
 
 

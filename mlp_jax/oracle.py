@@ -25,13 +25,16 @@ RTOL = {jnp.dtype(jnp.float32): 1e-5, jnp.dtype(jnp.float64): 1e-12}
 FD_EPS = 1e-6   # truncation O(eps^2), roundoff O(1e-16 / eps): both far below the bar
 FD_RTOL = 1e-6
 
-_grad_objective = jax.jit(jax.grad(objective))
+_grad_objective = jax.jit(jax.grad(objective), static_argnames="compute_dtype")
 
 
-def autodiff_grads(params: Params, x, y, l2=0.0) -> Params:
-  """`jax.grad` of the loss (E6) with respect to the parameters: the oracle."""
+def autodiff_grads(params: Params, x, y, l2=0.0, *, compute_dtype=None) -> Params:
+  """`jax.grad` of the loss (E6) with respect to the parameters: the oracle.
+
+  With `compute_dtype`, the forward GEMMs take inputs of that dtype, as in `loss_and_grads`.
+  """
   params, x, y, l2 = validation.check_batch(params, x, y, l2)
-  return _grad_objective(params, x, y, l2)
+  return _grad_objective(params, x, y, l2, compute_dtype=compute_dtype)
 
 
 def example_loss(params: Params, x_i: jax.Array, y_i: jax.Array) -> jax.Array:

@@ -135,3 +135,16 @@ def test_deeper_net_recursion_layer_by_layer(dtype, rtol):
   params = mj.init_params(jax.random.PRNGKey(3), sizes, dtype)
   x, y = make_batch(3, sizes, 13, dtype)
   assert_tree_close(mj.grads(params, x, y, 0.2), mj.autodiff_grads(params, x, y, 0.2), rtol)
+
+
+@pytest.mark.parametrize("case", ["one_class", "m1", "huge_inputs"])
+def test_edge_batches_give_finite_correct_gradients(case, dtype, rtol):
+  sizes = (8, 6, 4)
+  params = mj.init_params(jax.random.PRNGKey(5), sizes, dtype)
+  m = 1 if case == "m1" else 9
+  x, y = make_batch(5, sizes, m, dtype, scale=1e3 if case == "huge_inputs" else 1.0)
+  if case == "one_class":
+    y = jnp.full((m,), 2, jnp.int32)
+  loss, got = mj.loss_and_grads(params, x, y, 0.1)
+  assert bool(jnp.isfinite(loss)) and all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(got))
+  assert_tree_close(got, mj.autodiff_grads(params, x, y, 0.1), rtol)

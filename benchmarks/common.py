@@ -1,0 +1,153 @@
+"""What every benchmark script shares: timing, machine description, JSON and markdown output."""
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Callable, Dict, List, Sequence
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+USPS_DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
+                            "data", "usps", "usps.h5")
+# Environment variables that change timings, recorded with every result.
+ENV_VARS = ("XLA_FLAGS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+            "JAX_ENABLE_X64", "JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL")
+
+
+def _cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def machine(**extra) -> Dict:
+  """Machine, device, library versions and date, for the JSON of every benchmark; `extra`
+  (e.g. other libraries' versions, thread counts) is merged in."""
+  import jax
+  import numpy as np
+  import optax
+  device = jax.devices()[0]
+  return {
+      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "platform": platform.platform(), "processor": _cpu_model(),
+      "cpu_count": os.cpu_count(), "python": platform.python_version(),
+      "jax": jax.__version__, "numpy": np.__version__, "optax": optax.__version__,
+      "backend": jax.default_backend(), "device": getattr(device, "device_kind", str(device)),
+      "device_count": jax.device_count(),
+      "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+      "env": {k: v for k, v in os.environ.items() if k in ENV_VARS or k.startswith("MALLOC_")},
+      **extra,
+  }
+
+
+def time_call(fn: Callable[[], object], *, repeats: int, warmup: int = 2,
+              min_seconds: float = 0.0) -> Dict:
+  """Median and spread of `repeats` timed calls of fn (each blocked until ready), after warmup.
+
+  Returns seconds: median, p10, p90, min, and the number of calls.
+  """
+  import jax
+  for _ in range(warmup):
+    jax.block_until_ready(fn())
+  times: List[float] = []
+  start = time.perf_counter()
+  while len(times) < repeats or time.perf_counter() - start < min_seconds:
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return summarize(times)
+
+
+def summarize(times: Sequence[float]) -> Dict:
+  """median, p10, p90, min (seconds) and the count of a list of timings."""
+  times = sorted(times)
+  q = lambda f: times[min(len(times) - 1, int(f * len(times)))]
+  return {"median": statistics.median(times), "p10": q(0.1), "p90": q(0.9), "min": times[0],
+          "calls": len(times)}
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def write_results(name: str, payload: Dict, markdown: str, out_dir: str = RESULTS) -> None:
+  """Writes out_dir/name.json and out_dir/name.md and prints the markdown."""
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+    json.dump(payload, f, indent=1)
+  with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
+    f.write(markdown + "\n")
+  print(markdown)
+  print(f"\nwrote {os.path.join(out_dir, name)}.json and .md")
+
+
+def add_args(parser, quick_help: str = "a short run (under a minute) to check the script works"):
+  """The options every benchmark script takes: --quick and --out."""
+  parser.add_argument("--quick", action="store_true", help=quick_help)
+  parser.add_argument("--out", default=RESULTS, help="folder for the JSON and markdown")
+  return parser
+
+
+def result_name(name: str, quick: bool) -> str:
+  """The file stem of a result: quick runs get their own, so they never overwrite a full one."""
+  return name + ("_quick" if quick else "")
+
+
+def ms(seconds: float, digits: int = 3) -> str:
+  """Seconds as milliseconds with `digits` significant digits."""
+  return f"{1e3 * seconds:.{digits}g}"
+
+
+def ms_spread(stats: Dict) -> str:
+  """'median [p10-p90]' in ms, from a `time_call`/`summarize` dict."""
+  return f"{ms(stats['median'])} [{ms(stats['p10'], 2)}-{ms(stats['p90'], 2)}]"
+
+
+def try_import_torch():
+  """(torch, None) if PyTorch imports, else (None, why): it is an optional benchmark peer."""
+  try:
+    import torch
+  except Exception as e:  # ImportError, or a broken install
+    return None, f"PyTorch not importable ({type(e).__name__}: {e})"
+  return torch, None
+
+
+def torch_mlp(torch, params, dtype=None):
+  """A torch.nn.Sequential of Linear/ReLU holding copies of NumPy (w, b) pairs (w transposed to
+  torch's (out, in)), so a PyTorch peer starts from exactly the same weights."""
+  layers = []
+  for i, (w, b) in enumerate(params):
+    linear = torch.nn.Linear(w.shape[0], w.shape[1])
+    with torch.no_grad():
+      linear.weight.copy_(torch.from_numpy(w.T.copy()))
+      linear.bias.copy_(torch.from_numpy(b.copy()))
+    layers.append(linear)
+    if i < len(params) - 1:
+      layers.append(torch.nn.ReLU())
+  model = torch.nn.Sequential(*layers)
+  return model.to(dtype) if dtype is not None else model
+
+
+def torch_loss(torch, model, x, y, l2: float):
+  """(E6) in PyTorch: mean cross-entropy plus l2/(2m) times the squared weights (no biases)."""
+  logits = model(x)
+  loss = torch.nn.functional.cross_entropy(logits, y)
+  if l2:
+    weights = [layer.weight for layer in model if isinstance(layer, torch.nn.Linear)]
+    loss = loss + l2 / (2 * x.shape[0]) * sum((w * w).sum() for w in weights)
+  return loss
+
+
+def torch_params_numpy(torch, model):
+  """The (w, b) pairs of a `torch_mlp`, as NumPy in mlp_jax's (fan_in, fan_out) layout."""
+  return [(layer.weight.detach().numpy().T.copy(), layer.bias.detach().numpy().copy())
+          for layer in model if isinstance(layer, torch.nn.Linear)]

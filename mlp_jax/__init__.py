@@ -21,5 +21,9 @@ from mlp_jax.training import (FitResult, confusion_matrix, evaluate, fit, make_e
                               make_train_step)
 from mlp_jax.per_example import (clipped_mean_grads, per_sample_grad_norms, per_sample_grads,
                                  per_sample_layer_norms)
+from mlp_jax import distributed
+from mlp_jax.distributed import (DistributedError, initialize_distributed, is_primary,
+                                 make_data_parallel_step, make_mesh, process_shard, replicate,
+                                 shard_batch)
 
 __version__ = "0.1.0"

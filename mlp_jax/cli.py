@@ -20,6 +20,8 @@ EXAMPLES_TRAIN = """examples:
   mlp-jax train --dataset usps --data ../shared/data/usps/usps.h5 --epochs 40
   mlp-jax train --dataset usps --data zip.train.gz --augment --optimizer adam --lr 1e-3
   mlp-jax train --hidden 512 128 --l2 1e-4 --out runs/deep --resume
+  mlp-jax train --devices all --batch-size 256      # data-parallel over every local device
+  mlp-jax train --devices all --coordinator host0:1234 --num-processes 2 --process-id 0
 """
 EXAMPLES_EVALUATE = """examples:
   mlp-jax evaluate runs/digits/checkpoint.npz
@@ -76,7 +78,18 @@ def cmd_train(args) -> int:
   import jax.numpy as jnp
   import numpy as np
   import mlp_jax as mj
-  from mlp_jax import checkpoint, data, plots, privacy
+  from mlp_jax import checkpoint, data, distributed, plots, privacy
+
+  mesh = None
+  if (args.coordinator or args.num_processes is not None or args.process_id is not None
+      or os.environ.get(distributed.ENV_COORDINATOR)):
+    coordinator = None if args.coordinator == "auto" else args.coordinator  # auto: JAX detects
+    distributed.initialize_distributed(coordinator, args.num_processes, args.process_id,
+                                       timeout_s=args.init_timeout)
+    mesh = distributed.make_mesh(args.devices or "all")  # several processes: one mesh over all
+  elif args.devices is not None:
+    mesh = distributed.make_mesh(args.devices)
+  primary = distributed.is_primary()  # only process 0 writes files
 
   splits = data.prepare(args.dataset, args.data, val_fraction=args.val_fraction,
                         seed=args.seed, augment=args.augment, num_samples=args.num_samples,
@@ -96,21 +109,23 @@ def cmd_train(args) -> int:
     params, opt_state, start_epoch = ckpt.params, ckpt.opt_state, ckpt.epoch
     history = ckpt.extra.get("history", [])
     print(f"resuming from {ckpt_path} at epoch {start_epoch}")
-  os.makedirs(out, exist_ok=True)
+  if primary:
+    os.makedirs(out, exist_ok=True)
   scaler_extra = {"scaler_mean": splits.scaler.mean.tolist(),
                   "scaler_scale": splits.scaler.scale.tolist()}
 
   progress = None
-  if not args.no_progress:
+  if not args.no_progress and primary:
     from tqdm import tqdm
     progress = tqdm(total=args.epochs, initial=start_epoch, unit="epoch", desc="train",
                     file=sys.stderr)
 
   def on_epoch_end(epoch, p, s, record):
     record["train_acc"] = mj.evaluate(p, splits.train.x, splits.train.y)[1]
-    checkpoint.save_checkpoint(
-        ckpt_path, p, s, epoch=epoch, config=config, rng_key=jax.random.PRNGKey(args.seed),
-        extra={"history": history_so_far + [record], **scaler_extra})
+    if primary:
+      checkpoint.save_checkpoint(
+          ckpt_path, p, s, epoch=epoch, config=config, rng_key=jax.random.PRNGKey(args.seed),
+          extra={"history": history_so_far + [record], **scaler_extra})
     history_so_far.append(record)
     if progress is not None:
       extra = {"eps": f"{record['epsilon']:.2f}"} if "epsilon" in record else {}
@@ -131,12 +146,13 @@ def cmd_train(args) -> int:
                     epochs=args.epochs, batch_size=args.batch_size, l2=args.l2, seed=args.seed,
                     val=val, patience=args.patience, opt_state=opt_state,
                     start_epoch=start_epoch, history=history, on_epoch_end=on_epoch_end, dp=dp,
-                    compute_dtype=compute_dtype)
+                    compute_dtype=compute_dtype, mesh=mesh)
   except mj.NonFiniteError as err:
     # The checkpoint of the last good epoch stays; the offending batch is kept for inspection.
-    write_atomic(os.path.join(out, "nonfinite_batch.json"), json.dumps(
-        {"epoch": err.epoch, "step": err.step, "batch_indices": err.batch_indices.tolist(),
-         "message": str(err)}))
+    if primary:
+      write_atomic(os.path.join(out, "nonfinite_batch.json"), json.dumps(
+          {"epoch": err.epoch, "step": err.step, "batch_indices": err.batch_indices.tolist(),
+           "message": str(err)}))
     kept = (f"; last good checkpoint kept at {ckpt_path}" if os.path.exists(ckpt_path)
             else "; no epoch had finished, so no checkpoint was written")
     raise mj.NonFiniteError(
@@ -146,6 +162,8 @@ def cmd_train(args) -> int:
     progress.close()
   test_loss, test_acc = mj.evaluate(result.params, splits.test.x, splits.test.y, args.l2)
   counts = mj.confusion_matrix(result.params, splits.test.x, splits.test.y)
+  if not primary:
+    return 0
   # The checkpoint holds the returned (best) parameters, for `mlp-jax evaluate`.
   checkpoint.save_checkpoint(
       ckpt_path, result.params, result.opt_state, epoch=result.best_epoch, config=config,
@@ -155,7 +173,9 @@ def cmd_train(args) -> int:
              "test_accuracy": test_acc, "train_seconds": seconds,
              "train_examples": int(splits.train.x.shape[0]),
              "test_examples": int(splits.test.x.shape[0]),
-             "device": str(jax.devices()[0].device_kind), "confusion": counts.tolist()}
+             "device": str(jax.devices()[0].device_kind), "confusion": counts.tolist(),
+             "num_devices": 1 if mesh is None else mesh.size,
+             "num_processes": jax.process_count()}
   write_atomic(os.path.join(out, "metrics.json"), json.dumps(metrics, indent=1))
   write_atomic(os.path.join(out, "metrics.csv"), _history_csv(result.history))
   plots.plot_curves(result.history, os.path.join(out, "curves.png"))
@@ -297,6 +317,19 @@ def build_parser() -> argparse.ArgumentParser:
                  help="mixed precision: bfloat16 GEMM inputs, float32 parameters, "
                       "accumulation and softmax")
   t.add_argument("--no-progress", action="store_true", help="no progress bar")
+  t.add_argument("--devices", metavar="N|all",
+                 help="data-parallel over N devices, or all (the batch size must divide "
+                      "across them); several processes: all of theirs by default")
+  t.add_argument("--coordinator", metavar="HOST:PORT",
+                 help="multi-process: address of process 0 (or MLP_JAX_COORDINATOR); auto: "
+                      "detected by JAX (Cloud TPU, SLURM, Open MPI)")
+  t.add_argument("--num-processes", type=int,
+                 help="multi-process: how many (or MLP_JAX_NUM_PROCESSES)")
+  t.add_argument("--process-id", type=int,
+                 help="multi-process: this one's index; 0 writes the outputs "
+                      "(or MLP_JAX_PROCESS_ID)")
+  t.add_argument("--init-timeout", type=float, default=300,
+                 help="multi-process: seconds to wait for the coordinator and the others (300)")
   t.set_defaults(func=cmd_train)
 
   e = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix",

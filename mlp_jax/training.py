@@ -105,7 +105,8 @@ class EpochStats(NamedTuple):
 
 
 def make_epoch(optimizer: optax.GradientTransformation, batch_size: int, l2=0.0, *,
-               compute_dtype=None, dp: Optional[privacy.DPConfig] = None) -> Callable:
+               compute_dtype=None, dp: Optional[privacy.DPConfig] = None,
+               mesh=None) -> Callable:
   """A jitted `epoch(params, opt_state, x, y, key) -> (params, opt_state, EpochStats)`.
 
   One `lax.scan` over the minibatches of a permutation drawn from `key`. The short last batch
@@ -115,37 +116,53 @@ def make_epoch(optimizer: optax.GradientTransformation, batch_size: int, l2=0.0,
 
   With `dp`, the epoch is DP-SGD instead: ceil(N / B) steps on truncated Poisson-sampled batches
   of expected size B, each with the clipped, noised gradient of `privacy.noisy_clipped_grads`.
+
+  With `mesh` (a 1-D `jax.sharding.Mesh` from `distributed.make_mesh`), data-parallel: the data,
+  parameters and optimizer state are replicated on every device, each step's batch is sharded
+  along "data" (`batch_size` must divide across the devices; DP batches are padded with masked
+  rows to do so), and XLA all-reduces the gradient; the same batches and math as without it.
   """
   if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
     raise InputError(f"batch_size: expected a positive int, got {batch_size!r}")
   validation.check_l2(l2)
   dp = None if dp is None else privacy.check_dp_config(dp)
+  jit_kwargs = {}
+  if mesh is not None:
+    from mlp_jax import distributed  # a late import: distributed imports this module
+    distributed.check_divisible(batch_size, mesh)
+    jit_kwargs["out_shardings"] = distributed.replicated(mesh)
 
-  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  @functools.partial(jax.jit, donate_argnums=(0, 1), **jit_kwargs)
   def epoch(params, opt_state, x, y, key):
     dtype = params[0].w.dtype
     indices, mask, step_keys = epoch_plan(key, x.shape[0], batch_size, dp)
+    if mesh is not None:
+      indices, mask = distributed.pad_batches(indices, mask, mesh)
 
     def body(carry, batch):
       params, opt_state, ok = carry
       idx, keep, step_key = batch
-      keep = keep.astype(dtype)
+      xb, yb, keep = x[idx], y[idx], keep.astype(dtype)
+      if mesh is not None:
+        xb, yb, keep = distributed.shard_rows((xb, yb, keep), mesh)
       if dp is None:
-        loss, grads = _loss_and_grads(params, x[idx], y[idx], l2, compute_dtype, keep)
+        loss, grads = _loss_and_grads(params, xb, yb, l2, compute_dtype, keep)
       else:
-        loss, grads = privacy.noisy_clipped_grads(params, x[idx], y[idx], keep, step_key, l2,
+        loss, grads = privacy.noisy_clipped_grads(params, xb, yb, keep, step_key, l2,
                                                   dp, batch_size, compute_dtype)
       new_params, new_state, loss, finite = _apply(optimizer, params, opt_state, loss, grads)
       ok_now = ok & finite
       params, opt_state = jax.tree.map(lambda new, old: jnp.where(ok_now, new, old),
                                        (new_params, new_state), (params, opt_state))
+      if mesh is not None:
+        params, opt_state = distributed.keep_replicated((params, opt_state), mesh)
       return (params, opt_state, ok_now), (loss, finite)
 
     (params, opt_state, _), (losses, finite) = jax.lax.scan(
         body, (params, opt_state, jnp.asarray(True)), (indices, mask, step_keys))
     return params, opt_state, EpochStats(losses, finite)
 
-  return epoch
+  return epoch if mesh is None else distributed.on_mesh(epoch, mesh)
 
 
 @functools.partial(jax.jit, static_argnames="chunk")
@@ -216,7 +233,7 @@ def fit(params: Params, train, *, optimizer: optax.GradientTransformation, epoch
         patience: Optional[int] = None, opt_state=None, start_epoch: int = 0,
         history: Optional[List[Dict[str, float]]] = None,
         on_epoch_end: Optional[Callable[[int, Params, optax.OptState, Dict], None]] = None,
-        compute_dtype=None, dp: Optional[privacy.DPConfig] = None) -> FitResult:
+        compute_dtype=None, dp: Optional[privacy.DPConfig] = None, mesh=None) -> FitResult:
   """Trains with the compiled epoch: shuffling, validation each epoch, optional early stopping.
 
   Args:
@@ -239,6 +256,8 @@ def fit(params: Params, train, *, optimizer: optax.GradientTransformation, epoch
     compute_dtype: optional GEMM dtype, e.g. jnp.bfloat16.
     dp: train with DP-SGD (see `privacy`); each epoch's record then holds `epsilon`, the
       privacy spent so far at `dp.delta`.
+    mesh: data-parallel over this 1-D device mesh (`distributed.make_mesh`), see `make_epoch`;
+      the returned parameters are replicated on its devices.
 
   Raises:
     NonFiniteError: a step produced a NaN/Inf loss or gradient; it carries `.epoch`, `.step`,
@@ -252,7 +271,10 @@ def fit(params: Params, train, *, optimizer: optax.GradientTransformation, epoch
   validation.check_l2(l2)
   params = jax.tree.map(jnp.array, params)  # our own buffers: the epoch donates them
   opt_state = optimizer.init(params) if opt_state is None else jax.tree.map(jnp.array, opt_state)
-  epoch_fn = make_epoch(optimizer, batch_size, l2, compute_dtype=compute_dtype, dp=dp)
+  epoch_fn = make_epoch(optimizer, batch_size, l2, compute_dtype=compute_dtype, dp=dp, mesh=mesh)
+  if mesh is not None:
+    from mlp_jax import distributed  # a late import: distributed imports this module
+    x, y, params, opt_state = distributed.replicate((x, y, params, opt_state), mesh)  # once
   history = list(history or [])
   best_loss = min((r.get("val_loss", float("inf")) for r in history), default=float("inf"))
   best_params, best_epoch, since_best, stopped = params, start_epoch, 0, False

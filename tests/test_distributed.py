@@ -1,0 +1,375 @@
+"""Data-parallel training over a device mesh: the sharded step, epoch and fit equal the
+single-device ones, parameters stay replicated, bad input fails clearly, and two processes on
+loopback train to the parameters of one.
+
+This process already started JAX with one CPU device, so the multi-device checks run in
+subprocesses that simulate 8 CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=8),
+and the two-process checks in two subprocesses joined by `initialize_distributed` over
+127.0.0.1 (cross-process collectives: gloo, JAX's CPU default).
+"""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import mlp_jax as mj
+from mlp_jax import cli, data
+from conftest import make_batch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SIZES = (12, 16, 5)
+TIMEOUT_S = 120
+pytestmark = pytest.mark.usefixtures("standard_promotion")  # optax's int32 step counters
+
+
+def _env(num_devices: int):
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+  env["JAX_PLATFORMS"] = "cpu"
+  env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+  env["PYTHONUNBUFFERED"] = "1"
+  return env
+
+
+def _copy(tree):
+  return jax.tree.map(jnp.array, tree)
+
+
+def _max_rel_error(a, b):
+  return max(mj.relative_error(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- 8 simulated devices, one run
+
+EIGHT_DEVICES = r"""
+import json, re
+import jax, jax.numpy as jnp, numpy as np, optax
+jax.config.update("jax_default_matmul_precision", "highest")
+import mlp_jax as mj
+from mlp_jax import distributed
+
+def rel(a, b):
+  return max(mj.relative_error(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+def replicated(tree, n):
+  return all(l.sharding.is_fully_replicated and len(l.sharding.device_set) == n
+             for l in jax.tree.leaves(tree))
+
+def error(fn):
+  try:
+    fn()
+  except mj.InputError as err:
+    return str(err)
+  return None
+
+copy = lambda t: jax.tree.map(jnp.array, t)
+rng = np.random.default_rng(0)
+x = jnp.asarray(rng.standard_normal((100, 12)).astype(np.float32))
+y = jnp.asarray(rng.integers(0, 5, 100).astype(np.int32))
+params = mj.init_params(jax.random.PRNGKey(0), (12, 16, 5))
+opt = optax.adam(1e-2)
+mesh = mj.make_mesh()
+out = {"device_count": jax.device_count(), "mesh_size": mesh.size}
+
+# One step on a global batch of 64: 8 devices, 4 of the 8, and the single-device step.
+want_p, _, want_loss = mj.make_train_step(opt, l2=1e-2)(copy(params), opt.init(params), x[:64], y[:64])
+for n in (8, 4):
+  step = mj.make_data_parallel_step(opt, mj.make_mesh(n), l2=1e-2)
+  got_p, got_s, got_loss = step(copy(params), opt.init(params), x[:64], y[:64])
+  out[f"step{n}"] = {"rel": rel(got_p, want_p), "loss_rel": abs(float(got_loss) / float(want_loss) - 1),
+                     "replicated": replicated((got_p, got_s), n)}
+rows = distributed.data_sharding(mj.make_mesh(4))  # the last step built: 4 devices
+hlo = step.compiled.lower(got_p, got_s, jax.device_put(x[:64], rows),
+                          jax.device_put(y[:64], rows)).compile().as_text()
+out["step_collectives"] = sorted(set(re.findall(
+    r"\b(all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)\(", hlo)))
+
+# A whole epoch (100 rows, batches of 16: the short last one masked), plain and DP-SGD.
+for name, dp in (("epoch", None), ("dp_epoch", mj.DPConfig(clip_norm=0.5, noise_multiplier=1.1))):
+  key = jax.random.PRNGKey(3)
+  sharded = mj.make_epoch(opt, 16, 1e-2, dp=dp, mesh=mesh)
+  p1, s1, st1 = sharded(copy(params), opt.init(params), x, y, key)
+  p0, s0, st0 = mj.make_epoch(opt, 16, 1e-2, dp=dp)(copy(params), opt.init(params), x, y, key)
+  hlo = sharded.__wrapped__.lower(*distributed.replicate(
+      (params, opt.init(params), x, y, key), mesh)).compile().as_text()
+  out[name] = {"rel": rel(p1, p0), "state_rel": rel(s1, s0),
+               "loss_rel": float(np.max(np.abs(np.asarray(st1.losses) / np.asarray(st0.losses) - 1))),
+               "steps": int(st1.losses.shape[0]), "replicated": replicated((p1, s1), 8),
+               "rows_per_device": sorted(set(int(m) for m in re.findall(r"f32\[(\d+),12\]", hlo)) - {100})}
+
+# fit with validation: the same history and parameters.
+kwargs = dict(optimizer=opt, epochs=2, batch_size=16, l2=1e-3, seed=4, val=(x[:30], y[:30]))
+r1, r0 = mj.fit(params, (x, y), mesh=mesh, **kwargs), mj.fit(params, (x, y), **kwargs)
+out["fit"] = {"rel": rel(r1.params, r0.params), "replicated": replicated(r1.params, 8),
+              "val_loss": [r["val_loss"] for r in r1.history], "val_loss_ref": [r["val_loss"] for r in r0.history]}
+
+# Bad input.
+out["errors"] = {
+    "epoch_batch": error(lambda: mj.make_epoch(opt, 10, mesh=mj.make_mesh(4))),
+    "fit_batch": error(lambda: mj.fit(params, (x, y), optimizer=opt, epochs=1, batch_size=12, mesh=mesh)),
+    "step_batch": error(lambda: mj.make_data_parallel_step(opt, mj.make_mesh(4))(copy(params), opt.init(params), x[:10], y[:10])),
+    "too_many": error(lambda: mj.make_mesh(16)),
+}
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def eight():
+  """The results of EIGHT_DEVICES, run once in a subprocess with 8 simulated CPU devices."""
+  proc = subprocess.run([sys.executable, "-c", EIGHT_DEVICES], env=_env(8), cwd=ROOT,
+                        capture_output=True, text=True, timeout=TIMEOUT_S)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+  assert proc.returncode == 0 and lines, proc.stderr[-4000:]
+  return json.loads(lines[-1][len("RESULT "):])
+
+
+def test_eight_simulated_devices(eight):
+  assert eight["device_count"] == 8 and eight["mesh_size"] == 8
+
+
+def test_sharded_step_equals_the_single_device_step(eight):
+  for n in (8, 4):
+    got = eight[f"step{n}"]
+    assert got["rel"] <= 1e-5 and got["loss_rel"] <= 1e-5, (n, got)
+    assert got["replicated"], n
+  # The gradient reduction is XLA's all-reduce; activations are never gathered.
+  assert eight["step_collectives"] == ["all-reduce"]
+
+
+def test_sharded_epoch_equals_the_unsharded_epoch(eight):
+  got = eight["epoch"]
+  assert got["steps"] == 7  # ceil(100 / 16), the last one 4 rows plus masked padding
+  assert got["rel"] <= 1e-5 and got["state_rel"] <= 1e-5 and got["loss_rel"] <= 1e-5, got
+  assert got["replicated"]
+  assert got["rows_per_device"] == [2]  # 16 rows over 8 devices: each step's batch is sharded
+
+
+def test_dp_epoch_under_sharding_equals_the_unsharded_dp_epoch(eight):
+  got = eight["dp_epoch"]
+  assert got["rel"] <= 1e-5 and got["state_rel"] <= 1e-5 and got["loss_rel"] <= 1e-5, got
+  assert got["replicated"]
+  # Poisson batches of capacity 16 + 16 + 1 = 33 are padded with masked rows to 40 = 8 x 5.
+  assert got["rows_per_device"] == [5]
+
+
+def test_fit_with_a_mesh_equals_fit(eight):
+  got = eight["fit"]
+  assert got["rel"] <= 1e-5 and got["replicated"], got
+  np.testing.assert_allclose(got["val_loss"], got["val_loss_ref"], rtol=1e-5)
+
+
+def test_bad_input_on_a_mesh_raises_clearly(eight):
+  errors = eight["errors"]
+  assert errors["epoch_batch"].startswith("batch_size 10 does not divide across 4 devices")
+  assert errors["fit_batch"].startswith("batch_size 12 does not divide across 8 devices")
+  assert errors["step_batch"].startswith("batch_size 10 does not divide across 4 devices")
+  assert errors["too_many"].startswith("asked for 16 devices, 8 available")
+
+
+# ---------------------------------------------------------------- this process: one device
+
+def test_one_device_mesh_is_the_plain_step_and_epoch():
+  params = mj.init_params(jax.random.PRNGKey(1), SIZES)
+  x, y = make_batch(0, SIZES, 40, np.float32)
+  opt = optax.sgd(0.1, momentum=0.9)
+  mesh = mj.make_mesh(1)
+  assert mesh.axis_names == ("data",) and mesh.size == 1
+  got = mj.make_data_parallel_step(opt, mesh, l2=0.1)(_copy(params), opt.init(params), x, y)
+  want = mj.make_train_step(opt, l2=0.1)(_copy(params), opt.init(params), x, y)
+  assert _max_rel_error(got, want) <= 1e-6
+  key = jax.random.PRNGKey(2)
+  got = mj.make_epoch(opt, 8, 0.1, mesh=mesh)(_copy(params), opt.init(params), x, y, key)
+  want = mj.make_epoch(opt, 8, 0.1)(_copy(params), opt.init(params), x, y, key)
+  assert _max_rel_error(got[:2], want[:2]) <= 1e-6
+
+
+def test_make_mesh_rejects_bad_counts():
+  n = jax.device_count()
+  assert mj.make_mesh().size == n and mj.make_mesh("all").size == n
+  with pytest.raises(mj.InputError, match=rf"^asked for {n + 1} devices, {n} available"):
+    mj.make_mesh(n + 1)
+  for bad in (0, -2, "some", True, 1.5):
+    with pytest.raises(mj.InputError, match="num_devices"):
+      mj.make_mesh(bad)
+
+
+def test_process_shard_splits_rows_into_contiguous_blocks():
+  x, y = np.arange(20).reshape(10, 2), np.arange(10)
+  blocks = [mj.process_shard((x, y), i, 3) for i in range(3)]
+  assert [len(b[1]) for b in blocks] == [4, 3, 3]
+  np.testing.assert_array_equal(np.concatenate([b[0] for b in blocks]), x)
+  ds = mj.process_shard(data.Dataset(x, y), 1, 2)
+  assert isinstance(ds, data.Dataset) and ds.y.tolist() == [5, 6, 7, 8, 9]
+  assert mj.process_shard(y).tolist() == y.tolist() and mj.is_primary()  # one process
+  with pytest.raises(mj.InputError, match="process_index"):
+    mj.process_shard(y, 2, 2)
+  with pytest.raises(mj.InputError, match="same number of rows"):
+    mj.process_shard((x, y[:5]), 0, 2)
+
+
+def test_initialize_distributed_rejects_bad_arguments(monkeypatch):
+  for var in (mj.distributed.ENV_COORDINATOR, mj.distributed.ENV_NUM_PROCESSES,
+              mj.distributed.ENV_PROCESS_ID):
+    monkeypatch.delenv(var, raising=False)
+  with pytest.raises(mj.InputError, match=r"missing num_processes \(or MLP_JAX_NUM_PROCESSES\)"):
+    mj.initialize_distributed("127.0.0.1:1234", process_id=0)
+  with pytest.raises(mj.InputError, match=r"process_id: expected 0..1, got 2"):
+    mj.initialize_distributed("127.0.0.1:1234", 2, 2)
+  with pytest.raises(mj.InputError, match="expected host:port"):
+    mj.initialize_distributed("localhost", 2, 0)
+  monkeypatch.setenv(mj.distributed.ENV_NUM_PROCESSES, "two")
+  with pytest.raises(mj.InputError, match="MLP_JAX_NUM_PROCESSES: expected an integer"):
+    mj.initialize_distributed("127.0.0.1:1234", process_id=0)
+  monkeypatch.delenv(mj.distributed.ENV_NUM_PROCESSES)
+  jax.devices()  # JAX is running here: joining a multi-process run now is too late
+  with pytest.raises(mj.DistributedError, match="must be called before"):
+    mj.initialize_distributed("127.0.0.1:1234", 1, 0)
+
+
+def test_a_coordinator_that_does_not_answer_fails_fast():
+  with socket.socket() as s:  # bound, not listening: connections are refused
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    start = time.monotonic()
+    with pytest.raises(mj.DistributedError,
+                       match=rf"coordinator 127.0.0.1:{port} did not answer within 2 s"):
+      mj.initialize_distributed(f"127.0.0.1:{port}", 2, 1, timeout_s=2)
+  assert time.monotonic() - start < 10
+  assert not jax.distributed.is_initialized()
+
+
+def test_cli_devices_above_what_exists_exits_2_before_writing(tmp_path, capsys):
+  out = tmp_path / "run"
+  n = jax.device_count() + 1
+  code = cli.main(["train", "--dataset", "synthetic", "--num-samples", "100", "--epochs", "1",
+                   "--no-progress", "--devices", str(n), "--out", str(out)])
+  assert code == 2
+  assert f"asked for {n} devices, {n - 1} available" in capsys.readouterr().err
+  assert not out.exists()
+
+
+# ---------------------------------------------------------------- two processes on loopback
+
+WORKER = r"""
+import json, sys
+import jax, numpy as np, optax
+jax.config.update("jax_default_matmul_precision", "highest")
+import mlp_jax as mj
+
+pid, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+mj.initialize_distributed(f"127.0.0.1:{port}", 2, pid, timeout_s=60)
+mesh = mj.make_mesh()  # 2 processes x 2 devices
+rng = np.random.default_rng(0)  # the same data in every process
+x = rng.standard_normal((60, 12)).astype(np.float32)
+y = rng.integers(0, 5, 60).astype(np.int32)
+params = mj.init_params(jax.random.PRNGKey(0), (12, 16, 5))
+opt = optax.adam(1e-2)
+fitted = mj.fit(params, (x, y), optimizer=opt, epochs=2, batch_size=16, l2=1e-3, seed=1,
+                val=(x[:20], y[:20]), mesh=mesh)
+# Each process feeds only its own rows of the global batch of 32.
+step = mj.make_data_parallel_step(opt, mesh, l2=1e-3)
+gx, gy = mj.shard_batch(mesh, *mj.process_shard((x[:32], y[:32])))
+p, s = params, opt.init(params)
+for _ in range(3):
+  p, s, loss = step(p, s, gx, gy)
+if mj.is_primary():
+  np.savez(out, *[np.asarray(l) for l in jax.tree.leaves((fitted.params, p))])
+print("RESULT " + json.dumps({
+    "pid": pid, "primary": mj.is_primary(), "devices": jax.device_count(),
+    "local_devices": jax.local_device_count(), "local_rows": int(gx.addressable_shards[0].data.shape[0]),
+    "replicated": all(l.sharding.is_fully_replicated for l in jax.tree.leaves((fitted.params, p)))}))
+"""
+
+
+def _run_processes(commands, env, timeout=TIMEOUT_S):
+  """Runs the commands at once; (returncode, stdout, stderr) of each; kills all on any exit."""
+  procs = [subprocess.Popen(c, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for c in commands]
+  try:
+    deadline = time.monotonic() + timeout
+    results = []
+    for p in procs:
+      out, err = p.communicate(timeout=max(1, deadline - time.monotonic()))
+      results.append((p.returncode, out, err))
+    return results
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+
+
+def _skip_if_no_cross_process_collectives(results):
+  """Skips, quoting the error, where the CPU backend cannot run collectives across processes;
+  fails on any other error."""
+  for code, _, err in results:
+    if code != 0:
+      errors = [l for l in err.splitlines() if "rror" in l] or err.strip().splitlines()[-1:]
+      last = errors[-1] if errors else f"exit status {code}"
+      if "collective" in last.lower() or "gloo" in last.lower():
+        pytest.skip(f"CPU cross-process collectives unavailable: {last}")
+      pytest.fail(f"process exited {code}:\n{err[-4000:]}")
+
+
+def test_two_processes_train_to_the_parameters_of_one(tmp_path):
+  script = tmp_path / "worker.py"
+  script.write_text(WORKER)
+  port = _free_port()
+  outs = [tmp_path / f"result{i}.npz" for i in range(2)]
+  results = _run_processes(
+      [[sys.executable, str(script), str(i), str(port), str(outs[i])] for i in range(2)], _env(2))
+  _skip_if_no_cross_process_collectives(results)
+  reports = [json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[7:])
+             for _, out, _ in results]
+  assert [r["primary"] for r in reports] == [True, False]
+  assert all(r["devices"] == 4 and r["local_devices"] == 2 and r["replicated"] for r in reports)
+  assert all(r["local_rows"] == 8 for r in reports)  # 32 rows over 4 devices
+  assert outs[0].exists() and not outs[1].exists()  # only process 0 writes
+
+  # The same training in this process, on one device.
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((60, 12)).astype(np.float32)
+  y = rng.integers(0, 5, 60).astype(np.int32)
+  params = mj.init_params(jax.random.PRNGKey(0), SIZES)
+  opt = optax.adam(1e-2)
+  fitted = mj.fit(params, (x, y), optimizer=opt, epochs=2, batch_size=16, l2=1e-3, seed=1,
+                  val=(x[:20], y[:20]))
+  step = mj.make_train_step(opt, l2=1e-3)
+  p, s = _copy(params), opt.init(params)
+  for _ in range(3):
+    p, s, _ = step(p, s, x[:32], y[:32])
+  with np.load(outs[0]) as got:
+    got = [got[f"arr_{i}"] for i in range(len(got.files))]
+  assert _max_rel_error(got, jax.tree.leaves((fitted.params, p))) <= 1e-5
+
+
+def test_cli_on_two_processes_writes_once(tmp_path):
+  port, out = _free_port(), tmp_path / "run"
+  args = [sys.executable, "-m", "mlp_jax.cli", "train", "--dataset", "synthetic",
+          "--num-samples", "200", "--hidden", "8", "--epochs", "2", "--batch-size", "32",
+          "--no-progress", "--out", str(out), "--coordinator", f"127.0.0.1:{port}",
+          "--num-processes", "2", "--init-timeout", "60"]
+  results = _run_processes([args + ["--process-id", str(i)] for i in range(2)], _env(2))
+  _skip_if_no_cross_process_collectives(results)
+  assert "test accuracy" in results[0][1] and "test accuracy" not in results[1][1]
+  metrics = json.loads((out / "metrics.json").read_text())
+  assert metrics["num_devices"] == 4 and metrics["num_processes"] == 2
+  assert sorted(os.listdir(out)) == ["checkpoint.npz", "confusion.png", "curves.png",
+                                     "metrics.csv", "metrics.json"]

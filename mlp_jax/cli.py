@@ -190,7 +190,7 @@ def cmd_train(args) -> int:
       ["epochs", f"{len(result.history)} (best {result.best_epoch}"
                  f"{', stopped early' if result.stopped_early else ''})"],
       ["train loss", f"{last.get('train_loss', float('nan')):.4f}"],
-      ["val accuracy", f"{100 * last.get('val_acc', float('nan')):.2f}%"],
+      ["val accuracy", f"{100 * last['val_acc']:.2f}%" if "val_acc" in last else "-"],
       ["test accuracy", f"{100 * test_acc:.2f}%"],
   ] + ([["privacy", f"({last['epsilon']:.2f}, {args.delta:g})-DP, C={args.clip_norm:g}, "
                     f"sigma={args.noise_multiplier:g}"]] if dp is not None else []) + [

@@ -6,7 +6,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 USPS_DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
@@ -48,8 +48,11 @@ def machine(**extra) -> Dict:
 
 
 def time_call(fn: Callable[[], object], *, repeats: int, warmup: int = 2,
-              min_seconds: float = 0.0) -> Dict:
+              min_seconds: float = 0.0, max_seconds: Optional[float] = None) -> Dict:
   """Median and spread of `repeats` timed calls of fn (each blocked until ready), after warmup.
+
+  Calls go on until there are `repeats` of them and `min_seconds` have passed, but stop once
+  `max_seconds` have passed with at least 3 calls (for slow calls).
 
   Returns seconds: median, p10, p90, min, and the number of calls.
   """
@@ -59,6 +62,9 @@ def time_call(fn: Callable[[], object], *, repeats: int, warmup: int = 2,
   times: List[float] = []
   start = time.perf_counter()
   while len(times) < repeats or time.perf_counter() - start < min_seconds:
+    if (max_seconds is not None and len(times) >= 3
+        and time.perf_counter() - start > max_seconds):
+      break
     t0 = time.perf_counter()
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - t0)
@@ -123,7 +129,8 @@ def try_import_torch():
 
 def torch_mlp(torch, params, dtype=None):
   """A torch.nn.Sequential of Linear/ReLU holding copies of NumPy (w, b) pairs (w transposed to
-  torch's (out, in)), so a PyTorch peer starts from exactly the same weights."""
+  torch's (out, in)), so a PyTorch peer starts from exactly the same weights; in the pairs'
+  dtype unless `dtype` is given."""
   layers = []
   for i, (w, b) in enumerate(params):
     linear = torch.nn.Linear(w.shape[0], w.shape[1])
@@ -134,7 +141,7 @@ def torch_mlp(torch, params, dtype=None):
     if i < len(params) - 1:
       layers.append(torch.nn.ReLU())
   model = torch.nn.Sequential(*layers)
-  return model.to(dtype) if dtype is not None else model
+  return model.to(torch.from_numpy(params[0][0][:0]).dtype if dtype is None else dtype)
 
 
 def torch_loss(torch, model, x, y, l2: float):
@@ -151,3 +158,15 @@ def torch_params_numpy(torch, model):
   """The (w, b) pairs of a `torch_mlp`, as NumPy in mlp_jax's (fan_in, fan_out) layout."""
   return [(layer.weight.detach().numpy().T.copy(), layer.bias.detach().numpy().copy())
           for layer in model if isinstance(layer, torch.nn.Linear)]
+
+
+def busy_note(threshold: float = 0.5):
+  """A note when the 1-minute load average exceeds `threshold` per core, else None: BLAS and
+  OpenMP thread pools (NumPy, PyTorch) slow down by orders of magnitude on shared cores."""
+  if not hasattr(os, "getloadavg"):
+    return None
+  load, cores = os.getloadavg()[0], os.cpu_count() or 1
+  if load <= threshold * cores:
+    return None
+  return (f"machine busy at start: load average {load:.1f} on {cores} cores; timings, NumPy's "
+          "and PyTorch's above all, are not representative")

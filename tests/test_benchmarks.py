@@ -1,0 +1,111 @@
+"""The benchmark scripts: their NumPy reference, FLOP model and plots, and their --quick runs.
+
+The --quick runs of grads.py and train.py take 15-35 s each on the shared 2-core machine and are
+marked slow; per_sample.py's takes 11-16 s. Nothing here needs PyTorch: the scripts skip it,
+with a note, when it is absent.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+import mlp_jax as mj
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+sys.path.insert(0, BENCH)
+import numpy_backprop as nb  # noqa: E402
+
+
+def _batch(sizes, m, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.standard_normal((m, sizes[0])).astype(np.float32)
+  y = rng.integers(0, sizes[-1], size=m).astype(np.int32)
+  return x, y
+
+
+def _leaves(pairs):
+  return [leaf for pair in pairs for leaf in pair]
+
+
+@pytest.mark.parametrize("sizes", [(10, 7, 3), (12, 16, 8, 5)])
+@pytest.mark.parametrize("l2", [0.0, 0.5])
+def test_numpy_backprop_matches_analytic(sizes, l2):
+  params = mj.init_params(jax.random.PRNGKey(3), sizes)
+  x, y = _batch(sizes, 29)
+  loss, grads = mj.loss_and_grads(params, x, y, l2=l2)
+  np_loss, np_grads = nb.loss_and_grads(nb.from_jax(params), x, y, l2)
+  assert np_loss == pytest.approx(float(loss), rel=1e-5)
+  for ours, ref in zip(_leaves(np_grads), jax.tree.leaves(grads)):
+    assert ours.dtype == np.float32 and ours.shape == ref.shape
+    assert mj.relative_error(np.asarray(ref), ours) <= 1e-4
+
+
+def test_numpy_adam_matches_optax(standard_promotion):
+  params = mj.init_params(jax.random.PRNGKey(0), (6, 5, 3))
+  x, y = _batch((6, 5, 3), 16)
+  ours = nb.from_jax(params)
+  adam = nb.Adam(ours, 1e-2)
+  opt = optax.adam(1e-2)
+  state = opt.init(params)
+  for _ in range(3):  # the same gradients into both, so only the updates are compared
+    grads = mj.grads(params, x, y, l2=0.1)
+    adam.update(ours, nb.from_jax(grads))
+    updates, state = opt.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  for a, b in zip(_leaves(ours), jax.tree.leaves(params)):
+    np.testing.assert_allclose(a, np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("n, d, k, m", [(256, 256, 10, 1), (256, 256, 10, 1024), (64, 32, 7, 3)])
+def test_gemm_flops_of_two_layers(n, d, k, m):
+  assert nb.gemm_flops((n, d, k), m) == 2 * m * (2 * n * d + 3 * d * k)
+
+
+def test_gemm_flops_of_deeper_net():
+  sizes, m = (256, 512, 128, 10), 32
+  pairs = [(256, 512), (512, 128), (128, 10)]
+  expected = 2 * m * (2 * sum(a * b for a, b in pairs) + sum(a * b for a, b in pairs[1:]))
+  assert nb.gemm_flops(sizes, m) == expected
+  assert len(nb.gemm_shapes(sizes, m)) == 3 * len(pairs) - 1
+  assert nb.gemms_alone(sizes, m)().shape == (256, 512)  # the last GEMM: X^T Delta_1
+
+
+def test_plot_draws_every_figure(tmp_path):
+  grads = {"quick": True, "machine": {}, "results": [
+      {"impl": impl, "dtype": "float32", "layers": [4, 3, 2], "m": m, "median": t * m,
+       "p10": t * m, "p90": 1.1 * t * m} for impl, t in (("analytic", 1e-4), ("numpy", 2e-4))
+      for m in (1, 8)]}
+  epochs = [{"epoch": e, "cumulative_seconds": 0.1 * e, "test_acc": 0.5 + 0.1 * e}
+            for e in (1, 2)]
+  train = {"machine": {}, "results": [{"dataset": "digits", "impl": "numpy", "batch_size": 4,
+                                       "epochs_run": 2, "epochs": epochs}]}
+  per_sample = {"machine": {}, "layers": [4, 3, 2], "results": [
+      {"impl": impl, "m": m, "median": 1e-3 * m, "memory": {"peak_extra": 100 * m}}
+      for impl in ("norms", "vmap", "norms_api") for m in (2, 4)]}
+  for name, payload in (("grads_quick", grads), ("train", train), ("per_sample", per_sample)):
+    (tmp_path / f"{name}.json").write_text(json.dumps(payload))
+  subprocess.run([sys.executable, os.path.join(BENCH, "plot.py"), "--dir", str(tmp_path)],
+                 check=True, capture_output=True, timeout=120)
+  for name in ("grads_quick", "train", "per_sample"):
+    assert (tmp_path / f"{name}.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("script", [
+    pytest.param("grads", marks=pytest.mark.slow),   # 25-30 s: three cold-start processes
+    pytest.param("train", marks=pytest.mark.slow),   # 15-35 s, with the machine's load
+    "per_sample",                                     # 11-16 s
+])
+def test_quick_run_writes_results(script, tmp_path):
+  proc = subprocess.run([sys.executable, os.path.join(BENCH, f"{script}.py"), "--quick",
+                         "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  payload = json.loads((tmp_path / f"{script}_quick.json").read_text())
+  assert payload["quick"] is True and payload["machine"]["jax"] == jax.__version__
+  assert payload["results"]
+  assert (tmp_path / f"{script}_quick.md").read_text().startswith("###")

@@ -25,11 +25,12 @@ import time
 from typing import Optional, Union
 
 import jax
+import optax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mlp_jax import training, validation
+from mlp_jax import validation
 from mlp_jax.errors import InputError, MLPJaxError
 from mlp_jax.gradients import _loss_and_grads
 
@@ -164,8 +165,8 @@ def make_data_parallel_step(optimizer, mesh: Mesh, l2=0.0, *, compute_dtype=None
     params, x, y, _ = validation.check_batch(params, x, y)
     x, y = shard_rows((x, y), mesh)
     loss, grads = _loss_and_grads(params, x, y, l2, compute_dtype)
-    params, opt_state, loss, _ = training._apply(optimizer, params, opt_state, loss, grads)
-    return params, opt_state, loss
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
 
   def step(params, opt_state, x, y):
     check_divisible(jnp.shape(x)[0], mesh)

@@ -14,6 +14,8 @@ as in the derivation. One forward pass serves both the loss and the gradients.
 
 from typing import Optional, Sequence, Tuple
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -82,6 +84,18 @@ def _loss_and_grads(params: Params, x: jax.Array, y: jax.Array, l2,
 _loss_and_grads_jit = jax.jit(_loss_and_grads, static_argnames="compute_dtype")
 
 
+@functools.partial(jax.jit, static_argnames="compute_dtype")
+def _loss_and_grads_flagged(params, x, y, l2, compute_dtype=None):
+  """The core plus a flag raised by a non-finite loss or a label outside 0..K-1.
+
+  NaN or Inf anywhere in x reaches the loss (through x W1, ReLU, softmax), so the flag covers
+  the value checks of the inputs at the cost of a reduction over y, not a pass over x.
+  """
+  loss, grads = _loss_and_grads(params, x, y, l2, compute_dtype)
+  k = params[-1].w.shape[1]
+  return loss, grads, ~jnp.isfinite(loss) | (y.min() < 0) | (y.max() >= k)
+
+
 def loss_and_grads(params: Params, x, y, l2=0.0, *,
                    compute_dtype: Optional[jnp.dtype] = None) -> Tuple[jax.Array, Params]:
   """The loss (E6) and its analytic gradient (E7)-(E12), from one shared forward pass.
@@ -97,8 +111,14 @@ def loss_and_grads(params: Params, x, y, l2=0.0, *,
   Returns:
     (loss, grads): a scalar and a tuple of `Dense` shaped like `params`.
   """
-  params, x, y, l2 = validation.check_batch(params, x, y, l2)
-  return _loss_and_grads_jit(params, x, y, l2, compute_dtype=compute_dtype)
+  params, x, y, l2 = validation.check_batch(params, x, y, l2, values=False)
+  loss, grads, flag = _loss_and_grads_flagged(params, x, y, l2, compute_dtype=compute_dtype)
+  if validation.is_concrete(flag) and bool(flag):
+    # The detailed checks name the problem; if they find none (finite inputs, an overflow in
+    # the parameters), the non-finite result is returned as computed.
+    validation.check_batch(params, x, y, l2)
+    validation.check_finite_params(params)
+  return loss, grads
 
 
 def grads(params: Params, x, y, l2=0.0, *, compute_dtype=None) -> Params:

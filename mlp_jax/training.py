@@ -11,8 +11,9 @@ from a PRNG key, with the data resident on the device, so a step costs no Python
 host sync. When the batch size does not divide the number of examples, the permutation is padded
 to whole batches and the padding rows are masked out: the last minibatch is the r = N mod B
 remaining examples exactly (its loss and gradient are those of (E6) with m = r), no data is
-dropped, and the same compiled step serves it. A non-finite loss or gradient freezes the
-parameters at their last good value for the rest of the epoch and is reported with its step.
+dropped, and the same compiled step serves it. A non-finite loss or gradient is found after the
+epoch (each step's loss and the final state are checked), and `fit` then replays the epoch from
+its start to report the first bad step with the parameters from before it.
 """
 
 import dataclasses
@@ -36,13 +37,6 @@ def _tree_all_finite(tree) -> jax.Array:
   return jnp.all(jnp.asarray([jnp.isfinite(leaf).all() for leaf in jax.tree.leaves(tree)]))
 
 
-def _apply(optimizer, params, opt_state, loss, grads):
-  """One optimizer update; returns (params, opt_state, loss, finite)."""
-  updates, opt_state = optimizer.update(grads, opt_state, params)
-  finite = jnp.isfinite(loss) & _tree_all_finite(grads)
-  return optax.apply_updates(params, updates), opt_state, loss, finite
-
-
 def make_train_step(optimizer: optax.GradientTransformation, l2=0.0, *,
                     compute_dtype=None) -> Callable:
   """A jitted `step(params, opt_state, x, y) -> (params, opt_state, loss)`.
@@ -62,8 +56,8 @@ def make_train_step(optimizer: optax.GradientTransformation, l2=0.0, *,
   def step(params, opt_state, x, y):
     params, x, y, _ = validation.check_batch(params, x, y)
     loss, grads = _loss_and_grads(params, x, y, l2, compute_dtype)
-    params, opt_state, loss, _ = _apply(optimizer, params, opt_state, loss, grads)
-    return params, opt_state, loss
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
 
   return step
 
@@ -100,28 +94,14 @@ def epoch_plan(key: jax.Array, num_examples: int, batch_size: int,
 
 class EpochStats(NamedTuple):
   """What a compiled epoch returns beside the new state."""
-  losses: jax.Array   # (num_batches,) loss of each step
-  finite: jax.Array   # (num_batches,) bool: loss and gradient finite at that step
+  losses: jax.Array        # (num_batches,) loss of each step
+  finite: jax.Array        # (num_batches,) bool: that step's loss is finite
+  state_finite: jax.Array  # bool: every parameter and optimizer-state entry finite at the end
 
 
-def make_epoch(optimizer: optax.GradientTransformation, batch_size: int, l2=0.0, *,
-               compute_dtype=None, dp: Optional[privacy.DPConfig] = None,
-               mesh=None) -> Callable:
-  """A jitted `epoch(params, opt_state, x, y, key) -> (params, opt_state, EpochStats)`.
-
-  One `lax.scan` over the minibatches of a permutation drawn from `key`. The short last batch
-  is masked (see the module docstring), so one compilation serves any epoch of the same data
-  shape. Once a step is non-finite the parameters and optimizer state stay at their last good
-  values for the rest of the epoch; `EpochStats.finite` says where it happened.
-
-  With `dp`, the epoch is DP-SGD instead: ceil(N / B) steps on truncated Poisson-sampled batches
-  of expected size B, each with the clipped, noised gradient of `privacy.noisy_clipped_grads`.
-
-  With `mesh` (a 1-D `jax.sharding.Mesh` from `distributed.make_mesh`), data-parallel: the data,
-  parameters and optimizer state are replicated on every device, each step's batch is sharded
-  along "data" (`batch_size` must divide across the devices; DP batches are padded with masked
-  rows to do so), and XLA all-reduces the gradient; the same batches and math as without it.
-  """
+def _build_epoch(optimizer, batch_size, l2, compute_dtype, dp, mesh):
+  """(epoch, step): the compiled epoch of `make_epoch`, and its step as a plain function
+  `step(params, opt_state, x, y, idx, keep, step_key) -> (params, opt_state, loss, grads)`."""
   if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
     raise InputError(f"batch_size: expected a positive int, got {batch_size!r}")
   validation.check_l2(l2)
@@ -132,37 +112,75 @@ def make_epoch(optimizer: optax.GradientTransformation, batch_size: int, l2=0.0,
     distributed.check_divisible(batch_size, mesh)
     jit_kwargs["out_shardings"] = distributed.replicated(mesh)
 
-  @functools.partial(jax.jit, donate_argnums=(0, 1), **jit_kwargs)
-  def epoch(params, opt_state, x, y, key):
-    dtype = params[0].w.dtype
-    indices, mask, step_keys = epoch_plan(key, x.shape[0], batch_size, dp)
+  def step(params, opt_state, x, y, idx, keep, step_key):
+    xb, yb, keep = x[idx], y[idx], keep.astype(params[0].w.dtype)
+    if mesh is not None:
+      xb, yb, keep = distributed.shard_rows((xb, yb, keep), mesh)
+    if dp is None:
+      loss, grads = _loss_and_grads(params, xb, yb, l2, compute_dtype, keep)
+    else:
+      loss, grads = privacy.noisy_clipped_grads(params, xb, yb, keep, step_key, l2, dp,
+                                                batch_size, compute_dtype)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    if mesh is not None:
+      params, opt_state = distributed.keep_replicated((params, opt_state), mesh)
+    return params, opt_state, loss, grads
+
+  def plan(key, num_examples):
+    indices, mask, step_keys = epoch_plan(key, num_examples, batch_size, dp)
     if mesh is not None:
       indices, mask = distributed.pad_batches(indices, mask, mesh)
+    return indices, mask, step_keys
 
+  @functools.partial(jax.jit, donate_argnums=(0, 1), **jit_kwargs)
+  def epoch(params, opt_state, x, y, key):
     def body(carry, batch):
-      params, opt_state, ok = carry
-      idx, keep, step_key = batch
-      xb, yb, keep = x[idx], y[idx], keep.astype(dtype)
-      if mesh is not None:
-        xb, yb, keep = distributed.shard_rows((xb, yb, keep), mesh)
-      if dp is None:
-        loss, grads = _loss_and_grads(params, xb, yb, l2, compute_dtype, keep)
-      else:
-        loss, grads = privacy.noisy_clipped_grads(params, xb, yb, keep, step_key, l2,
-                                                  dp, batch_size, compute_dtype)
-      new_params, new_state, loss, finite = _apply(optimizer, params, opt_state, loss, grads)
-      ok_now = ok & finite
-      params, opt_state = jax.tree.map(lambda new, old: jnp.where(ok_now, new, old),
-                                       (new_params, new_state), (params, opt_state))
-      if mesh is not None:
-        params, opt_state = distributed.keep_replicated((params, opt_state), mesh)
-      return (params, opt_state, ok_now), (loss, finite)
+      params, opt_state, loss, _ = step(*carry, x, y, *batch)
+      return (params, opt_state), loss
 
-    (params, opt_state, _), (losses, finite) = jax.lax.scan(
-        body, (params, opt_state, jnp.asarray(True)), (indices, mask, step_keys))
-    return params, opt_state, EpochStats(losses, finite)
+    (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), plan(key, x.shape[0]))
+    return params, opt_state, EpochStats(losses, jnp.isfinite(losses),
+                                         _tree_all_finite((params, opt_state)))
 
-  return epoch if mesh is None else distributed.on_mesh(epoch, mesh)
+  epoch = epoch if mesh is None else distributed.on_mesh(epoch, mesh)
+  return epoch, step, plan
+
+
+def make_epoch(optimizer: optax.GradientTransformation, batch_size: int, l2=0.0, *,
+               compute_dtype=None, dp: Optional[privacy.DPConfig] = None,
+               mesh=None) -> Callable:
+  """A jitted `epoch(params, opt_state, x, y, key) -> (params, opt_state, EpochStats)`.
+
+  One `lax.scan` over the minibatches of a permutation drawn from `key`. The short last batch
+  is masked (see the module docstring), so one compilation serves any epoch of the same data
+  shape. The scan checks nothing per step beyond its loss (a per-step guard over the parameters
+  cost 10-25% at small batches); `EpochStats` says whether each loss and the final state are
+  finite, and `fit` replays a failed epoch step by step to find the first bad step.
+
+  With `dp`, the epoch is DP-SGD instead: ceil(N / B) steps on truncated Poisson-sampled batches
+  of expected size B, each with the clipped, noised gradient of `privacy.noisy_clipped_grads`.
+
+  With `mesh` (a 1-D `jax.sharding.Mesh` from `distributed.make_mesh`), data-parallel: the data,
+  parameters and optimizer state are replicated on every device, each step's batch is sharded
+  along "data" (`batch_size` must divide across the devices; DP batches are padded with masked
+  rows to do so), and XLA all-reduces the gradient; the same batches and math as without it.
+  """
+  return _build_epoch(optimizer, batch_size, l2, compute_dtype, dp, mesh)[0]
+
+
+def _first_bad_step(step, plan, params, opt_state, x, y, key):
+  """Replays an epoch from its start, step by step, until a loss, gradient or update is not
+  finite. Returns (step index, indices of its rows, params and opt_state from before it)."""
+  indices, mask, step_keys = plan(key, x.shape[0])
+  step = jax.jit(step)
+  for i in range(indices.shape[0]):
+    new_params, new_state, loss, grads = step(params, opt_state, x, y, indices[i], mask[i],
+                                              step_keys[i])
+    if not bool(jnp.isfinite(loss) & _tree_all_finite((grads, new_params, new_state))):
+      return i, np.asarray(indices[i])[np.asarray(mask[i])], params, opt_state
+    params, opt_state = new_params, new_state
+  return indices.shape[0] - 1, np.asarray(indices[-1])[np.asarray(mask[-1])], params, opt_state
 
 
 @functools.partial(jax.jit, static_argnames="chunk")
@@ -271,7 +289,7 @@ def fit(params: Params, train, *, optimizer: optax.GradientTransformation, epoch
   validation.check_l2(l2)
   params = jax.tree.map(jnp.array, params)  # our own buffers: the epoch donates them
   opt_state = optimizer.init(params) if opt_state is None else jax.tree.map(jnp.array, opt_state)
-  epoch_fn = make_epoch(optimizer, batch_size, l2, compute_dtype=compute_dtype, dp=dp, mesh=mesh)
+  epoch_fn, step_fn, plan_fn = _build_epoch(optimizer, batch_size, l2, compute_dtype, dp, mesh)
   if mesh is not None:
     from mlp_jax import distributed  # a late import: distributed imports this module
     x, y, params, opt_state = distributed.replicate((x, y, params, opt_state), mesh)  # once
@@ -281,17 +299,17 @@ def fit(params: Params, train, *, optimizer: optax.GradientTransformation, epoch
   for e in range(start_epoch, epochs):
     start = time.perf_counter()
     key = epoch_key(seed, e)
+    start_state = jax.tree.map(jnp.copy, (params, opt_state))  # the epoch donates its input
     params, opt_state, stats = epoch_fn(params, opt_state, x, y, key)
     finite = np.asarray(stats.finite)
-    if not finite.all():
-      step = int(np.argmin(finite))
-      indices, mask, _ = epoch_plan(key, x.shape[0], batch_size, dp)
+    if not (finite.all() and bool(stats.state_finite)):
+      step, rows, good_params, good_state = _first_bad_step(step_fn, plan_fn, *start_state, x,
+                                                            y, key)
       err = NonFiniteError(
           f"non-finite loss or gradient at epoch {e + 1}, step {step + 1} of {finite.size}; "
           f"parameters kept from before that step")
-      err.epoch, err.step = e + 1, step + 1
-      err.batch_indices = np.asarray(indices[step])[np.asarray(mask[step])]
-      err.params, err.opt_state = params, opt_state
+      err.epoch, err.step, err.batch_indices = e + 1, step + 1, rows
+      err.params, err.opt_state = good_params, good_state
       raise err
     record = {"epoch": e + 1, "train_loss": float(np.mean(np.asarray(stats.losses))),
               "epoch_seconds": time.perf_counter() - start}

@@ -54,8 +54,7 @@ def check_params(params) -> Params:
   return params
 
 
-def check_features(params: Params, x, name: str = "x") -> jax.Array:
-  """x of shape (m, n), m >= 1, floating and finite; returned in the parameters' dtype."""
+def _features_static(params: Params, x, name: str):
   n = params[0].w.shape[0]
   if not hasattr(x, "dtype"):
     x = np.asarray(x)
@@ -63,16 +62,10 @@ def check_features(params: Params, x, name: str = "x") -> jax.Array:
     raise InputError(f"{name}: expected shape (m, {n}) with m >= 1, got {jnp.shape(x)}")
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise InputTypeError(f"{name}: expected a floating dtype, got {x.dtype}")
-  if is_concrete(x):
-    with jax.ensure_compile_time_eval():  # evaluate now, even while a caller is tracing
-      bad = int(jnp.size(x) - jnp.isfinite(x).sum())
-  if is_concrete(x) and bad:
-    raise InputError(f"{name}: expected finite values, got {bad} NaN or Inf entries")
-  return jnp.asarray(x, params[0].w.dtype)
+  return x
 
 
-def check_labels(params: Params, y, m: int, name: str = "y") -> jax.Array:
-  """Integer class labels of shape (m,) in 0..K-1; returned as a JAX array."""
+def _labels_static(params: Params, y, m: int, name: str):
   k = params[-1].w.shape[1]
   if not hasattr(y, "dtype"):
     y = np.asarray(y)
@@ -81,12 +74,59 @@ def check_labels(params: Params, y, m: int, name: str = "y") -> jax.Array:
   if not jnp.issubdtype(y.dtype, jnp.integer):
     raise InputTypeError(
         f"{name}: expected an integer dtype (class indices 0..{k - 1}), got {y.dtype}")
-  if is_concrete(y):
-    with jax.ensure_compile_time_eval():
-      lo, hi = int(jnp.min(y)), int(jnp.max(y))
-    if lo < 0 or hi >= k:
-      raise InputError(f"{name}: expected labels in 0..{k - 1}, got values in {lo}..{hi}")
+  return y
+
+
+@jax.jit
+def _device_stats(x, y):
+  """(number of non-finite entries of x, min y, max y): one compiled call, one transfer."""
+  return jnp.size(x) - jnp.isfinite(x).sum(), jnp.min(y), jnp.max(y)
+
+
+def _check_values(params: Params, x, y, x_name: str = "x", y_name: str = "y") -> None:
+  """Finite features and labels in 0..K-1, for whichever of x, y holds values (not tracers)."""
+  k = params[-1].w.shape[1]
+  x = x if x is not None and is_concrete(x) else None
+  y = y if y is not None and is_concrete(y) else None
+  if x is None and y is None:
+    return
+  if all(a is None or isinstance(a, np.ndarray) for a in (x, y)):  # on the host already
+    bad = 0 if x is None else int(x.size - np.isfinite(x).sum())
+    lo, hi = (0, 0) if y is None else (int(y.min()), int(y.max()))
+  else:
+    with jax.ensure_compile_time_eval():  # evaluate now, even while a caller is tracing
+      stats = _device_stats(jnp.zeros((1, 1)) if x is None else x,
+                            jnp.zeros((1,), jnp.int32) if y is None else y)
+      bad, lo, hi = (int(v) for v in jax.device_get(stats))
+  if bad:
+    raise InputError(f"{x_name}: expected finite values, got {bad} NaN or Inf entries")
+  if lo < 0 or hi >= k:
+    raise InputError(f"{y_name}: expected labels in 0..{k - 1}, got values in {lo}..{hi}")
+
+
+def check_features(params: Params, x, name: str = "x") -> jax.Array:
+  """x of shape (m, n), m >= 1, floating and finite; returned in the parameters' dtype."""
+  x = _features_static(params, x, name)
+  _check_values(params, x, None, x_name=name)
+  return jnp.asarray(x, params[0].w.dtype)
+
+
+def check_labels(params: Params, y, m: int, name: str = "y") -> jax.Array:
+  """Integer class labels of shape (m,) in 0..K-1; returned as a JAX array."""
+  y = _labels_static(params, y, m, name)
+  _check_values(params, None, y, y_name=name)
   return jnp.asarray(y)
+
+
+def check_finite_params(params: Params) -> None:
+  """Every parameter finite (concrete values only)."""
+  for i, layer in enumerate(params):
+    for name, leaf in (("w", layer.w), ("b", layer.b)):
+      if is_concrete(leaf):
+        with jax.ensure_compile_time_eval():
+          bad = int(jnp.size(leaf) - jnp.isfinite(leaf).sum())
+        if bad:
+          raise InputError(f"params[{i}].{name}: expected finite values, got {bad} NaN or Inf")
 
 
 def check_l2(l2, name: str = "l2"):
@@ -104,10 +144,16 @@ def check_l2(l2, name: str = "l2"):
   return l2
 
 
-def check_batch(params, x, y, l2=0.0):
-  """All of the above for one call; returns (params, x, y, l2) ready for the compiled core."""
+def check_batch(params, x, y, l2=0.0, *, values: bool = True):
+  """All of the above for one call; returns (params, x, y, l2) ready for the compiled core.
+
+  With `values=False` only the static checks run (and lambda's): for callers that check the
+  values afterwards, from the result (see `gradients.loss_and_grads`).
+  """
   params = check_params(params)
-  x = check_features(params, x)
-  y = check_labels(params, y, x.shape[0])
+  x = _features_static(params, x, "x")
+  y = _labels_static(params, y, x.shape[0], "y")
+  if values:
+    _check_values(params, x, y)
   check_l2(l2)
-  return params, x, y, l2
+  return params, jnp.asarray(x, params[0].w.dtype), jnp.asarray(y), l2

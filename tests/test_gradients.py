@@ -123,10 +123,10 @@ def test_jitted_gradient_traces_once_per_shape():
   assert traces == [(32, 256)]
   # The library's own compiled core: one entry for this shape, whatever lambda is.
   from mlp_jax import gradients
-  before = gradients._loss_and_grads_jit._cache_size()
+  before = gradients._loss_and_grads_flagged._cache_size()
   for l2 in [0.0, 0.5]:
     mj.loss_and_grads(params, x, y, l2)
-  assert gradients._loss_and_grads_jit._cache_size() - before <= 1
+  assert gradients._loss_and_grads_flagged._cache_size() - before <= 1
 
 
 def test_deeper_net_recursion_layer_by_layer(dtype, rtol):

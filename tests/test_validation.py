@@ -92,3 +92,10 @@ def test_numpy_and_list_inputs_are_accepted(batch):
   g2 = mj.grads(params, x, y)
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
     np.testing.assert_allclose(a, b)
+
+
+def test_non_finite_parameters_are_named(batch):
+  params, x, y = batch
+  bad = (mj.Dense(params[0].w.at[1, 2].set(jnp.nan), params[0].b), params[1])
+  with pytest.raises(mj.InputError, match=r"params\[0\].w: expected finite values, got 1 NaN"):
+    mj.loss_and_grads(bad, x, y)

@@ -168,8 +168,8 @@ def main():
   scripts = [("grads", ["--no-float64", "--no-torch", "--no-cold", "--quick"]),
              ("per_sample", ["--quick"])]
   if not args.quick:
-    scripts += [("grads", ["--no-float64", "--no-torch", "--no-cold", "--sizes", "65536",
-                           "262144"])]
+    scripts += [("grads", ["--no-float64", "--no-torch", "--no-cold", "--no-numpy", "--sizes",
+                           "65536", "262144"])]
   for index, (name, extra) in enumerate(scripts):
     script = os.path.join(HERE, f"{name}.py")
     if not os.path.exists(script):

@@ -69,8 +69,8 @@ def autodiff_step(optimizer, l2):
   @functools.partial(jax.jit, donate_argnums=(0, 1))
   def step(params, opt_state, x, y):
     loss, grads = jax.value_and_grad(objective)(params, x, y, l2)
-    params, opt_state, loss, _ = training._apply(optimizer, params, opt_state, loss, grads)
-    return params, opt_state, loss
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
   return step
 
 
@@ -288,6 +288,9 @@ def main():
   parser.add_argument("--no-numpy", action="store_true",
                       help="skip the NumPy backprop and GEMMs-alone peers (slow at huge m)")
   parser.add_argument("--sizes", type=int, nargs="+", help="batch sizes (default: all)")
+  parser.add_argument("--retain-freed-memory", action="store_true",
+                      help="mlp_jax.host_memory.retain_freed_memory() first (glibc heap reuse)")
+  parser.add_argument("--name", default="grads", help="result file stem (grads)")
   args = parser.parse_args()
   sizes = args.sizes or (QUICK_SIZES if args.quick else SIZES)
   timing = (dict(repeats=5, warmup=1, min_seconds=0.05) if args.quick
@@ -302,6 +305,10 @@ def main():
   if jax.default_backend() != "cpu":
     notes.append(f"JAX runs on {jax.default_backend()}; NumPy, PyTorch and the GEMMs-alone floor "
                  "run on the host CPU, so fractions of GEMMs alone compare two devices")
+  if args.retain_freed_memory:
+    from mlp_jax import host_memory
+    notes.append("host_memory.retain_freed_memory(): "
+                 + ("applied" if host_memory.retain_freed_memory() else "not available"))
   busy = common.busy_note()
   if busy:
     notes.append(busy)
@@ -332,7 +339,7 @@ def main():
              "fan_out) forward + the same for weight gradients + 2m sum_{l>=2} fan_in fan_out "
              "for input gradients", "ceilings": ceilings, "cold_start": cold, "notes": notes,
              "results": results}
-  common.write_results(common.result_name("grads", args.quick), payload,
+  common.write_results(common.result_name(args.name, args.quick), payload,
                        markdown(results, ceilings, cold, notes), args.out)
 
 

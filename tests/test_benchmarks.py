@@ -109,3 +109,21 @@ def test_quick_run_writes_results(script, tmp_path):
   assert payload["quick"] is True and payload["machine"]["jax"] == jax.__version__
   assert payload["results"]
   assert (tmp_path / f"{script}_quick.md").read_text().startswith("###")
+
+
+@pytest.mark.slow
+def test_accelerator_script_quick_cpu_run(tmp_path):
+  """The accelerator run's quick form on the CPU (the suite itself is not re-run inside it)."""
+  proc = subprocess.run(["bash", os.path.join(BENCH, "accelerator.sh"), str(tmp_path), "--quick",
+                         "--skip-tests"], capture_output=True, text=True, timeout=400,
+                        env={**os.environ, "PYTHON": sys.executable})
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  report = json.loads((tmp_path / "accelerator.json").read_text())
+  assert report["quick"] is True
+  assert all(step["exit"] == 0 for step in report["steps"].values())
+  rows = report["throughput"]["rows"]
+  assert [r["batch"] for r in rows] == [256, 1024]
+  assert all(r["analytic"]["samples_per_s"] > 0 and r["jax.grad"]["samples_per_s"] > 0
+             for r in rows)
+  assert "analytic M samples/s" in (tmp_path / "accelerator.md").read_text()
+  assert (tmp_path / "accelerator.log").stat().st_size > 0

@@ -196,7 +196,7 @@ def _sums(params, x, y, chunk=8192):
     xb, yb, kb = batch
     logits = forward(params, xb)
     ce = jnp.where(kb, cross_entropy(log_softmax(logits), yb), 0).sum()
-    correct = (kb & (jnp.argmax(logits, axis=1) == yb)).sum()
+    correct = (kb & (jnp.argmax(logits, axis=1) == yb)).sum(dtype=jnp.int32)
     return (total[0] + ce, total[1] + correct), None
 
   init = (jnp.zeros((), x.dtype), jnp.zeros((), jnp.int32))

@@ -182,8 +182,12 @@ def test_minimal_repro_is_small_and_its_snippet_runs():
   repro = d["b1"].repro
   assert repro.layer_sizes == (2, 2, 2) and repro.m == 1 and repro.rel_err > 1e-12
   out = io.StringIO()
-  with contextlib.redirect_stdout(out), jax.enable_x64(True):
-    exec(repro.snippet, {"grad_fn": grad_fn})
+  before = jax.config.jax_enable_x64
+  try:  # the snippet turns x64 on globally, as a user's script would: undo it for the next tests
+    with contextlib.redirect_stdout(out), jax.enable_x64(True):
+      exec(repro.snippet, {"grad_fn": grad_fn})
+  finally:
+    jax.config.update("jax_enable_x64", before)
   assert "b1 got:" in out.getvalue() and "rel. error: 0.5" in out.getvalue()
 
 
@@ -199,8 +203,8 @@ def test_random_problem_ties_are_exact_zeros():
     params, x, y = random_problem(3, (6, 5, 4, 3), 4, ties=True)
     h1 = x @ params[0].w + params[0].b[None, :]
     h2 = jax.nn.relu(h1) @ params[1].w + params[1].b[None, :]
-  assert params[0].w.dtype == jnp.float64 and y.dtype == jnp.int32
-  assert bool((h1[0, ::2] == 0).all()) and bool((h2[0, ::2] == 0).all())
+    assert params[0].w.dtype == jnp.float64 and y.dtype == jnp.int32
+    assert bool((h1[0, ::2] == 0).all()) and bool((h2[0, ::2] == 0).all())
 
 
 def test_report_is_a_table_and_json():

@@ -179,3 +179,13 @@ def test_evaluate_and_confusion_matrix():
   counts = mj.confusion_matrix(params, x, y)
   assert counts.shape == (5, 5) and counts.sum() == 30
   assert np.trace(counts) == round(acc * 30)
+
+
+def test_fit_works_with_x64_switched_on_globally_for_float32_data():
+  """A user script may turn on jax_enable_x64 for the whole process; float32 training still runs."""
+  params = mj.init_params(jax.random.PRNGKey(0), SIZES)
+  x, y = _data(30)
+  with jax.enable_x64(True):
+    result = mj.fit(params, (x, y), optimizer=optax.sgd(0.1), epochs=2, batch_size=8, val=(x, y))
+  assert result.params[0].w.dtype == jnp.float32
+  assert 0 <= result.history[-1]["val_acc"] <= 1

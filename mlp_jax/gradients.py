@@ -86,14 +86,18 @@ _loss_and_grads_jit = jax.jit(_loss_and_grads, static_argnames="compute_dtype")
 
 @functools.partial(jax.jit, static_argnames="compute_dtype")
 def _loss_and_grads_flagged(params, x, y, l2, compute_dtype=None):
-  """The core plus a flag raised by a non-finite loss or a label outside 0..K-1.
+  """The core plus a flag raised by a non-finite loss or gradient, or a label outside 0..K-1.
 
-  NaN or Inf anywhere in x reaches the loss (through x W1, ReLU, softmax), so the flag covers
-  the value checks of the inputs at the cost of a reduction over y, not a pass over x.
+  NaN or Inf anywhere in x reaches the loss or the gradient of W1 (= X^T Delta_1), so the flag
+  covers the value checks of the inputs at the cost of reductions over y and the gradient, not a
+  pass over x.
   """
   loss, grads = _loss_and_grads(params, x, y, l2, compute_dtype)
   k = params[-1].w.shape[1]
-  return loss, grads, ~jnp.isfinite(loss) | (y.min() < 0) | (y.max() >= k)
+  finite = jnp.isfinite(loss)
+  for leaf in jax.tree.leaves(grads):
+    finite &= jnp.isfinite(leaf).all()
+  return loss, grads, ~finite | (y.min() < 0) | (y.max() >= k)
 
 
 def loss_and_grads(params: Params, x, y, l2=0.0, *,

@@ -11,6 +11,7 @@ file -- into one `DataFileError` whose one-line message names the file and the p
     x_train, x_val = scaler.apply(train.x), scaler.apply(val.x)
 """
 
+import contextlib
 import gzip
 import io
 import math
@@ -277,29 +278,29 @@ def _esl_test_path(train_path: pathlib.Path) -> pathlib.Path:
 # --- USPS: files and formats ------------------------------------------------------------------
 
 
-def _read_bytes(path: pathlib.Path) -> bytes:
-  """The whole file, or `DataFileError` saying why not."""
+@contextlib.contextmanager
+def _reading(path: pathlib.Path):
+  """Turns the OS's errors about opening or reading `path` into one `DataFileError`."""
   try:
-    return path.read_bytes()
+    yield
   except FileNotFoundError as e:
     raise _error(path, "no such file") from e
   except IsADirectoryError as e:
     raise _error(path, "is a directory, expected a file") from e
   except OSError as e:
     raise _error(path, f"cannot read file ({_cause(e)})") from e
+
+
+def _read_bytes(path: pathlib.Path) -> bytes:
+  """The whole file, or `DataFileError` saying why not."""
+  with _reading(path):
+    return path.read_bytes()
 
 
 def _head(path: pathlib.Path, size: int = 8) -> bytes:
   """The first `size` bytes of a file, which must exist and be non-empty."""
-  try:
-    with open(path, "rb") as f:
-      head = f.read(size)
-  except FileNotFoundError as e:
-    raise _error(path, "no such file") from e
-  except IsADirectoryError as e:
-    raise _error(path, "is a directory, expected a file") from e
-  except OSError as e:
-    raise _error(path, f"cannot read file ({_cause(e)})") from e
+  with _reading(path), open(path, "rb") as f:
+    head = f.read(size)
   if not head:
     raise _error(path, "empty file")
   return head

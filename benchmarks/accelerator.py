@@ -150,7 +150,10 @@ def main():
   report = {"machine": common.machine(), "quick": args.quick, "steps": {}}
   print(f"device: {report['machine']['device']} ({report['machine']['backend']}), "
         f"jax {report['machine']['jax']}", flush=True)
-  env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}  # several test workers share one GPU
+  # Several test workers share one GPU; bit-for-bit determinism tests need deterministic
+  # reductions on a GPU (XLA may otherwise use atomics).
+  env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+         "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true").strip()}
 
   if not args.skip_tests:
     code, seconds, tail = _run([sys.executable, "-m", "pytest", "-q", "-n", args.workers,

@@ -232,6 +232,10 @@ class FitResult:
   stopped_early: bool
 
 
+# Fresh buffers for a whole pytree in one compiled call (one dispatch, not one per leaf).
+_copy_tree = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
+
+
 def epoch_key(seed: int, epoch: int) -> jax.Array:
   """The shuffling key of an epoch (0-based): a pure function of (seed, epoch), so a resumed run
   draws the same permutations as an uninterrupted one."""
@@ -299,7 +303,7 @@ def fit(params: Params, train, *, optimizer: optax.GradientTransformation, epoch
   for e in range(start_epoch, epochs):
     start = time.perf_counter()
     key = epoch_key(seed, e)
-    start_state = jax.tree.map(jnp.copy, (params, opt_state))  # the epoch donates its input
+    start_state = _copy_tree((params, opt_state))  # the epoch donates its input
     params, opt_state, stats = epoch_fn(params, opt_state, x, y, key)
     finite = np.asarray(stats.finite)
     if not (finite.all() and bool(stats.state_finite)):
@@ -324,7 +328,7 @@ def fit(params: Params, train, *, optimizer: optax.GradientTransformation, epoch
     if val is not None and patience is not None:
       if record["val_loss"] < best_loss:
         # A copy: the next epoch donates (invalidates) the buffers of `params`.
-        best_params = jax.tree.map(jnp.copy, params)
+        best_params = _copy_tree(params)
         best_loss, best_epoch, since_best = record["val_loss"], e + 1, 0
       else:
         since_best += 1

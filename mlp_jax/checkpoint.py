@@ -27,10 +27,8 @@ the listed shape and dtype. Each failure is one `CheckpointError` naming the fil
 import hashlib
 import json
 import operator
-import os
 import pathlib
 import struct
-import tempfile
 import zipfile
 import zlib
 from typing import Any, NamedTuple, Optional, Sequence
@@ -40,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mlp_jax import model
+from mlp_jax.atomic_file import atomic_write
 from mlp_jax.errors import CheckpointError, InputError, InputTypeError
 from mlp_jax.model import Dense, Params
 from mlp_jax.validation import check_params
@@ -146,52 +145,13 @@ def save_checkpoint(
 
 def _write_atomically(path: pathlib.Path, arrays: dict) -> None:
   """Temp file in the same directory, fsync, `os.replace`, fsync of the directory."""
-  directory = path.parent
-  directory.mkdir(parents=True, exist_ok=True)
-  tmp = tempfile.NamedTemporaryFile(dir=directory, prefix=f".{path.name}.", suffix=".tmp",
-                                    delete=False)
-  try:
-    with tmp:
-      _write_npz(tmp, arrays)
-      tmp.flush()
-      os.fsync(tmp.fileno())
-    os.chmod(tmp.name, _new_file_mode())
-    os.replace(tmp.name, path)
-  except BaseException:
-    try:
-      os.unlink(tmp.name)
-    except OSError:
-      pass
-    raise
-  _fsync_dir(directory)
+  with atomic_write(path) as f:
+    _write_npz(f, arrays)
 
 
 def _write_npz(file, arrays: dict) -> None:
   """The arrays as an uncompressed npz into an open binary file."""
   np.savez(file, allow_pickle=False, **arrays)
-
-
-def _fsync_dir(directory: pathlib.Path) -> None:
-  """Makes a rename in `directory` durable (POSIX; a no-op elsewhere)."""
-  if os.name != "posix":
-    return
-  fd = os.open(directory, os.O_RDONLY)
-  try:
-    os.fsync(fd)
-  finally:
-    os.close(fd)
-
-
-def _new_file_mode() -> int:
-  """0o666 less the umask, the mode `open` gives a new file (a temp file starts as 0o600)."""
-  try:
-    with open("/proc/self/status", encoding="ascii") as f:
-      for line in f:
-        if line.startswith("Umask:"):
-          return 0o666 & ~int(line.split()[1], 8)
-  except (OSError, ValueError):
-    pass
-  return 0o644
 
 
 def _to_numpy(what: str, leaf) -> np.ndarray:

@@ -11,7 +11,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 import time
 from typing import List, Optional
 
@@ -45,18 +44,9 @@ def _optimizer(name: str, lr: float):
 
 def write_atomic(path: str, text: str) -> None:
   """Writes text to path through a temporary file and a rename: all or nothing."""
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  from mlp_jax.atomic_file import atomic_write
+  with atomic_write(path, "w") as f:
+    f.write(text)
 
 
 def _history_csv(history) -> str:
@@ -76,7 +66,6 @@ def _table(rows: List[List[str]]) -> str:
 def cmd_train(args) -> int:
   import jax
   import jax.numpy as jnp
-  import numpy as np
   import mlp_jax as mj
   from mlp_jax import checkpoint, data, distributed, plots, privacy
 

@@ -1,10 +1,10 @@
 """Figures a training run writes: learning curves and the test confusion matrix (PNG)."""
 
-import os
-import tempfile
 from typing import Dict, List, Sequence
 
 import numpy as np
+
+from mlp_jax.atomic_file import atomic_write
 
 
 def _figure():
@@ -16,16 +16,8 @@ def _figure():
 
 def _save(fig, path) -> None:
   """Writes the figure atomically: a crash never leaves a half-written PNG at `path`."""
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, suffix=".png.tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  with atomic_write(path) as f:
+    fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
 
 
 def plot_curves(history: List[Dict[str, float]], path) -> None:

@@ -30,6 +30,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 import common  # noqa: E402
+import numpy_backprop as nb  # noqa: E402
 
 
 def _run(cmd, log_path, timeout, env=None):
@@ -72,13 +73,6 @@ def autodiff_epoch(optimizer, batch_size, l2=0.0):
   return epoch
 
 
-def epoch_flops(sizes, num_examples):
-  """GEMM FLOPs of one epoch: forward, weight gradients, and input gradients of layers >= 2."""
-  pairs = list(zip(sizes[:-1], sizes[1:]))
-  per_example = 2 * sum(a * b for a, b in pairs) * 2 + 2 * sum(a * b for a, b in pairs[1:])
-  return per_example * num_examples
-
-
 def throughput(batch_sizes, num_examples, repeats, usps_path=None):
   """Samples/s of compiled epochs, analytic vs jax.grad, and the square-matmul ceiling."""
   import jax
@@ -115,7 +109,7 @@ def throughput(batch_sizes, num_examples, repeats, usps_path=None):
 
       timing = common.time_call(call, repeats=repeats)
       result[name] = {"epoch_s": timing, "samples_per_s": n / timing["median"],
-                      "gflops": epoch_flops(sizes, n) / timing["median"] / 1e9}
+                      "gflops": nb.gemm_flops(sizes, n) / timing["median"] / 1e9}
     result["ratio"] = result["analytic"]["epoch_s"]["median"] / result["jax.grad"]["epoch_s"]["median"]
     rows.append(result)
     print(f"  batch {b}: analytic {result['analytic']['samples_per_s']:.3g} samples/s, "

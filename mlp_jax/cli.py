@@ -110,7 +110,6 @@ def cmd_train(args) -> int:
                     file=sys.stderr)
 
   def on_epoch_end(epoch, p, s, record):
-    record["train_acc"] = mj.evaluate(p, splits.train.x, splits.train.y)[1]
     if primary:
       checkpoint.save_checkpoint(
           ckpt_path, p, s, epoch=epoch, config=config, rng_key=jax.random.PRNGKey(args.seed),
@@ -135,6 +134,7 @@ def cmd_train(args) -> int:
                     epochs=args.epochs, batch_size=args.batch_size, l2=args.l2, seed=args.seed,
                     val=val, patience=args.patience, opt_state=opt_state,
                     start_epoch=start_epoch, history=history, on_epoch_end=on_epoch_end, dp=dp,
+                    track_train_accuracy=True,
                     compute_dtype=compute_dtype, mesh=mesh)
   except mj.NonFiniteError as err:
     # The checkpoint of the last good epoch stays; the offending batch is kept for inspection.

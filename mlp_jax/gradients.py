@@ -94,9 +94,7 @@ def _loss_and_grads_flagged(params, x, y, l2, compute_dtype=None):
   """
   loss, grads = _loss_and_grads(params, x, y, l2, compute_dtype)
   k = params[-1].w.shape[1]
-  finite = jnp.isfinite(loss)
-  for leaf in jax.tree.leaves(grads):
-    finite &= jnp.isfinite(leaf).all()
+  finite = jnp.isfinite(loss) & validation.all_finite(grads)
   return loss, grads, ~finite | (y.min() < 0) | (y.max() >= k)
 
 

@@ -19,7 +19,7 @@ its start to report the first bad step with the parameters from before it.
 import dataclasses
 import functools
 import time
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -31,10 +31,6 @@ from mlp_jax.errors import InputError, NonFiniteError
 from mlp_jax.gradients import _loss_and_grads
 from mlp_jax.loss import cross_entropy, l2_penalty, log_softmax
 from mlp_jax.model import Params, forward
-
-
-def _tree_all_finite(tree) -> jax.Array:
-  return jnp.all(jnp.asarray([jnp.isfinite(leaf).all() for leaf in jax.tree.leaves(tree)]))
 
 
 def make_train_step(optimizer: optax.GradientTransformation, l2=0.0, *,
@@ -141,7 +137,7 @@ def _build_epoch(optimizer, batch_size, l2, compute_dtype, dp, mesh):
 
     (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), plan(key, x.shape[0]))
     return params, opt_state, EpochStats(losses, jnp.isfinite(losses),
-                                         _tree_all_finite((params, opt_state)))
+                                         validation.all_finite((params, opt_state)))
 
   epoch = epoch if mesh is None else distributed.on_mesh(epoch, mesh)
   return epoch, step, plan
@@ -177,7 +173,7 @@ def _first_bad_step(step, plan, params, opt_state, x, y, key):
   for i in range(indices.shape[0]):
     new_params, new_state, loss, grads = step(params, opt_state, x, y, indices[i], mask[i],
                                               step_keys[i])
-    if not bool(jnp.isfinite(loss) & _tree_all_finite((grads, new_params, new_state))):
+    if not bool(jnp.isfinite(loss) & validation.all_finite((grads, new_params, new_state))):
       return i, np.asarray(indices[i])[np.asarray(mask[i])], params, opt_state
     params, opt_state = new_params, new_state
   return indices.shape[0] - 1, np.asarray(indices[-1])[np.asarray(mask[-1])], params, opt_state
@@ -206,7 +202,11 @@ def _sums(params, x, y, chunk=8192):
 
 def evaluate(params: Params, x, y, l2=0.0) -> Tuple[float, float]:
   """(loss (E6), accuracy) on a whole dataset, evaluated in fixed-size chunks."""
-  params, x, y, l2 = validation.check_batch(params, x, y, l2)
+  return _evaluate(*validation.check_batch(params, x, y, l2))
+
+
+def _evaluate(params: Params, x: jax.Array, y: jax.Array, l2) -> Tuple[float, float]:
+  """`evaluate` on arrays already checked (and on the device): no pass over x for checks."""
   ce, correct = _sums(params, x, y, chunk=min(8192, x.shape[0]))
   m = x.shape[0]
   return float(ce) / m + float(l2_penalty(params, l2, m)), int(correct) / m
@@ -255,7 +255,8 @@ def fit(params: Params, train, *, optimizer: optax.GradientTransformation, epoch
         patience: Optional[int] = None, opt_state=None, start_epoch: int = 0,
         history: Optional[List[Dict[str, float]]] = None,
         on_epoch_end: Optional[Callable[[int, Params, optax.OptState, Dict], None]] = None,
-        compute_dtype=None, dp: Optional[privacy.DPConfig] = None, mesh=None) -> FitResult:
+        compute_dtype=None, dp: Optional[privacy.DPConfig] = None, mesh=None,
+        track_train_accuracy: bool = False) -> FitResult:
   """Trains with the compiled epoch: shuffling, validation each epoch, optional early stopping.
 
   Args:
@@ -276,6 +277,8 @@ def fit(params: Params, train, *, optimizer: optax.GradientTransformation, epoch
       (1-based epoch), e.g. to checkpoint or to draw a progress bar. The arrays it gets are
       donated to the next epoch: copy them (e.g. to numpy) to keep them.
     compute_dtype: optional GEMM dtype, e.g. jnp.bfloat16.
+    track_train_accuracy: also record `train_acc`, the accuracy on the whole training set after
+      each epoch (one more forward pass over it).
     dp: train with DP-SGD (see `privacy`); each epoch's record then holds `epsilon`, the
       privacy spent so far at `dp.delta`.
     mesh: data-parallel over this 1-D device mesh (`distributed.make_mesh`), see `make_epoch`;
@@ -318,7 +321,9 @@ def fit(params: Params, train, *, optimizer: optax.GradientTransformation, epoch
     record = {"epoch": e + 1, "train_loss": float(np.mean(np.asarray(stats.losses))),
               "epoch_seconds": time.perf_counter() - start}
     if val is not None:
-      record["val_loss"], record["val_acc"] = evaluate(params, *val, l2)
+      record["val_loss"], record["val_acc"] = _evaluate(params, *val, l2)
+    if track_train_accuracy:
+      record["train_acc"] = _evaluate(params, x, y, l2)[1]
     if dp is not None:
       steps = (e + 1) * privacy.steps_per_epoch(x.shape[0], batch_size)
       record["epsilon"] = privacy.dp_epsilon(dp, x.shape[0], batch_size, steps)

@@ -118,6 +118,14 @@ def check_labels(params: Params, y, m: int, name: str = "y") -> jax.Array:
   return jnp.asarray(y)
 
 
+def all_finite(tree) -> jax.Array:
+  """A scalar bool: every entry of every leaf of `tree` is finite (traceable)."""
+  finite = jnp.asarray(True)
+  for leaf in jax.tree.leaves(tree):
+    finite &= jnp.isfinite(leaf).all()
+  return finite
+
+
 def check_finite_params(params: Params) -> None:
   """Every parameter finite (concrete values only)."""
   for i, layer in enumerate(params):

@@ -95,7 +95,6 @@ def test_all_equal_logits_give_uniform_error(dtype):
 
 def test_relu_derivative_is_zero_at_exactly_zero(dtype):
   """Pre-activations exactly 0 pass no gradient, as in the derivation's convention (E10)."""
-  sizes = (2, 3, 2)
   w1 = jnp.asarray([[1.0, -1.0, 0.0], [1.0, 1.0, 0.0]], dtype)
   params = (mj.Dense(w1, jnp.zeros((3,), dtype)),
             mj.Dense(jnp.asarray([[1.0, -2.0], [0.5, 1.0], [3.0, 1.0]], dtype), jnp.zeros((2,), dtype)))

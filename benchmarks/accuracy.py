@@ -1,14 +1,26 @@
 """Test accuracy of the source's network (one hidden layer of 256 ReLU units) and objective (E6).
 
-Protocol, fixed before any test figure was seen: for each task, a grid of input scaling,
-optimizer, learning rate and lambda is trained with early stopping (patience on the validation
-loss) on validation splits carved from the training set (10%, split seeds 0 and 1); the
-configuration with the best mean validation accuracy is chosen; it is then trained again on the
-whole training set for the mean of its best epochs, and that model alone is evaluated on the test
-set, once. Tasks: USPS, USPS with one-pixel shift augmentation of the training images, and the
-bundled 8x8 digits (20% held out).
+Protocol (the third; written down, grid included, before any of its test figures existed):
 
-    python benchmarks/accuracy.py [--quick] [--usps PATH]
+  1. Selection by 5-fold stratified cross-validation on the training set only: each
+     configuration is trained on four folds and scored on the fifth, five times, so every
+     training image is validated once and all configurations meet the same folds. Score: the
+     mean validation accuracy (ties: the lower mean validation cross-entropy).
+  2. Each configuration runs a fixed number of epochs with the learning rate decayed to 0 on a
+     cosine, and its final parameters are scored: no early stopping.
+  3. The chosen configuration is trained again on the whole training set (init and shuffling
+     seed 0) and that model alone is evaluated on the test set: the headline figure.
+  4. For the spread only (nothing is chosen from it), the same configuration is also trained
+     with seeds 1-4 and tested.
+
+Why it replaced the second protocol (two 10% validation splits, early stopping on the
+validation loss): 729 validation images separate configurations by a handful of images, and the
+validation loss rises while the accuracy still improves, which stopped runs at 12-54 epochs. The
+input scaling is fixed to "global" (one mean and std for all pixels), which scored above
+per-feature scaling in cross-validation. Tasks: USPS, USPS with one-pixel shifts of the
+training images (4 or 8 neighbours, in the grid), and the bundled 8x8 digits (20% held out).
+
+    python benchmarks/accuracy.py [--quick] [--usps PATH] [--tasks usps ...]
 """
 
 import argparse
@@ -21,107 +33,132 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 import jax  # noqa: E402
-import optax  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.model_selection import StratifiedKFold  # noqa: E402
 
 import mlp_jax as mj  # noqa: E402
 from mlp_jax import data  # noqa: E402
 
-OPTIMIZERS = {
-    "adam": lambda lr: optax.adam(lr),
-    "momentum": lambda lr: optax.sgd(lr, momentum=0.9, nesterov=True),
-    "sgd": lambda lr: optax.sgd(lr),
+FOLDS = 5
+BATCH_SIZE = 128
+SCALING = "global"
+SPREAD_SEEDS = (1, 2, 3, 4)
+OPTIMIZERS = [("adam", 1e-3), ("momentum", 0.1)]
+GRIDS = {  # task -> {dataset spec, shift counts, lambdas, epoch counts}
+    "digits": dict(spec=dict(dataset="digits"), shifts=[0], l2=[1e-4, 0.01, 0.1, 1.0],
+                   epochs=[100, 300]),
+    "usps": dict(spec=dict(dataset="usps"), shifts=[0], l2=[1e-4, 0.01, 0.03, 0.1, 0.3, 1.0],
+                 epochs=[100, 200]),
+    "usps+augment": dict(spec=dict(dataset="usps"), shifts=[4, 8], l2=[0.01, 0.1, 0.3],
+                         epochs=[60]),
 }
-GRID = {  # input scaling x (optimizer, learning rate) x lambda
-    "scaling": ["global", "feature"],
-    "opt": [("adam", 1e-3), ("adam", 3e-4), ("momentum", 0.03), ("sgd", 0.1)],
-    "l2": [1e-4, 1.0, 3.0],
-}
-QUICK_GRID = {"scaling": ["global"], "opt": [("adam", 1e-3)], "l2": [1.0]}
+QUICK = dict(folds=2, l2=[0.1], epochs=[2], optimizers=[("adam", 1e-3)], spread_seeds=(1,))
 
 
-def _train(spec, scaling, opt_name, lr, l2, seed, split_seed, epochs, patience, batch_size,
-           val_fraction):
-  prepared = data.prepare(val_fraction=val_fraction, seed=split_seed, scaling=scaling, **spec)
-  sizes = (prepared.train.x.shape[1], 256, prepared.num_classes)
-  val = None if prepared.val is None else (prepared.val.x, prepared.val.y)
-  start = time.perf_counter()
+def _train(train: data.Dataset, shape, shifts, opt, l2, epochs, seed):
+  """Parameters after `epochs` cosine-decayed epochs on `train` (augmented, then scaled), and
+  the scaler fitted on it."""
+  if shifts:
+    train = data.shift_augment(train, shape, shifts)
+  scaler = data.fit_scaler(train.x, SCALING)
+  sizes = (train.x.shape[1], 256, data.NUM_CLASSES)
+  optimizer = mj.make_optimizer(
+      opt[0], opt[1], schedule="cosine",
+      total_steps=epochs * mj.steps_per_epoch(train.x.shape[0], BATCH_SIZE))
   result = mj.fit(mj.init_params(jax.random.PRNGKey(seed), sizes),
-                  (prepared.train.x, prepared.train.y), optimizer=OPTIMIZERS[opt_name](lr),
-                  epochs=epochs, batch_size=batch_size, l2=l2, seed=seed, val=val,
-                  patience=patience if val is not None else None)
-  return prepared, result, time.perf_counter() - start
+                  (scaler.apply(train.x), train.y), optimizer=optimizer, epochs=epochs,
+                  batch_size=BATCH_SIZE, l2=l2, seed=seed)
+  return result.params, scaler
 
 
-def run_task(name, spec, grid, epochs, patience, batch_size, seed, split_seeds):
+def cross_validate(train: data.Dataset, shape, shifts, opt, l2, epochs, folds):
+  """Mean validation (accuracy, cross-entropy) over stratified folds of the training set."""
+  accs, losses = [], []
+  splitter = StratifiedKFold(folds, shuffle=True, random_state=0)
+  for k, (fit_rows, val_rows) in enumerate(splitter.split(train.x, train.y)):
+    params, scaler = _train(data.Dataset(train.x[fit_rows], train.y[fit_rows]), shape, shifts,
+                            opt, l2, epochs, seed=k)
+    loss, acc = mj.evaluate(params, scaler.apply(train.x[val_rows]), train.y[val_rows])
+    accs.append(acc)
+    losses.append(loss)
+  return float(np.mean(accs)), float(np.mean(losses)), accs
+
+
+def run_task(name, grid, usps_path, quick):
+  spec = dict(grid["spec"], **({"path": usps_path} if grid["spec"]["dataset"] == "usps" else {}))
+  splits = data.load_digits() if spec["dataset"] == "digits" else data.load_usps(spec["path"])
+  shape = (8, 8) if spec["dataset"] == "digits" else (16, 16)
+  folds = QUICK["folds"] if quick else FOLDS
+  optimizers = QUICK["optimizers"] if quick else OPTIMIZERS
   trials = []
-  for scaling, (opt_name, lr), l2 in itertools.product(grid["scaling"], grid["opt"], grid["l2"]):
-    runs = []
-    for split_seed in split_seeds:
-      prepared, result, seconds = _train(spec, scaling, opt_name, lr, l2, seed, split_seed,
-                                         epochs, patience, batch_size, 0.1)
-      best = result.history[result.best_epoch - 1]
-      runs.append({"split_seed": split_seed, "val_acc": best["val_acc"],
-                   "val_loss": best["val_loss"], "best_epoch": result.best_epoch,
-                   "epochs_run": len(result.history), "seconds": seconds})
-    trial = {"scaling": scaling, "optimizer": opt_name, "lr": lr, "l2": l2, "runs": runs,
-             "val_acc": sum(r["val_acc"] for r in runs) / len(runs),
-             "val_loss": sum(r["val_loss"] for r in runs) / len(runs),
-             "best_epoch": round(sum(r["best_epoch"] for r in runs) / len(runs)),
-             "seconds": sum(r["seconds"] for r in runs)}
+  for shifts, opt, l2, epochs in itertools.product(
+      grid["shifts"], optimizers, QUICK["l2"] if quick else grid["l2"],
+      QUICK["epochs"] if quick else grid["epochs"]):
+    start = time.perf_counter()
+    acc, loss, per_fold = cross_validate(splits.train, shape, shifts, opt, l2, epochs, folds)
+    trial = {"shifts": shifts, "optimizer": opt[0], "lr": opt[1], "l2": l2, "epochs": epochs,
+             "cv_acc": acc, "cv_loss": loss, "fold_accs": per_fold,
+             "seconds": time.perf_counter() - start}
     trials.append(trial)
-    print(f"  {name}: {scaling} scaling, {opt_name} lr={lr:g} l2={l2:g}: mean val "
-          f"{100 * trial['val_acc']:.2f}% (best epochs {[r['best_epoch'] for r in runs]}, "
-          f"{trial['seconds']:.1f} s)", flush=True)
-  chosen = max(trials, key=lambda t: (t["val_acc"], -t["val_loss"]))
-  # Train the chosen configuration on the whole training set, then touch the test set once.
-  prepared, result, seconds = _train(spec, chosen["scaling"], chosen["optimizer"], chosen["lr"],
-                                     chosen["l2"], seed, seed, chosen["best_epoch"], None,
-                                     batch_size, 0.0)
-  test_loss, test_acc = mj.evaluate(result.params, prepared.test.x, prepared.test.y)
+    print(f"  {name}: shifts={shifts} {opt[0]} lr={opt[1]:g} l2={l2:g} epochs={epochs}: "
+          f"cv {100 * acc:.2f}% (loss {loss:.4f}, {trial['seconds']:.0f} s)", flush=True)
+  chosen = max(trials, key=lambda t: (t["cv_acc"], -t["cv_loss"]))
+  opt = (chosen["optimizer"], chosen["lr"])
+  tests = {}
+  for seed in (0,) + (QUICK["spread_seeds"] if quick else SPREAD_SEEDS):
+    start = time.perf_counter()
+    params, scaler = _train(splits.train, shape, chosen["shifts"], opt, chosen["l2"],
+                            chosen["epochs"], seed)
+    seconds = time.perf_counter() - start
+    tests[seed] = {"test_acc": mj.evaluate(params, scaler.apply(splits.test.x),
+                                           splits.test.y)[1], "train_seconds": seconds}
+    print(f"  {name}: chosen configuration, seed {seed}: test "
+          f"{100 * tests[seed]['test_acc']:.2f}% ({seconds:.1f} s)", flush=True)
   command = (f"mlp-jax train --dataset {spec['dataset']}"
              + (f" --data {os.path.relpath(spec['path'])}" if "path" in spec else "")
-             + (" --augment" if spec.get("augment") else "")
-             + f" --scaling {chosen['scaling']} --optimizer {chosen['optimizer']}"
-             f" --lr {chosen['lr']:g} --l2 {chosen['l2']:g} --batch-size {batch_size}"
-             f" --epochs {chosen['best_epoch']} --val-fraction 0 --seed {seed}")
-  return {"task": name, "train_examples": int(prepared.train.x.shape[0]),
-          "test_examples": int(prepared.test.x.shape[0]), "chosen": chosen,
-          "final_train_seconds": seconds, "test_acc": test_acc, "test_loss": test_loss,
-          "trials": trials, "command": command,
-          "search_seconds": sum(t["seconds"] for t in trials)}
+             + (f" --augment --shifts {chosen['shifts']}" if chosen["shifts"] else "")
+             + f" --scaling {SCALING} --optimizer {opt[0]} --lr {opt[1]:g} --schedule cosine"
+             f" --l2 {chosen['l2']:g} --batch-size {BATCH_SIZE} --epochs {chosen['epochs']}"
+             " --val-fraction 0 --seed 0")
+  spread = [tests[s]["test_acc"] for s in tests if s != 0]
+  return {"task": name, "train_examples": int(splits.train.x.shape[0]),
+          "test_examples": int(splits.test.x.shape[0]), "chosen": chosen,
+          "test_acc": tests[0]["test_acc"], "final_train_seconds": tests[0]["train_seconds"],
+          "spread_test_accs": spread, "tests_by_seed": tests, "trials": trials,
+          "command": command, "search_seconds": sum(t["seconds"] for t in trials)}
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true", help="one configuration, few epochs")
+  parser.add_argument("--quick", action="store_true",
+                      help="one configuration, two folds, two epochs (a smoke run)")
   parser.add_argument("--usps", default=common.USPS_DEFAULT, help="USPS file (usps.h5)")
+  parser.add_argument("--tasks", nargs="+", choices=list(GRIDS), default=list(GRIDS))
   parser.add_argument("--out", default=common.RESULTS)
   args = parser.parse_args()
-  grid = QUICK_GRID if args.quick else GRID
-  tasks = [("digits", dict(dataset="digits"), 20 if args.quick else 300, 30)]
-  if os.path.exists(args.usps):
-    tasks += [("usps", dict(dataset="usps", path=args.usps), 5 if args.quick else 100, 15),
-              ("usps+augment", dict(dataset="usps", path=args.usps, augment=True),
-               2 if args.quick else 60, 10)]
-  else:
+  tasks = list(args.tasks)
+  if not os.path.exists(args.usps) and any(GRIDS[t]["spec"]["dataset"] == "usps" for t in tasks):
     print(f"skipping USPS: {args.usps} not found")
-  results = []
-  for name, spec, epochs, patience in tasks:
-    results.append(run_task(name, spec, grid, epochs, patience, 128, 0,
-                            (0,) if args.quick else (0, 1)))
-  rows = [[r["task"], r["train_examples"], r["chosen"]["scaling"],
-           f"{r['chosen']['optimizer']} lr={r['chosen']['lr']:g}",
-           f"{r['chosen']['l2']:g}", r["chosen"]["best_epoch"],
-           f"{100 * r['chosen']['val_acc']:.2f}", f"**{100 * r['test_acc']:.2f}**",
-           f"{r['final_train_seconds']:.1f}", f"{r['search_seconds']:.0f}"] for r in results]
+    tasks = [t for t in tasks if GRIDS[t]["spec"]["dataset"] != "usps"]
+  results = [run_task(name, GRIDS[name], args.usps, args.quick) for name in tasks]
+  rows = []
+  for r in results:
+    c = r["chosen"]
+    spread = r["spread_test_accs"]
+    rows.append([r["task"], r["train_examples"], c["shifts"] or "-",
+                 f"{c['optimizer']} lr={c['lr']:g} cosine", f"{c['l2']:g}", c["epochs"],
+                 f"{100 * c['cv_acc']:.2f}", f"**{100 * r['test_acc']:.2f}**",
+                 f"{100 * min(spread):.2f}–{100 * max(spread):.2f}" if spread else "-",
+                 f"{r['final_train_seconds']:.1f}", f"{r['search_seconds']:.0f}"])
   md = common.markdown_table(
-      ["task", "train rows", "scaling", "chosen optimizer", "lambda", "epochs",
-       "mean val acc %", "test acc %", "final training s", "whole search s"], rows)
-  md += "\n\nCommands that retrain the chosen models:\n\n" + "\n".join(
+      ["task", "train rows", "shifts", "chosen optimizer", "lambda", "epochs", "CV acc %",
+       "test acc % (seed 0)", "test acc %, seeds 1-4", "final training s", "whole search s"],
+      rows)
+  md += "\n\nCommands that retrain the chosen models (seed 0):\n\n" + "\n".join(
       f"    {r['command']}" for r in results)
   common.write_results("accuracy" + ("_quick" if args.quick else ""),
-                       {"machine": common.machine(), "quick": args.quick, "results": results},
-                       md, args.out)
+                       {"machine": common.machine(), "quick": args.quick, "protocol": 3,
+                        "results": results}, md, args.out)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,6 @@ from mlp_jax.per_example import (clipped_mean_grads, per_sample_grad_norms, per_
                                  per_sample_layer_norms)
 from mlp_jax.privacy import DPConfig, dp_epsilon
 from mlp_jax.training import (FitResult, confusion_matrix, evaluate, fit, make_epoch,
-                              make_train_step)
+                              make_optimizer, make_train_step, steps_per_epoch)
 
 __version__ = "0.1.0"

@@ -17,7 +17,7 @@ from typing import List, Optional
 EXAMPLES_TRAIN = """examples:
   mlp-jax train                                  # 64-256-10 on the bundled 8x8 digits
   mlp-jax train --dataset usps --data ../shared/data/usps/usps.h5 --epochs 40
-  mlp-jax train --dataset usps --data zip.train.gz --augment --optimizer adam --lr 1e-3
+  mlp-jax train --dataset usps --data zip.train.gz --augment --shifts 8 --schedule cosine
   mlp-jax train --hidden 512 128 --l2 1e-4 --out runs/deep --resume
   mlp-jax train --devices all --batch-size 256      # data-parallel over every local device
   mlp-jax train --devices all --coordinator host0:1234 --num-processes 2 --process-id 0
@@ -31,15 +31,6 @@ EXAMPLES_CHECK = """examples:
   mlp-jax check --hidden 512 128 --m 13 --l2 0.5 --dtype float32
   mlp-jax check --grads my_backprop.py:grads     # diagnose a hand-written gradient
 """
-
-
-def _optimizer(name: str, lr: float):
-  import optax
-  if name == "sgd":
-    return optax.sgd(lr)
-  if name == "momentum":
-    return optax.sgd(lr, momentum=0.9, nesterov=True)
-  return optax.adam(lr)
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -82,11 +73,13 @@ def cmd_train(args) -> int:
 
   splits = data.prepare(args.dataset, args.data, val_fraction=args.val_fraction,
                         seed=args.seed, augment=args.augment, num_samples=args.num_samples,
-                        scaling=args.scaling)
+                        scaling=args.scaling, shifts=args.shifts)
   sizes = (splits.train.x.shape[1],) + tuple(args.hidden) + (splits.num_classes,)
   config = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
   config["layer_sizes"] = list(sizes)
-  optimizer = _optimizer(args.optimizer, args.lr)
+  optimizer = mj.make_optimizer(
+      args.optimizer, args.lr, schedule=args.schedule,
+      total_steps=args.epochs * mj.steps_per_epoch(splits.train.x.shape[0], args.batch_size))
   out = args.out
   ckpt_path = os.path.join(out, "checkpoint.npz")
   params = mj.init_params(jax.random.PRNGKey(args.seed), sizes)
@@ -174,7 +167,8 @@ def cmd_train(args) -> int:
       ["dataset", f"{args.dataset} ({splits.train.x.shape[0]} train, "
                   f"{0 if splits.val is None else splits.val.x.shape[0]} val, "
                   f"{splits.test.x.shape[0]} test)"],
-      ["network", "-".join(map(str, sizes)) + f", {args.optimizer} lr={args.lr:g}, "
+      ["network", "-".join(map(str, sizes)) + f", {args.optimizer} lr={args.lr:g}"
+                  + (" cosine" if args.schedule == "cosine" else "") + ", "
                   f"l2={args.l2:g}, batch={args.batch_size}"],
       ["epochs", f"{len(result.history)} (best {result.best_epoch}"
                  f"{', stopped early' if result.stopped_early else ''})"],
@@ -280,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--l2", type=float, default=1e-4, help="penalty lambda of (E6) (1e-4)")
   t.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default="adam")
   t.add_argument("--lr", type=float, default=1e-3, help="learning rate (1e-3)")
+  t.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+                 help="learning rate: constant (default), or cosine decay from --lr to 0 over "
+                      "--epochs")
   t.add_argument("--batch-size", type=int, default=128)
   t.add_argument("--epochs", type=int, default=30)
   t.add_argument("--seed", type=int, default=0)
@@ -289,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
                                               "lower validation loss")
   t.add_argument("--augment", action="store_true",
                  help="add copies of the training images shifted by one pixel (x5 data)")
+  t.add_argument("--shifts", type=int, choices=[4, 8], default=4,
+                 help="with --augment: 4 shifts (up/down/left/right, x5 data) or 8 (also the "
+                      "diagonals, x9)")
   t.add_argument("--scaling", choices=["global", "feature", "none"], default="global",
                  help="input scaling fitted on the training part: one mean/std for all pixels "
                       "(global, default), per feature, or none")

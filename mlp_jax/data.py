@@ -509,11 +509,23 @@ def apply_scaler(scaler: Scaler, x) -> np.ndarray:
   return (x.astype(np.float32, copy=False) - mean) / scale
 
 
-def shift_augment(ds: Dataset, image_shape) -> Dataset:
-  """ds plus its images shifted one pixel up, down, left and right: 5x the rows, originals first.
+# (rows, columns) each image's content moves by: up, down, left, right, then the diagonals.
+SHIFTS = ((-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1))
 
-  Rows are images of `image_shape` (height, width) flattened row-major, e.g. (16, 16) for USPS;
-  vacated pixels take the dataset's minimum value (the background). Labels are repeated.
+
+def _span(d: int, size: int):
+  """(destination, source) slices that move a length-`size` axis by d pixels."""
+  return slice(max(d, 0), size + min(d, 0)), slice(max(-d, 0), size + min(-d, 0))
+
+
+def shift_augment(ds: Dataset, image_shape, neighbours: int = 4) -> Dataset:
+  """ds plus its images shifted by one pixel: (1 + neighbours)x the rows, originals first.
+
+  neighbours: 4 shifts each image up, down, left and right; 8 adds the four diagonal shifts
+  (every offset in {-1, 0, 1}^2). Rows are images of `image_shape` (height, width) flattened
+  row-major, e.g. (16, 16) for USPS; vacated pixels take the dataset's minimum value (the
+  background). Labels are repeated. Order: all originals, then all images of each shift in
+  turn, in the order of `SHIFTS`.
   """
   x, y = _check_dataset(ds)
   try:
@@ -523,16 +535,17 @@ def shift_augment(ds: Dataset, image_shape) -> Dataset:
   if height < 1 or width < 1 or height * width != x.shape[1]:
     raise InputError(f"image_shape: {tuple(image_shape)} has {height * width} pixels, expected "
                      f"{x.shape[1]} (the features per row of ds.x)")
+  if neighbours not in (4, 8):
+    raise InputError(f"neighbours: expected 4 or 8 one-pixel shifts, got {neighbours!r}")
   if x.shape[0] == 0:
     raise InputError("ds: expected at least one image, got 0 rows")
   images = x.reshape(-1, height, width)
-  out = np.full((5,) + images.shape, x.min(), dtype=x.dtype)
+  out = np.full((1 + neighbours,) + images.shape, x.min(), dtype=x.dtype)
   out[0] = images
-  out[1, :, :-1, :] = images[:, 1:, :]   # up
-  out[2, :, 1:, :] = images[:, :-1, :]   # down
-  out[3, :, :, :-1] = images[:, :, 1:]   # left
-  out[4, :, :, 1:] = images[:, :, :-1]   # right
-  return Dataset(out.reshape(-1, x.shape[1]), np.tile(y, 5))
+  for k, (dy, dx) in enumerate(SHIFTS[:neighbours], start=1):
+    (rows_to, rows_from), (cols_to, cols_from) = _span(dy, height), _span(dx, width)
+    out[k, :, rows_to, cols_to] = images[:, rows_from, cols_from]
+  return Dataset(out.reshape(-1, x.shape[1]), np.tile(y, 1 + neighbours))
 
 
 # --- one call from a dataset name to scaled train / val / test ---------------------------------
@@ -553,7 +566,8 @@ class Prepared(NamedTuple):
 
 
 def prepare(dataset: str = "digits", path=None, *, val_fraction: float = 0.1, seed=0,
-            augment: bool = False, num_samples: int = 2000, scaling: str = "global") -> Prepared:
+            augment: bool = False, num_samples: int = 2000, scaling: str = "global",
+            shifts: int = 4) -> Prepared:
   """Loads a dataset, carves the validation part from its training set, fits the scaler on
   the (possibly augmented) training part only, and scales all three.
 
@@ -565,6 +579,8 @@ def prepare(dataset: str = "digits", path=None, *, val_fraction: float = 0.1, se
     seed: the seed of the splits.
     augment: add one-pixel shifts of the training images (after the validation split, so no
       shifted copy of a validation image is trained on).
+    shifts: with `augment`, 4 (up, down, left, right: x5 rows) or 8 (and the diagonals: x9);
+      see `shift_augment`.
     scaling: "global" (default: one mean and std for all pixels), "feature" or "none"; see
       `fit_scaler`. Fitted on the training part only.
   """
@@ -586,7 +602,7 @@ def prepare(dataset: str = "digits", path=None, *, val_fraction: float = 0.1, se
   else:
     train, val = splits.train, None
   if augment:
-    train = shift_augment(train, shape)
+    train = shift_augment(train, shape, shifts)
   scaler = fit_scaler(train.x, scaling)
   scale = lambda ds: Dataset(scaler.apply(ds.x), ds.y)
   return Prepared(scale(train), None if val is None else scale(val), scale(splits.test),

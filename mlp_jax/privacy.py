@@ -93,11 +93,6 @@ def noisy_clipped_grads(params: Params, x, y, mask, key, l2, dp: DPConfig, batch
   return loss, grads
 
 
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-  """DP epochs take ceil(N / B) Poisson-sampled steps: one pass in expectation."""
-  return -(-num_examples // batch_size)
-
-
 def dp_epsilon(dp: DPConfig, num_examples: int, batch_size: int, steps: int) -> float:
   """epsilon of (epsilon, dp.delta)-DP after `steps` DP-SGD steps, by dp-accounting's PLD accountant.
 

@@ -33,6 +33,44 @@ from mlp_jax.loss import cross_entropy, l2_penalty, log_softmax
 from mlp_jax.model import Params, forward
 
 
+OPTIMIZERS = ("sgd", "momentum", "adam")
+SCHEDULES = ("constant", "cosine")
+
+
+def make_optimizer(name: str = "adam", lr: float = 1e-3, *, schedule: str = "constant",
+                   total_steps: Optional[int] = None) -> optax.GradientTransformation:
+  """An optax optimizer by name: "sgd", "momentum" (Nesterov, 0.9) or "adam".
+
+  schedule: "constant" keeps `lr`; "cosine" decays it from `lr` to 0 over `total_steps` steps
+  (epochs x `steps_per_epoch`), so the run ends on a settled iterate rather than one taken at
+  full step size. The step count lives in the optimizer state, so a resumed run continues the
+  same schedule.
+  """
+  if name not in OPTIMIZERS:
+    raise InputError(f"optimizer: expected one of {', '.join(OPTIMIZERS)}, got {name!r}")
+  if schedule not in SCHEDULES:
+    raise InputError(f"schedule: expected one of {', '.join(SCHEDULES)}, got {schedule!r}")
+  lr = float(lr)
+  if not (np.isfinite(lr) and lr > 0):
+    raise InputError(f"lr: expected a finite number > 0, got {lr!r}")
+  if schedule == "cosine":
+    if total_steps is None or int(total_steps) < 1:
+      raise InputError(f"total_steps: the cosine schedule needs a step count >= 1, "
+                       f"got {total_steps!r}")
+    lr = optax.cosine_decay_schedule(lr, int(total_steps))
+  if name == "sgd":
+    return optax.sgd(lr)
+  if name == "momentum":
+    return optax.sgd(lr, momentum=0.9, nesterov=True)
+  return optax.adam(lr)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  """Optimizer steps in one epoch: ceil(N / B), the last batch short and masked (with DP: as
+  many Poisson-sampled steps, one pass in expectation)."""
+  return -(-int(num_examples) // int(batch_size))
+
+
 def make_train_step(optimizer: optax.GradientTransformation, l2=0.0, *,
                     compute_dtype=None) -> Callable:
   """A jitted `step(params, opt_state, x, y) -> (params, opt_state, loss)`.
@@ -66,7 +104,7 @@ def epoch_batches(key: jax.Array, num_examples: int, batch_size: int):
     num_batches = ceil(num_examples / batch_size); the mask is False only on the padding that
     fills the last batch.
   """
-  num_batches = -(-num_examples // batch_size)
+  num_batches = steps_per_epoch(num_examples, batch_size)
   perm = jax.random.permutation(key, num_examples)
   pad = num_batches * batch_size - num_examples
   indices = jnp.concatenate([perm, perm[:pad]]) if pad else perm
@@ -84,7 +122,7 @@ def epoch_plan(key: jax.Array, num_examples: int, batch_size: int,
     indices, mask = epoch_batches(batch_key, num_examples, batch_size)
   else:
     indices, mask = privacy.poisson_batches(
-        batch_key, num_examples, batch_size, privacy.steps_per_epoch(num_examples, batch_size))
+        batch_key, num_examples, batch_size, steps_per_epoch(num_examples, batch_size))
   return indices, mask, jax.random.split(noise_key, indices.shape[0])
 
 
@@ -325,7 +363,7 @@ def fit(params: Params, train, *, optimizer: optax.GradientTransformation, epoch
     if track_train_accuracy:
       record["train_acc"] = _evaluate(params, x, y, l2)[1]
     if dp is not None:
-      steps = (e + 1) * privacy.steps_per_epoch(x.shape[0], batch_size)
+      steps = (e + 1) * steps_per_epoch(x.shape[0], batch_size)
       record["epsilon"] = privacy.dp_epsilon(dp, x.shape[0], batch_size, steps)
     history.append(record)
     if on_epoch_end is not None:

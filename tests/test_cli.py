@@ -45,6 +45,16 @@ def test_train_writes_every_output(tmp_path, capsys):
   assert ckpt.config["layer_sizes"] == [256, 8, 10]
 
 
+def test_train_with_cosine_schedule_and_eight_shifts(tmp_path, capsys):
+  out = tmp_path / "run"
+  code, text, _ = _run(["train", *TINY, "--val-fraction", "0", "--augment", "--shifts", "8",
+                        "--schedule", "cosine", "--out", str(out)], capsys)
+  assert code == 0 and "cosine" in text
+  metrics = json.loads((out / "metrics.json").read_text())
+  assert metrics["train_examples"] == 9 * 240  # 80% of 300, and eight shifted copies of each
+  assert metrics["config"]["schedule"] == "cosine" and metrics["config"]["shifts"] == 8
+
+
 def test_evaluate_reads_the_checkpoint(tmp_path, capsys):
   out = tmp_path / "run"
   assert _run(["train", *TINY, "--out", str(out)], capsys)[0] == 0

@@ -558,6 +558,39 @@ def test_shift_augment_usps_size_keeps_originals_first():
   np.testing.assert_array_equal(out.x[:7], ds.x)
 
 
+def test_shift_augment_eight_neighbours_adds_the_diagonals_after_the_four():
+  image = np.array([[1, 2, 3], [4, 5, 6]], np.float32)
+  ds = Dataset(image.ravel()[None], np.array([7], np.int32))
+  out = data.shift_augment(ds, (2, 3), neighbours=8)
+  f = 1.0  # the minimum
+  four = data.shift_augment(ds, (2, 3))
+  diagonals = [[[5, 6, f], [f, f, f]],   # up-left
+               [[f, 4, 5], [f, f, f]],   # up-right
+               [[f, f, f], [2, 3, f]],   # down-left
+               [[f, f, f], [f, 1, 2]]]   # down-right
+  assert out.x.shape == (9, 6)
+  np.testing.assert_array_equal(out.x[:5], four.x)
+  for i, expected in enumerate(diagonals):
+    np.testing.assert_array_equal(out.x[5 + i].reshape(2, 3), expected)
+  np.testing.assert_array_equal(out.y, np.full(9, 7))
+
+
+@pytest.mark.parametrize("neighbours", [4, 8])
+def test_shift_augment_matches_a_padded_crop(neighbours):
+  # Independent construction: pad by one background pixel, crop the window at the offset.
+  ds = usps_like(3, 4)
+  out = data.shift_augment(ds, (16, 16), neighbours)
+  padded = np.pad(ds.x.reshape(-1, 16, 16), ((0, 0), (1, 1), (1, 1)), constant_values=ds.x.min())
+  for k, (dy, dx) in enumerate(data.SHIFTS[:neighbours], start=1):
+    want = padded[:, 1 - dy:17 - dy, 1 - dx:17 - dx].reshape(-1, 256)
+    np.testing.assert_array_equal(out.x[4 * k:4 * (k + 1)], want)
+
+
+def test_shift_augment_rejects_other_neighbour_counts():
+  with pytest.raises(InputError, match="neighbours"):
+    data.shift_augment(usps_like(0, 2), (16, 16), neighbours=6)
+
+
 @pytest.mark.parametrize("shape", [(16, 16), (4,), (0, 6), "ab"])
 def test_shift_augment_rejects_a_shape_that_does_not_fit(shape):
   ds = Dataset(np.zeros((2, 6), np.float32), np.zeros(2, np.int32))

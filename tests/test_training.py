@@ -130,6 +130,62 @@ def test_resume_equals_uninterrupted():
   assert [r["epoch"] for r in rest.history] == [1, 2, 3, 4]
 
 
+def test_make_optimizer_by_name_matches_optax():
+  params = mj.init_params(jax.random.PRNGKey(0), SIZES)
+  train = _data(45, 0)
+  kwargs = dict(epochs=2, batch_size=8, l2=1e-3, seed=1)
+  for name, reference in [("sgd", optax.sgd(0.05)),
+                          ("momentum", optax.sgd(0.05, momentum=0.9, nesterov=True)),
+                          ("adam", optax.adam(0.05))]:
+    ours = mj.fit(params, train, optimizer=mj.make_optimizer(name, 0.05), **kwargs)
+    theirs = mj.fit(params, train, optimizer=reference, **kwargs)
+    assert _bit_equal(ours.params, theirs.params), name
+
+
+def test_cosine_schedule_decays_the_step_to_zero_at_total_steps():
+  opt = mj.make_optimizer("sgd", 0.1, schedule="cosine", total_steps=10)
+  p = jnp.zeros(())
+  state = opt.init(p)
+  steps = []
+  for _ in range(12):
+    update, state = opt.update(jnp.ones(()), state, p)
+    steps.append(-float(update))
+  want = [0.05 * (1 + np.cos(np.pi * k / 10)) for k in range(10)] + [0.0, 0.0]
+  np.testing.assert_allclose(steps, want, rtol=1e-6, atol=1e-9)
+
+
+def test_resume_with_a_cosine_schedule_equals_uninterrupted():
+  params = mj.init_params(jax.random.PRNGKey(0), SIZES)
+  train = _data(45, 0)
+  total = 4 * mj.steps_per_epoch(45, 8)
+  opt = mj.make_optimizer("adam", 1e-2, schedule="cosine", total_steps=total)
+  kwargs = dict(optimizer=opt, batch_size=8, l2=1e-3, seed=1)
+  whole = mj.fit(params, train, epochs=4, **kwargs)
+  half = mj.fit(params, train, epochs=2, **kwargs)
+  rest = mj.fit(half.params, train, epochs=4, start_epoch=2, opt_state=half.opt_state,
+                history=half.history, **kwargs)
+  assert _bit_equal(whole.params, rest.params)
+  constant = mj.fit(params, train, epochs=4, **{**kwargs, "optimizer": mj.make_optimizer(
+      "adam", 1e-2)})
+  assert not _bit_equal(whole.params, constant.params)  # the schedule did change the run
+
+
+def test_make_optimizer_rejects_bad_arguments():
+  with pytest.raises(mj.InputError, match="optimizer: expected one of sgd, momentum, adam"):
+    mj.make_optimizer("rmsprop", 0.1)
+  with pytest.raises(mj.InputError, match="schedule"):
+    mj.make_optimizer("adam", 0.1, schedule="step")
+  with pytest.raises(mj.InputError, match="total_steps"):
+    mj.make_optimizer("adam", 0.1, schedule="cosine")
+  for lr in (0.0, -1.0, float("nan")):
+    with pytest.raises(mj.InputError, match="lr"):
+      mj.make_optimizer("adam", lr)
+
+
+def test_steps_per_epoch_counts_the_short_last_batch():
+  assert [mj.steps_per_epoch(n, 8) for n in (1, 8, 9, 45, 48)] == [1, 1, 2, 6, 6]
+
+
 def test_early_stopping_returns_the_best_epoch():
   params = mj.init_params(jax.random.PRNGKey(0), (12, 64, 5))
   x, _ = _data(40, 0)

@@ -285,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--patience", type=int, help="early stopping after N epochs without a "
                                               "lower validation loss")
   t.add_argument("--augment", action="store_true",
-                 help="add copies of the training images shifted by one pixel (x5 data)")
+                 help="add copies of the training images shifted by one pixel (x5 data; x9 "
+                      "with --shifts 8)")
   t.add_argument("--shifts", type=int, choices=[4, 8], default=4,
                  help="with --augment: 4 shifts (up/down/left/right, x5 data) or 8 (also the "
                       "diagonals, x9)")

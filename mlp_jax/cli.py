@@ -54,6 +54,18 @@ def _table(rows: List[List[str]]) -> str:
   return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
+def _check_same_schedule(path: str, saved: dict, args) -> None:
+  """A resumed run must continue the learning-rate schedule it was started with."""
+  from mlp_jax.errors import InputError
+  schedule = saved.get("schedule", "constant")
+  if schedule != args.schedule:
+    raise InputError(f"--resume: {path} was trained with --schedule {schedule}, this run asks "
+                     f"for --schedule {args.schedule}")
+  if schedule == "cosine" and saved.get("epochs") != args.epochs:
+    raise InputError(f"--resume: the cosine schedule of {path} spans {saved.get('epochs')} "
+                     f"epochs; resume it with --epochs {saved.get('epochs')}")
+
+
 def cmd_train(args) -> int:
   import jax
   import jax.numpy as jnp
@@ -71,6 +83,8 @@ def cmd_train(args) -> int:
     mesh = distributed.make_mesh(args.devices)
   primary = distributed.is_primary()  # only process 0 writes files
 
+  if args.shifts != 4 and not args.augment:
+    raise mj.InputError(f"--shifts {args.shifts}: only used with --augment")
   splits = data.prepare(args.dataset, args.data, val_fraction=args.val_fraction,
                         seed=args.seed, augment=args.augment, num_samples=args.num_samples,
                         scaling=args.scaling, shifts=args.shifts)
@@ -85,8 +99,8 @@ def cmd_train(args) -> int:
   params = mj.init_params(jax.random.PRNGKey(args.seed), sizes)
   opt_state, start_epoch, history = None, 0, []
   if args.resume and os.path.exists(ckpt_path):
-    template = optimizer.init(params)
-    ckpt = checkpoint.load_checkpoint(ckpt_path, opt_state_template=template)
+    _check_same_schedule(ckpt_path, checkpoint.load_checkpoint(ckpt_path).config, args)
+    ckpt = checkpoint.load_checkpoint(ckpt_path, opt_state_template=optimizer.init(params))
     checkpoint.check_compatible(ckpt, sizes)
     params, opt_state, start_epoch = ckpt.params, ckpt.opt_state, ckpt.epoch
     history = ckpt.extra.get("history", [])

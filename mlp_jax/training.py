@@ -50,7 +50,10 @@ def make_optimizer(name: str = "adam", lr: float = 1e-3, *, schedule: str = "con
     raise InputError(f"optimizer: expected one of {', '.join(OPTIMIZERS)}, got {name!r}")
   if schedule not in SCHEDULES:
     raise InputError(f"schedule: expected one of {', '.join(SCHEDULES)}, got {schedule!r}")
-  lr = float(lr)
+  try:
+    lr = float(lr)
+  except (TypeError, ValueError) as e:
+    raise InputError(f"lr: expected a finite number > 0, got {lr!r}") from e
   if not (np.isfinite(lr) and lr > 0):
     raise InputError(f"lr: expected a finite number > 0, got {lr!r}")
   if schedule == "cosine":

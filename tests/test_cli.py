@@ -55,6 +55,26 @@ def test_train_with_cosine_schedule_and_eight_shifts(tmp_path, capsys):
   assert metrics["config"]["schedule"] == "cosine" and metrics["config"]["shifts"] == 8
 
 
+def test_resume_of_a_cosine_run_needs_the_same_schedule(tmp_path, capsys):
+  out = tmp_path / "run"
+  cosine = ["train", *TINY, "--schedule", "cosine", "--out", str(out)]
+  assert _run(cosine, capsys)[0] == 0
+  before = (out / "checkpoint.npz").read_bytes()
+  longer = [a if a != "3" else "5" for a in cosine] + ["--resume"]  # --epochs 5
+  code, _, err = _run(longer, capsys)
+  assert code == 2 and "spans 3 epochs; resume it with --epochs 3" in err
+  code, _, err = _run([a for a in cosine if a not in ("--schedule", "cosine")] + ["--resume"],
+                      capsys)
+  assert code == 2 and "was trained with --schedule cosine" in err
+  assert (out / "checkpoint.npz").read_bytes() == before  # nothing overwritten
+
+
+def test_shifts_without_augment_is_an_error(tmp_path, capsys):
+  code, _, err = _run(["train", *TINY, "--shifts", "8", "--out", str(tmp_path / "run")], capsys)
+  assert code == 2 and "--shifts 8: only used with --augment" in err
+  assert not (tmp_path / "run").exists()
+
+
 def test_evaluate_reads_the_checkpoint(tmp_path, capsys):
   out = tmp_path / "run"
   assert _run(["train", *TINY, "--out", str(out)], capsys)[0] == 0

@@ -177,7 +177,7 @@ def test_make_optimizer_rejects_bad_arguments():
     mj.make_optimizer("adam", 0.1, schedule="step")
   with pytest.raises(mj.InputError, match="total_steps"):
     mj.make_optimizer("adam", 0.1, schedule="cosine")
-  for lr in (0.0, -1.0, float("nan")):
+  for lr in (0.0, -1.0, float("nan"), "fast", None):
     with pytest.raises(mj.InputError, match="lr"):
       mj.make_optimizer("adam", lr)
 

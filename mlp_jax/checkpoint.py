@@ -272,7 +272,8 @@ def load_checkpoint(path, opt_state_template=None) -> Checkpoint:
                     for entry in leaves_meta[group]] for group in GROUPS}
   return Checkpoint(
       params=_restore_params(path, meta, leaves["params"]),
-      opt_state=_restore_opt_state(path, meta, leaves["opt_state"], opt_state_template),
+      opt_state=_restore_opt_state(path, meta["opt_state_is_none"], leaves["opt_state"],
+                                   opt_state_template),
       epoch=meta["epoch"],
       config=meta["config"],
       rng_key=_restore_rng(path, meta, leaves["rng"]),
@@ -407,12 +408,22 @@ def _restore_params(path: pathlib.Path, meta: dict, leaves: list) -> Params:
   return params
 
 
-def _restore_opt_state(path: pathlib.Path, meta: dict, leaves: list, template):
+def restore_opt_state(ckpt: Checkpoint, template, path) -> Any:
+  """The optimizer state of `ckpt`, loaded without a template, in `template`'s structure.
+
+  The same leaf-by-leaf checks as `load_checkpoint(path, template)`, for a caller that reads the
+  checkpoint's config before it can build the template. Raises `CheckpointError` naming `path`.
+  """
+  leaves = [] if ckpt.opt_state is None else list(ckpt.opt_state)
+  return _restore_opt_state(pathlib.Path(path), ckpt.opt_state is None, leaves, template)
+
+
+def _restore_opt_state(path: pathlib.Path, is_none: bool, leaves: list, template):
   """The optimizer state in the template's structure, or as a list of leaves without one."""
   if template is None:
-    return None if meta["opt_state_is_none"] else leaves
+    return None if is_none else leaves
   expected = jax.tree.leaves(template)
-  if meta["opt_state_is_none"] and expected:
+  if is_none and expected:
     raise _error(path, f"optimizer state does not match: the file holds none, {len(expected)} "
                  "leaves expected")
   if len(leaves) != len(expected):

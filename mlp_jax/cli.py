@@ -99,10 +99,11 @@ def cmd_train(args) -> int:
   params = mj.init_params(jax.random.PRNGKey(args.seed), sizes)
   opt_state, start_epoch, history = None, 0, []
   if args.resume and os.path.exists(ckpt_path):
-    _check_same_schedule(ckpt_path, checkpoint.load_checkpoint(ckpt_path).config, args)
-    ckpt = checkpoint.load_checkpoint(ckpt_path, opt_state_template=optimizer.init(params))
+    ckpt = checkpoint.load_checkpoint(ckpt_path)
+    _check_same_schedule(ckpt_path, ckpt.config, args)
     checkpoint.check_compatible(ckpt, sizes)
-    params, opt_state, start_epoch = ckpt.params, ckpt.opt_state, ckpt.epoch
+    opt_state = checkpoint.restore_opt_state(ckpt, optimizer.init(params), ckpt_path)
+    params, start_epoch = ckpt.params, ckpt.epoch
     history = ckpt.extra.get("history", [])
     print(f"resuming from {ckpt_path} at epoch {start_epoch}")
   if primary:

@@ -70,14 +70,8 @@ def per_sample_grads(params: Params, x, y, *, chunk_size: Optional[int] = None) 
   params, x, y, _ = validation.check_batch(params, x, y)
   if chunk_size is None:
     return _per_sample_grads_jit(params, x, y)
-  chunk_size = _check_chunk_size(chunk_size)
+  chunk_size = validation.check_positive_int(chunk_size, "chunk_size")
   return _per_sample_grads_map(params, x, y, chunk_size)
-
-
-def _check_chunk_size(chunk_size) -> int:
-  if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-    raise InputError(f"chunk_size: expected a positive int, got {chunk_size!r}")
-  return chunk_size
 
 
 @functools.partial(jax.jit, static_argnames="chunk_size")

@@ -139,8 +139,7 @@ class EpochStats(NamedTuple):
 def _build_epoch(optimizer, batch_size, l2, compute_dtype, dp, mesh):
   """(epoch, step): the compiled epoch of `make_epoch`, and its step as a plain function
   `step(params, opt_state, x, y, idx, keep, step_key) -> (params, opt_state, loss, grads)`."""
-  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-    raise InputError(f"batch_size: expected a positive int, got {batch_size!r}")
+  validation.check_positive_int(batch_size, "batch_size")
   validation.check_l2(l2)
   dp = None if dp is None else privacy.check_dp_config(dp)
   jit_kwargs = {}

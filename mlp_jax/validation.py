@@ -137,6 +137,13 @@ def check_finite_params(params: Params) -> None:
           raise InputError(f"params[{i}].{name}: expected finite values, got {bad} NaN or Inf")
 
 
+def check_positive_int(value, name: str) -> int:
+  """A Python int >= 1 (not a bool), e.g. a batch or chunk size."""
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise InputError(f"{name}: expected a positive int, got {value!r}")
+  return value
+
+
 def check_l2(l2, name: str = "l2"):
   """The penalty lambda: a real scalar, finite and >= 0 when concrete."""
   if jnp.ndim(l2) != 0:

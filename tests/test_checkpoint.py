@@ -423,6 +423,16 @@ def test_mismatched_opt_state_template(saved, standard_promotion):
           "expected", opt_state_template=half)
 
 
+def test_restore_opt_state_after_a_load_without_template(saved, standard_promotion):
+  path, template, _ = saved
+  plain = load_checkpoint(path)
+  assert_bits_equal(ckpt_lib.restore_opt_state(plain, template, path),
+                    load_checkpoint(path, template).opt_state)
+  sgd = optax.sgd(1e-2, momentum=0.9).init(mj.init_params(jax.random.PRNGKey(0), (64, 128, 10)))
+  with pytest.raises(mj.CheckpointError, match=f"{path}.*the file holds 9 leaves, 4 expected"):
+    ckpt_lib.restore_opt_state(plain, sgd, path)
+
+
 def test_check_compatible(saved):
   path, template, _ = saved
   ckpt = load_checkpoint(path, template)

@@ -76,7 +76,6 @@ def autodiff_epoch(optimizer, batch_size, l2=0.0):
 def throughput(batch_sizes, num_examples, repeats, usps_path=None):
   """Samples/s of compiled epochs, analytic vs jax.grad, and the square-matmul ceiling."""
   import jax
-  import jax.numpy as jnp
   import optax
   import mlp_jax as mj
 
@@ -85,11 +84,8 @@ def throughput(batch_sizes, num_examples, repeats, usps_path=None):
   x, y = jax.device_put(data.x), jax.device_put(data.y)
   opt = optax.sgd(0.01, momentum=0.9)
   key = jax.random.PRNGKey(0)
-  big = jnp.ones((8192, 8192), jnp.float32) if jax.default_backend() != "cpu" else jnp.ones(
-      (2048, 2048), jnp.float32)
-  mm = jax.jit(lambda a: a @ a)
-  t = common.time_call(lambda: mm(big), repeats=repeats)
-  ceiling = 2 * big.shape[0] ** 3 / t["median"] / 1e9
+  ceiling = common.square_matmul_gflops(8192 if jax.default_backend() != "cpu" else 2048,
+                                        {"repeats": repeats}, numpy=False)["jax"]["gflops"]
   rows = []
   for b in batch_sizes:
     n = (num_examples // b) * b
@@ -99,14 +95,8 @@ def throughput(batch_sizes, num_examples, repeats, usps_path=None):
     result = {"batch": b, "examples": n}
     for name, make in (("analytic", lambda: mj.make_epoch(opt, b)),
                        ("jax.grad", lambda: autodiff_epoch(opt, b))):
-      epoch = make()
-      state = {"p": mj.init_params(key, sizes)}
-      state["s"] = opt.init(state["p"])
-
-      def call():
-        state["p"], state["s"], out = epoch(state["p"], state["s"], xs, ys, key)
-        return out
-
+      params = mj.init_params(key, sizes)
+      call = common.donating_runner(make(), params, opt.init(params), xs, ys, key)
       timing = common.time_call(call, repeats=repeats)
       result[name] = {"epoch_s": timing, "samples_per_s": n / timing["median"],
                       "gflops": nb.gemm_flops(sizes, n) / timing["median"] / 1e9}
@@ -119,14 +109,9 @@ def throughput(batch_sizes, num_examples, repeats, usps_path=None):
   if usps_path and os.path.exists(usps_path):
     prepared = mj.data.prepare("usps", usps_path, val_fraction=0.0)
     xu, yu = jax.device_put(prepared.train.x), jax.device_put(prepared.train.y)
-    epoch = mj.make_epoch(optax.adam(1e-3), 128)
-    state = {"p": mj.init_params(key, sizes)}
-    state["s"] = optax.adam(1e-3).init(state["p"])
-
-    def call():
-      state["p"], state["s"], out = epoch(state["p"], state["s"], xu, yu, key)
-      return out
-
+    params = mj.init_params(key, sizes)
+    call = common.donating_runner(mj.make_epoch(optax.adam(1e-3), 128), params,
+                                  optax.adam(1e-3).init(params), xu, yu, key)
     usps = {"batch": 128, "epoch_s": common.time_call(call, repeats=repeats)}
   return {"square_matmul_gflops": ceiling, "rows": rows, "usps_epoch": usps}
 

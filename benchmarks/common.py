@@ -79,6 +79,40 @@ def summarize(times: Sequence[float]) -> Dict:
           "calls": len(times)}
 
 
+def donating_runner(step: Callable, params, opt_state, *args) -> Callable[[], object]:
+  """A no-argument callable for `time_call`: each call runs
+  `params, opt_state, out = step(params, opt_state, *args)` on state of its own (fresh copies,
+  since `step` donates them) and returns `out`."""
+  import jax
+  import jax.numpy as jnp
+  state = [jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, opt_state)]
+
+  def run():
+    state[0], state[1], out = step(state[0], state[1], *args)
+    return out
+  return run
+
+
+def square_matmul_gflops(size: int, timing: Dict, dtype="float32", numpy: bool = True) -> Dict:
+  """GFLOP/s of a size x size matmul: jitted JAX and, with `numpy`, NumPy into a preallocated
+  output; {name: timing dict plus size, flops, gflops}."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  rng = np.random.default_rng(0)
+  a, b = (rng.standard_normal((size, size)).astype(dtype) for _ in range(2))
+  stats = {}
+  if numpy:
+    out = np.empty_like(a)
+    stats["numpy"] = time_call(lambda: np.matmul(a, b, out=out), **timing)
+  ja, jb = jnp.asarray(a), jnp.asarray(b)
+  matmul = jax.jit(jnp.matmul)
+  stats["jax"] = time_call(lambda: matmul(ja, jb), **timing)
+  flops = 2 * size ** 3
+  return {name: dict(s, size=size, flops=flops, gflops=flops / s["median"] / 1e9)
+          for name, s in stats.items()}
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -96,9 +130,10 @@ def write_results(name: str, payload: Dict, markdown: str, out_dir: str = RESULT
   print(f"\nwrote {os.path.join(out_dir, name)}.json and .md")
 
 
-def add_args(parser, quick_help: str = "a short run (under a minute) to check the script works"):
+def add_args(parser):
   """The options every benchmark script takes: --quick and --out."""
-  parser.add_argument("--quick", action="store_true", help=quick_help)
+  parser.add_argument("--quick", action="store_true",
+                      help="a short run (under a minute) to check the script works")
   parser.add_argument("--out", default=RESULTS, help="folder for the JSON and markdown")
   return parser
 

@@ -40,16 +40,9 @@ def main():
   for batch in (32, 128, 512):
     epoch = mj.make_epoch(opt, batch, mesh=mesh)
     params = mj.init_params(jax.random.PRNGKey(0))
-    state = {"params": params, "opt": opt.init(params), "x": x, "y": y}
-    if mesh is not None:
-      state["x"], state["y"], state["params"], state["opt"] = mj.replicate(
-          (x, y, state["params"], state["opt"]), mesh)
-
-    def call():
-      state["params"], state["opt"], stats = epoch(state["params"], state["opt"], state["x"],
-                                                   state["y"], jax.random.PRNGKey(1))
-      return stats.losses
-
+    state = (x, y, params, opt.init(params))
+    xs, ys, params, opt_state = state if mesh is None else mj.replicate(state, mesh)
+    call = common.donating_runner(epoch, params, opt_state, xs, ys, jax.random.PRNGKey(1))
     median = common.time_call(call, repeats=args.repeats)["median"]
     cells.append(f"B={batch}: {1e3 * median:.1f} ms")
   cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

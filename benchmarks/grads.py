@@ -74,17 +74,6 @@ def autodiff_step(optimizer, l2):
   return step
 
 
-def stepper(step, params, optimizer, x, y):
-  """A no-argument callable running `step` on its own, threaded (donated) state."""
-  state = [jax.tree.map(jnp.copy, params), None]
-  state[1] = optimizer.init(state[0])
-
-  def run():
-    state[0], state[1], loss = step(state[0], state[1], x, y)
-    return loss
-  return run
-
-
 def jax_gemms_alone(sizes, m, dtype):
   """A callable running the GEMMs of one gradient (nb.gemm_shapes) in one jit, nothing else."""
   rng = np.random.default_rng(0)
@@ -107,20 +96,6 @@ def torch_grad_fn(torch, params_np, x, y, l2):
   return run
 
 
-def square_ceilings(dtype, timing, size=SQUARE):
-  """GFLOP/s of a size x size matmul, NumPy (preallocated output) and jitted JAX."""
-  rng = np.random.default_rng(0)
-  a, b = (rng.standard_normal((size, size)).astype(dtype) for _ in range(2))
-  out = np.empty_like(a)
-  flops = 2 * size ** 3
-  stats = {"numpy": common.time_call(lambda: np.matmul(a, b, out=out), **timing)}
-  ja, jb = jnp.asarray(a), jnp.asarray(b)
-  matmul = jax.jit(jnp.matmul)
-  stats["jax"] = common.time_call(lambda: matmul(ja, jb), **timing)
-  return {name: dict(s, size=size, flops=flops, gflops=flops / s["median"] / 1e9)
-          for name, s in stats.items()}
-
-
 def run_config(sizes, m, dtype, torch, timing, numpy_peers=True):
   """Every implementation at one (net, m, dtype); a list of result dicts."""
   x, y = batch(sizes, m, dtype)
@@ -133,8 +108,10 @@ def run_config(sizes, m, dtype, torch, timing, numpy_peers=True):
       "analytic": lambda: gradients._loss_and_grads_jit(params, xj, yj, L2),
       "autodiff": lambda: autodiff(params, xj, yj, L2),
       "analytic_api": lambda: mj.loss_and_grads(params, xj, yj, l2=L2),
-      "adam_analytic": stepper(training.make_train_step(adam, L2), params, adam, xj, yj),
-      "adam_autodiff": stepper(autodiff_step(adam, L2), params, adam, xj, yj),
+      "adam_analytic": common.donating_runner(training.make_train_step(adam, L2), params,
+                                              adam.init(params), xj, yj),
+      "adam_autodiff": common.donating_runner(autodiff_step(adam, L2), params,
+                                              adam.init(params), xj, yj),
       "gemms_alone_jax": jax_gemms_alone(sizes, m, dtype),
   }
   if numpy_peers:
@@ -317,8 +294,8 @@ def main():
   for dtype in dtypes:
     x64 = jax.enable_x64(dtype == np.float64)
     with x64:
-      ceilings[np.dtype(dtype).name] = square_ceilings(
-          dtype, timing, QUICK_SQUARE if args.quick else SQUARE)
+      ceilings[np.dtype(dtype).name] = common.square_matmul_gflops(
+          QUICK_SQUARE if args.quick else SQUARE, timing, dtype)
       nets = NETS[:1] if args.quick and dtype == np.float64 else NETS  # quick: less compiling
       for net in nets:
         for m in sizes:

@@ -20,10 +20,6 @@ def from_jax(params) -> List[Layer]:
   return [(np.array(layer.w), np.array(layer.b)) for layer in params]
 
 
-def layer_sizes(params: Sequence[Layer]) -> Tuple[int, ...]:
-  return (params[0][0].shape[0],) + tuple(w.shape[1] for w, _ in params)
-
-
 def forward_activations(params: Sequence[Layer], x: np.ndarray):
   """(logits, activations): activations is (x, a_1, ..., a_{L-1}), a_l = ReLU(h_l), (E1)-(E3)."""
   activations = [x]
@@ -145,16 +141,3 @@ class Adam:
       np.divide(mu / c1, step, out=step)
       step *= self.lr
       p -= step
-
-
-def train_epoch(params: List[Layer], opt: Adam, x: np.ndarray, y: np.ndarray, batch_size: int,
-                l2: float, rng: np.random.Generator) -> float:
-  """One shuffled epoch of minibatch Adam, the last batch short; returns the mean batch loss."""
-  perm = rng.permutation(x.shape[0])
-  losses = []
-  for start in range(0, x.shape[0], batch_size):
-    idx = perm[start:start + batch_size]
-    loss, grads = loss_and_grads(params, x[idx], y[idx], l2)
-    opt.update(params, grads)
-    losses.append(loss)
-  return float(np.mean(losses))

@@ -24,10 +24,9 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import mlp_jax as mj  # noqa: E402
-from mlp_jax import data, gradients, per_example  # noqa: E402
+from mlp_jax import data, gradients, oracle, per_example  # noqa: E402
 from mlp_jax.loss import objective  # noqa: E402
 from mlp_jax.model import Dense  # noqa: E402
-from mlp_jax.oracle import example_loss  # noqa: E402
 
 LAYERS = (256, 256, 10)
 SIZES = [64, 256, 1024, 4096]
@@ -49,20 +48,22 @@ IMPLS = {
 }
 
 
-@jax.jit
-def vmap_grads(params, x, y):
-  return jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0))(params, x, y)
+vmap_grads = oracle._per_sample_autodiff  # jit(vmap(grad(l_i))), without the API's checks
+
+
+def with_penalty(mean, params, l2, m):
+  """The batch gradient of (E6) from the clipped data term: + (lambda/m) W on the weights."""
+  return tuple(Dense(w=g.w + (l2 / m) * p.w, b=g.b) for g, p in zip(mean, params))
 
 
 @jax.jit
 def vmap_clip(params, x, y, clip_norm, l2):
   """The JAX DP example's way: per-example gradients, their norms, scale, mean, + penalty."""
-  per_ex = jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0))(params, x, y)
+  per_ex = vmap_grads(params, x, y)
   norms = jax.vmap(optax.tree.norm)(per_ex)
   scale = jnp.minimum(1.0, clip_norm / jnp.maximum(norms, 1e-12))
   mean = jax.tree.map(lambda g: jnp.tensordot(scale, g, axes=1) / x.shape[0], per_ex)
-  decay = l2 / x.shape[0]
-  return tuple(Dense(w=g.w + decay * p.w, b=g.b) for g, p in zip(mean, params))
+  return with_penalty(mean, params, l2, x.shape[0])
 
 
 def jax_privacy_fn(m, clip_norm):
@@ -76,9 +77,7 @@ def jax_privacy_fn(m, clip_norm):
 
   @jax.jit
   def fn(params, x, y, l2):
-    mean = clipped(params, x, y)
-    decay = l2 / x.shape[0]
-    return tuple(Dense(w=g.w + decay * p.w, b=g.b) for g, p in zip(mean, params))
+    return with_penalty(clipped(params, x, y), params, l2, x.shape[0])
   return fn, f"jax_privacy {getattr(jax_privacy, '__version__', '?')}"
 
 

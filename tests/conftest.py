@@ -47,6 +47,21 @@ def make_batch(seed, layer_sizes, m, dtype, scale=1.0):
   return jnp.asarray(x), jnp.asarray(y)
 
 
+def shape_id(shape):
+  """A parametrize id for a ((layer sizes), m) case, e.g. "256x256x10-m37"."""
+  return "x".join(map(str, shape[0])) + f"-m{shape[1]}"
+
+
+def copy_tree(tree):
+  """Fresh device buffers for every leaf: for calls that donate their inputs."""
+  return jax.tree.map(jnp.array, tree)
+
+
+def trees_bit_equal(a, b) -> bool:
+  """Every leaf pair equal bit for bit (same values; for floats, NaNs aside)."""
+  return all(np.array_equal(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
 def tree_rel_errors(actual, reference):
   """Relative error of each leaf pair, as a list."""
   from mlp_jax import relative_error

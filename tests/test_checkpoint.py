@@ -98,9 +98,6 @@ def test_round_trip_is_bit_exact(tmp_path, dtype, opt_name, standard_promotion):
   assert_bits_equal(ckpt.opt_state, state)
   assert_bits_equal(ckpt.rng_key, rng)
   assert (ckpt.epoch, ckpt.step, ckpt.config, ckpt.extra) == (5, 123, config, extra)
-  # The restored state drives the optimizer exactly as the original does.
-  assert_bits_equal(opt.update(ckpt.params, ckpt.opt_state, ckpt.params),
-                    opt.update(params, state, params))
   # Without a template: the leaves, in order.
   assert_bits_equal(load_checkpoint(path).opt_state, jax.tree.leaves(state))
   # A shape-only template (jax.eval_shape) works too.
@@ -423,11 +420,12 @@ def test_mismatched_opt_state_template(saved, standard_promotion):
           "expected", opt_state_template=half)
 
 
-def test_restore_opt_state_after_a_load_without_template(saved, standard_promotion):
-  path, template, _ = saved
+def test_restore_opt_state_after_a_load_without_template(tmp_path, standard_promotion):
+  opt, params, state = trained_state("adam", sizes=(64, 128, 10), steps=1)
+  path = save_checkpoint(tmp_path / "ckpt.npz", params, state, epoch=1)
   plain = load_checkpoint(path)
-  assert_bits_equal(ckpt_lib.restore_opt_state(plain, template, path),
-                    load_checkpoint(path, template).opt_state)
+  assert isinstance(plain.opt_state, list)  # leaves only, before the template is known
+  assert_bits_equal(ckpt_lib.restore_opt_state(plain, opt.init(params), path), state)
   sgd = optax.sgd(1e-2, momentum=0.9).init(mj.init_params(jax.random.PRNGKey(0), (64, 128, 10)))
   with pytest.raises(mj.CheckpointError, match=f"{path}.*the file holds 9 leaves, 4 expected"):
     ckpt_lib.restore_opt_state(plain, sgd, path)

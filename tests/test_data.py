@@ -437,7 +437,8 @@ def test_make_synthetic_large_in_chunks():
                                     {"num_samples": 10, "num_classes": 0},
                                     {"num_samples": 10, "noise": float("nan")}])
 def test_make_synthetic_rejects_bad_arguments(kwargs):
-  with pytest.raises(InputError):
+  bad = "noise" if "noise" in kwargs else next(k for k, v in kwargs.items() if v == 0)
+  with pytest.raises(InputError, match=bad):
     data.make_synthetic(**kwargs)
 
 

@@ -17,14 +17,13 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
 import mlp_jax as mj
 from mlp_jax import cli, data
-from conftest import make_batch
+from conftest import copy_tree, make_batch, tree_rel_errors
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZES = (12, 16, 5)
@@ -39,14 +38,6 @@ def _env(num_devices: int):
   env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
   env["PYTHONUNBUFFERED"] = "1"
   return env
-
-
-def _copy(tree):
-  return jax.tree.map(jnp.array, tree)
-
-
-def _max_rel_error(a, b):
-  return max(mj.relative_error(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def _free_port() -> int:
@@ -191,13 +182,13 @@ def test_one_device_mesh_is_the_plain_step_and_epoch():
   opt = optax.sgd(0.1, momentum=0.9)
   mesh = mj.make_mesh(1)
   assert mesh.axis_names == ("data",) and mesh.size == 1
-  got = mj.make_data_parallel_step(opt, mesh, l2=0.1)(_copy(params), opt.init(params), x, y)
-  want = mj.make_train_step(opt, l2=0.1)(_copy(params), opt.init(params), x, y)
-  assert _max_rel_error(got, want) <= 1e-6
+  got = mj.make_data_parallel_step(opt, mesh, l2=0.1)(copy_tree(params), opt.init(params), x, y)
+  want = mj.make_train_step(opt, l2=0.1)(copy_tree(params), opt.init(params), x, y)
+  assert max(tree_rel_errors(got, want)) <= 1e-6
   key = jax.random.PRNGKey(2)
-  got = mj.make_epoch(opt, 8, 0.1, mesh=mesh)(_copy(params), opt.init(params), x, y, key)
-  want = mj.make_epoch(opt, 8, 0.1)(_copy(params), opt.init(params), x, y, key)
-  assert _max_rel_error(got[:2], want[:2]) <= 1e-6
+  got = mj.make_epoch(opt, 8, 0.1, mesh=mesh)(copy_tree(params), opt.init(params), x, y, key)
+  want = mj.make_epoch(opt, 8, 0.1)(copy_tree(params), opt.init(params), x, y, key)
+  assert max(tree_rel_errors(got[:2], want[:2])) <= 1e-6
 
 
 def test_make_mesh_rejects_bad_counts():
@@ -352,12 +343,12 @@ def test_two_processes_train_to_the_parameters_of_one(tmp_path):
   fitted = mj.fit(params, (x, y), optimizer=opt, epochs=2, batch_size=16, l2=1e-3, seed=1,
                   val=(x[:20], y[:20]))
   step = mj.make_train_step(opt, l2=1e-3)
-  p, s = _copy(params), opt.init(params)
+  p, s = copy_tree(params), opt.init(params)
   for _ in range(3):
     p, s, _ = step(p, s, x[:32], y[:32])
   with np.load(outs[0]) as got:
     got = [got[f"arr_{i}"] for i in range(len(got.files))]
-  assert _max_rel_error(got, jax.tree.leaves((fitted.params, p))) <= 1e-5
+  assert max(tree_rel_errors(got, jax.tree.leaves((fitted.params, p)))) <= 1e-5
 
 
 def test_cli_on_two_processes_writes_once(tmp_path):

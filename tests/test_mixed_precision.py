@@ -30,6 +30,33 @@ def test_bf16_analytic_gradients_match_the_float32_oracle(sizes, m):
   np.testing.assert_allclose(loss, mj.loss(params, x, y, 0.1), rtol=BF16_RTOL)
 
 
+def _dot_operand_dtypes(jaxpr):
+  """The operand dtypes of every dot_general in a jaxpr, nested jaxprs included."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      found.append(tuple(v.aval.dtype for v in eqn.invars))
+    for value in eqn.params.values():  # sub-jaxprs of pjit, scan, cond, ...
+      for item in value if isinstance(value, (tuple, list)) else (value,):
+        sub = getattr(item, "jaxpr", item)
+        if hasattr(sub, "eqns"):
+          found += _dot_operand_dtypes(sub)
+  return found
+
+
+@pytest.mark.parametrize("sizes", [(256, 256, 10), (256, 512, 128, 10)])
+def test_bf16_runs_every_gemm_forward_and_backward_in_bfloat16(sizes):
+  from mlp_jax import gradients
+  params = mj.init_params(jax.random.PRNGKey(0), sizes)
+  x, y = make_batch(0, sizes, 8, jnp.float32)
+  jaxpr = jax.make_jaxpr(lambda p, x, y: gradients._loss_and_grads(
+      p, x, y, 0.1, compute_dtype=jnp.bfloat16))(params, x, y)
+  dots = _dot_operand_dtypes(jaxpr.jaxpr)
+  layers = len(sizes) - 1
+  assert len(dots) == 3 * layers - 1  # L forward, L - 1 error signals (E10), L weight gradients
+  assert all(dtypes == (jnp.bfloat16, jnp.bfloat16) for dtypes in dots), dots
+
+
 def test_bf16_training_reaches_float32_accuracy(standard_promotion):
   data = mj.data.make_synthetic(1200, 64, 10, seed=1, noise=2.0)
   train, test = mj.data.train_val_split(data, 0.25, seed=0)

@@ -19,10 +19,11 @@ def test_init_params_shapes_dtype_and_he_scale(sizes, dtype):
     assert layer.w.shape == (fan_in, fan_out) and layer.b.shape == (fan_out,)
     assert layer.w.dtype == dtype and layer.b.dtype == dtype
     np.testing.assert_array_equal(layer.b, 0)
-  big = params[0].w
-  if big.size > 10000:  # He-normal: std sqrt(2 / fan_in)
-    assert abs(float(big.std()) / np.sqrt(2 / sizes[0]) - 1) < 0.03
-    assert abs(float(big.mean())) < 0.01
+  for layer, fan_in in zip(params, sizes[:-1]):
+    big = layer.w
+    if big.size > 10000:  # He-normal: std sqrt(2 / fan_in), every layer large enough to tell
+      assert abs(float(big.std()) / np.sqrt(2 / fan_in) - 1) < 0.03
+      assert abs(float(big.mean())) < 0.01
 
 
 def test_init_params_default_is_the_source_network():

@@ -65,3 +65,24 @@ def test_finite_differences_catch_a_wrong_oracle_scale():
     fd, exact = oracle._directional_fd(params, x, y, 0.0, jax.random.PRNGKey(0), 1e-6, 4)
     assert mj.relative_error(fd, exact) < 1e-6
     assert mj.relative_error(fd, 1.01 * exact) > 5e-3
+    # A real measurement: a large step moves it off the exact derivative (ReLU kinks, curvature).
+    coarse, _ = oracle._directional_fd(params, x, y, 0.0, jax.random.PRNGKey(0), 1.0, 4)
+    assert mj.relative_error(coarse, exact) > 1e-3
+
+
+def test_report_fails_when_finite_differences_disagree_with_the_oracle(monkeypatch):
+  """A correct analytic gradient still fails the report if jax.grad disagrees with FD."""
+  from mlp_jax import oracle
+  true_fd = oracle._directional_fd
+
+  def off_by_one_percent(*args):
+    fd, exact = true_fd(*args)
+    return 1.01 * fd, exact
+
+  monkeypatch.setattr(oracle, "_directional_fd", off_by_one_percent)
+  with jax.enable_x64(True):
+    params, x, y = _setup(jnp.float64, m=9, sizes=(6, 5, 3))
+    report = mj.check_gradients(params, x, y, 0.1)
+  assert not report.passed
+  assert all(c.rel_err <= report.rtol and not c.passed for c in report.checks)
+  assert all(abs(c.fd_rel_err - 0.01) < 1e-4 for c in report.checks), str(report)

@@ -7,13 +7,9 @@ import optax
 import pytest
 
 import mlp_jax as mj
-from conftest import assert_tree_close, make_batch
+from conftest import assert_tree_close, make_batch, shape_id
 
 SHAPES = [((256, 256, 10), 37), ((256, 256, 10), 1), ((256, 512, 128, 10), 16), ((5, 3, 2), 7)]
-
-
-def _ids(shape):
-  return "x".join(map(str, shape[0])) + f"-m{shape[1]}"
 
 
 def _setup(shape, dtype, seed=0):
@@ -28,7 +24,7 @@ def _single_sample_analytic(params, x_i, y_i):
   return mj.grads(params, x_i[None], y_i[None])
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
 def test_per_sample_grads_E13_match_vmap_grad(shape, dtype, rtol):
   params, x, y = _setup(shape, dtype)
   want = mj.autodiff_per_sample_grads(params, x, y)
@@ -45,7 +41,7 @@ def test_per_sample_grads_chunked_equal_unchunked(chunk_size, dtype, rtol):
 
 
 @pytest.mark.parametrize("l2", [0.0, 0.4])
-@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
 def test_mean_of_per_sample_plus_penalty_is_batch_gradient_E14(shape, l2, dtype, rtol):
   params, x, y = _setup(shape, dtype)
   m = x.shape[0]
@@ -54,7 +50,7 @@ def test_mean_of_per_sample_plus_penalty_is_batch_gradient_E14(shape, l2, dtype,
   assert_tree_close(mean, mj.grads(params, x, y, l2), rtol)
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
 def test_per_sample_norms_E15_match_vmap_grad_norms(shape, dtype, rtol):
   params, x, y = _setup(shape, dtype)
   per = mj.autodiff_per_sample_grads(params, x, y)
@@ -78,7 +74,7 @@ def _explicit_clipped_mean(params, x, y, clip_norm, l2):
 
 
 @pytest.mark.parametrize("l2", [0.0, 0.3])
-@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
 def test_clipped_mean_matches_explicit_clipping(shape, l2, dtype, rtol):
   params, x, y = _setup(shape, dtype)
   norms = mj.per_sample_grad_norms(params, x, y)

@@ -8,7 +8,7 @@ import pytest
 
 import mlp_jax as mj
 from mlp_jax import training
-from conftest import assert_tree_close, make_batch
+from conftest import assert_tree_close, copy_tree, make_batch, trees_bit_equal
 
 SIZES = (12, 16, 5)
 pytestmark = pytest.mark.usefixtures("standard_promotion")  # optax's int32 step counters
@@ -17,14 +17,6 @@ pytestmark = pytest.mark.usefixtures("standard_promotion")  # optax's int32 step
 def _data(n=50, seed=0, dtype=jnp.float32):
   x, y = make_batch(seed, SIZES, n, dtype)
   return x, y
-
-
-def _copy(tree):
-  return jax.tree.map(jnp.array, tree)
-
-
-def _bit_equal(a, b):
-  return all(np.array_equal(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def test_step_lowers_the_loss():
@@ -53,7 +45,7 @@ def test_step_matches_a_step_built_on_jax_grad(opt, dtype, rtol):
     return optax.apply_updates(params, updates), state
 
   want_p, want_s = params, state
-  got_p, got_s = _copy(params), _copy(state)
+  got_p, got_s = copy_tree(params), copy_tree(state)
   step = mj.make_train_step(opt, l2=0.01)
   for _ in range(3):
     want_p, want_s = reference(want_p, want_s)
@@ -82,7 +74,7 @@ def test_short_last_batch_is_the_remaining_examples_exactly():
   assert sorted(np.asarray(indices)[np.asarray(mask)].tolist()) == list(range(10))
   epoch = mj.make_epoch(optax.sgd(0.0), batch_size=4, l2=0.5)
   opt_state = optax.sgd(0.0).init(params)
-  _, _, stats = epoch(_copy(params), opt_state, x, y, key)
+  _, _, stats = epoch(copy_tree(params), opt_state, x, y, key)
   last = np.asarray(indices[2])[:2]
   np.testing.assert_allclose(stats.losses[2], mj.loss(params, x[last], y[last], 0.5), rtol=1e-6)
 
@@ -92,11 +84,11 @@ def test_scanned_epoch_equals_the_same_steps_one_by_one(dtype, rtol):
   x, y = _data(23, dtype=dtype)
   opt = optax.sgd(0.1, momentum=0.9)
   key = jax.random.PRNGKey(7)
-  got_p, _, stats = mj.make_epoch(opt, batch_size=5, l2=0.1)(_copy(params), opt.init(params),
+  got_p, _, stats = mj.make_epoch(opt, batch_size=5, l2=0.1)(copy_tree(params), opt.init(params),
                                                              x, y, key)
   indices, mask, _ = training.epoch_plan(key, 23, 5)
   step = mj.make_train_step(opt, l2=0.1)
-  p, s = _copy(params), opt.init(params)
+  p, s = copy_tree(params), opt.init(params)
   for idx, keep in zip(np.asarray(indices), np.asarray(mask)):
     p, s, loss = step(p, s, x[idx[keep]], y[idx[keep]])
   assert_tree_close(got_p, p, 10 * rtol)
@@ -110,12 +102,12 @@ def test_fit_is_deterministic_and_validates_each_epoch():
   kwargs = dict(optimizer=optax.adam(1e-2), epochs=3, batch_size=16, l2=1e-3, seed=5, val=val)
   a = mj.fit(params, train, **kwargs)
   b = mj.fit(params, train, **kwargs)
-  assert _bit_equal(a.params, b.params)
+  assert trees_bit_equal(a.params, b.params)
   assert [r["epoch"] for r in a.history] == [1, 2, 3]
   assert all({"train_loss", "val_loss", "val_acc"} <= set(r) for r in a.history)
   assert a.history[-1]["train_loss"] < a.history[0]["train_loss"]
   c = mj.fit(params, train, **{**kwargs, "seed": 6})
-  assert not _bit_equal(a.params, c.params)
+  assert not trees_bit_equal(a.params, c.params)
 
 
 def test_resume_equals_uninterrupted():
@@ -126,7 +118,7 @@ def test_resume_equals_uninterrupted():
   half = mj.fit(params, train, epochs=2, **kwargs)
   rest = mj.fit(half.params, train, epochs=4, start_epoch=2, opt_state=half.opt_state,
                 history=half.history, **kwargs)
-  assert _bit_equal(whole.params, rest.params)
+  assert trees_bit_equal(whole.params, rest.params)
   assert [r["epoch"] for r in rest.history] == [1, 2, 3, 4]
 
 
@@ -139,7 +131,7 @@ def test_make_optimizer_by_name_matches_optax():
                           ("adam", optax.adam(0.05))]:
     ours = mj.fit(params, train, optimizer=mj.make_optimizer(name, 0.05), **kwargs)
     theirs = mj.fit(params, train, optimizer=reference, **kwargs)
-    assert _bit_equal(ours.params, theirs.params), name
+    assert trees_bit_equal(ours.params, theirs.params), name
 
 
 def test_cosine_schedule_decays_the_step_to_zero_at_total_steps():
@@ -164,10 +156,10 @@ def test_resume_with_a_cosine_schedule_equals_uninterrupted():
   half = mj.fit(params, train, epochs=2, **kwargs)
   rest = mj.fit(half.params, train, epochs=4, start_epoch=2, opt_state=half.opt_state,
                 history=half.history, **kwargs)
-  assert _bit_equal(whole.params, rest.params)
+  assert trees_bit_equal(whole.params, rest.params)
   constant = mj.fit(params, train, epochs=4, **{**kwargs, "optimizer": mj.make_optimizer(
       "adam", 1e-2)})
-  assert not _bit_equal(whole.params, constant.params)  # the schedule did change the run
+  assert not trees_bit_equal(whole.params, constant.params)  # the schedule did change the run
 
 
 def test_make_optimizer_rejects_bad_arguments():
@@ -199,7 +191,7 @@ def test_early_stopping_returns_the_best_epoch():
   losses = [r["val_loss"] for r in result.history]
   assert result.best_epoch == 1 + int(np.argmin(losses))
   assert len(losses) == result.best_epoch + 3
-  assert _bit_equal(result.params, snapshots[result.best_epoch])
+  assert trees_bit_equal(result.params, snapshots[result.best_epoch])
 
 
 def test_non_finite_training_stops_with_epoch_step_and_last_good_params():

@@ -289,7 +289,7 @@ def markdown(main, swept, notes):
               f"batch {BATCH}, {r0['epochs_run']} epochs, Adam lr={LR:g}, lambda={L2:g}\n",
               common.markdown_table(
                   ["implementation", "warm-up s", "epoch ms median [p10-p90]", "epochs/s",
-                   "samples/s", f"wall s ({r0['epochs_run']} epochs)", "final test acc %",
+                   "samples/s (whole run)", f"wall s ({r0['epochs_run']} epochs)", "final test acc %",
                    "best test acc %", f"s to {100 * r0['target_acc']:.2f}%"],
                   [[r["impl"], f"{r['warmup_seconds']:.2f}", common.ms_spread(r["epoch_seconds"]),
                     f"{r['epochs_per_second']:.1f}", f"{r['samples_per_second']:.0f}",

@@ -1,9 +1,9 @@
 """An opt-in tuning of the host allocator for large batches on the XLA CPU backend.
 
 At large batches (m = 16384 on the 256-256-10 network) each compiled gradient call asks the
-host for ~50 MB of scratch memory. glibc serves a request that large with a fresh `mmap` and
-returns it with `munmap` afterwards, so every call pays ~16,000 page faults: about 40% of its
-time on a 2-core VM. `retain_freed_memory()` tells glibc to serve such requests from its heap
+host for ~49 MiB of scratch memory. glibc serves a request that large with a fresh `mmap` and
+returns it with `munmap` afterwards, so every call pays ~12,500 minor page faults: about a third
+of its time on a 2-core VM (`benchmarks/page_faults.py`). `retain_freed_memory()` tells glibc to serve such requests from its heap
 and keep freed memory for the next call. It changes the whole process (memory is not returned
 to the OS until exit), so it is never done implicitly; call it once at the start of a training
 or benchmark process. The environment variables `MALLOC_MMAP_MAX_=0

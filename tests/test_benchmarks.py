@@ -100,6 +100,7 @@ def test_plot_draws_every_figure(tmp_path):
     pytest.param("grads", marks=pytest.mark.slow),   # 25-30 s: three cold-start processes
     pytest.param("train", marks=pytest.mark.slow),   # 15-35 s, with the machine's load
     "per_sample",                                     # 11-16 s
+    "page_faults",                                    # two small processes, ~10 s
 ])
 def test_quick_run_writes_results(script, tmp_path):
   proc = subprocess.run([sys.executable, os.path.join(BENCH, f"{script}.py"), "--quick",

@@ -1,7 +1,7 @@
 """The source derivation implemented literally, erratum by erratum, and what the oracle says.
 
-Each `sN_grads` is the 2-layer gradient exactly as the source writes it, correct except for
-erratum (SN) of docs/derivation.md. Run it to see each one caught:
+`erratum_grad_fn("SN")` (that is, `source_grads(..., sN=True)`) is the 2-layer gradient exactly
+as the source writes it, correct except for erratum (SN) of docs/derivation.md. Run it to see each one caught:
 
     python examples/seed_errata.py
 """

@@ -50,8 +50,8 @@ def _history_csv(history) -> str:
 
 
 def _table(rows: List[List[str]]) -> str:
-  widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-  return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+  from mlp_jax.oracle import text_table
+  return "\n".join(text_table(rows, rule=False))
 
 
 def _check_same_schedule(path: str, saved: dict, args) -> None:
@@ -274,6 +274,7 @@ def load_function(spec: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+  from mlp_jax import data, training  # the choices below are the library's own lists
   parser = argparse.ArgumentParser(
       prog="mlp-jax", description="Train and check MLPs with hand-derived gradients in JAX.")
   sub = parser.add_subparsers(dest="command", required=True)
@@ -281,15 +282,15 @@ def build_parser() -> argparse.ArgumentParser:
 
   t = sub.add_parser("train", help="train a network and evaluate it on the test set",
                      epilog=EXAMPLES_TRAIN, formatter_class=fmt)
-  t.add_argument("--dataset", choices=["digits", "usps", "synthetic"], default="digits",
+  t.add_argument("--dataset", choices=data.DATASETS, default="digits",
                  help="digits: scikit-learn's bundled 8x8 digits (default); usps: the 16x16 "
                       "USPS digits from --data; synthetic: Gaussian clusters")
   t.add_argument("--data", help="USPS file: HDF5 (usps.h5) or ESL text (zip.train[.gz])")
   t.add_argument("--hidden", type=int, nargs="+", default=[256], help="hidden widths (256)")
   t.add_argument("--l2", type=float, default=1e-4, help="penalty lambda of (E6) (1e-4)")
-  t.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default="adam")
+  t.add_argument("--optimizer", choices=training.OPTIMIZERS, default="adam")
   t.add_argument("--lr", type=float, default=1e-3, help="learning rate (1e-3)")
-  t.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+  t.add_argument("--schedule", choices=training.SCHEDULES, default="constant",
                  help="learning rate: constant (default), or cosine decay from --lr to 0 over "
                       "--epochs")
   t.add_argument("--batch-size", type=int, default=128)
@@ -305,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--shifts", type=int, choices=[4, 8], default=4,
                  help="with --augment: 4 shifts (up/down/left/right, x5 data) or 8 (also the "
                       "diagonals, x9)")
-  t.add_argument("--scaling", choices=["global", "feature", "none"], default="global",
+  t.add_argument("--scaling", choices=data.SCALINGS, default="global",
                  help="input scaling fitted on the training part: one mean/std for all pixels "
                       "(global, default), per feature, or none")
   t.add_argument("--num-samples", type=int, default=2000, help="synthetic dataset size")
@@ -340,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
   e = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix",
                      epilog=EXAMPLES_EVALUATE, formatter_class=fmt)
   e.add_argument("checkpoint")
-  e.add_argument("--dataset", choices=["digits", "usps", "synthetic"],
+  e.add_argument("--dataset", choices=data.DATASETS,
                  help="defaults to the dataset the checkpoint was trained on")
   e.add_argument("--data", help="USPS file, as for train")
   e.set_defaults(func=cmd_evaluate)

@@ -487,14 +487,14 @@ def fit_scaler(x, mode: str = "feature") -> Scaler:
     raise InputTypeError(f"x: expected a real dtype, got {x.dtype}")
   if not np.isfinite(x).all():
     raise InputError(f"x: expected finite values, got {int((~np.isfinite(x)).sum())} NaN or Inf")
-  x = x.astype(np.float64)
   n = x.shape[1]
   if mode == "none":
     return Scaler(np.zeros(n, np.float32), np.ones(n, np.float32))
+  f64 = np.float64  # statistics accumulated in float64, without a float64 copy of x
   if mode == "global":
-    mean, std = np.full(n, x.mean()), np.full(n, x.std())
+    mean, std = np.full(n, x.mean(dtype=f64)), np.full(n, x.std(dtype=f64))
   else:
-    mean, std = x.mean(axis=0), x.std(axis=0)
+    mean, std = x.mean(axis=0, dtype=f64), x.std(axis=0, dtype=f64)
   scale = np.where(std < MIN_STD, 1.0, std)
   return Scaler(mean.astype(np.float32), scale.astype(np.float32))
 

@@ -47,7 +47,7 @@ import numpy as np
 from mlp_jax import validation
 from mlp_jax.errors import InputError, InputTypeError
 from mlp_jax.model import Dense, Params
-from mlp_jax.oracle import RTOL, autodiff_grads, param_names, relative_error
+from mlp_jax.oracle import RTOL, autodiff_grads, param_names, relative_error, text_table
 
 BAR = RTOL[jnp.dtype(jnp.float64)]  # pass/fail: relative error against jax.grad, float64
 MATCH_RTOL = 1e-9   # a hypothesis must reproduce got to this relative residual on every draw
@@ -300,7 +300,7 @@ def _run_draw(grad_fn, info: DrawInfo, params, x, y, names) -> _Draw:
   """Call grad_fn and the oracle on one problem (inside x64)."""
   got = _grad_leaves(_call(grad_fn, params, x, y, info.l2), params, names)
   ref = _leaves64(autodiff_grads(params, x, y, info.l2))
-  data = _leaves64(autodiff_grads(params, x, y, 0.0))
+  data = ref if info.l2 == 0 else _leaves64(autodiff_grads(params, x, y, 0.0))  # data term
   layers = [(np.asarray(w, np.float64), np.asarray(b, np.float64)) for w, b in params]
   alts = _alternatives(layers, np.asarray(x, np.float64), np.asarray(y))
   return _Draw(info, [leaf for layer in layers for leaf in layer], got, ref, data, alts)
@@ -608,13 +608,6 @@ def _jsonable(value):
   return value
 
 
-def _table(rows: List[Tuple[str, ...]]) -> List[str]:
-  widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-  lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
-  lines.insert(1, "  ".join("-" * w for w in widths))
-  return lines
-
-
 @dataclasses.dataclass(frozen=True)
 class Diagnosis:
   """Per-parameter verdicts, locations and likely mistakes of a gradient function."""
@@ -654,7 +647,7 @@ class Diagnosis:
       rows.append((e.name, "x".join(map(str, e.shape)), "ok" if e.passed else "FAIL",
                    f"{e.rel_err:.2e}", f"{e.rel_errs[0]:.2e}", "-" if e.passed else e.where_text,
                    mistake))
-    lines = head + _table(rows)
+    lines = head + text_table(rows)
     repros = [e for e in self.entries if e.repro is not None]
     if repros:
       lines.append("minimal reproduction:")

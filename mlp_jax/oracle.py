@@ -7,7 +7,7 @@ training path.
 
 import dataclasses
 import functools
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -92,6 +92,17 @@ def _directional_fd(params, x, y, l2, key, eps, num_directions):
   return jnp.stack(fds), jnp.stack(exacts)
 
 
+def text_table(rows: Sequence[Sequence], rule: bool = True) -> List[str]:
+  """Lines of a plain-text table, columns left-aligned to their widest cell; with `rule`, a
+  dashed line under the first (header) row."""
+  rows = [[str(cell) for cell in row] for row in rows]
+  widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+  lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+  if rule:
+    lines.insert(1, "  ".join("-" * w for w in widths))
+  return lines
+
+
 @dataclasses.dataclass(frozen=True)
 class ParamCheck:
   """One parameter's line of a `GradientReport`."""
@@ -128,11 +139,8 @@ class GradientReport:
     rows = [("param", "shape", "analytic vs jax.grad", "jax.grad vs FD", "result")]
     rows += [(c.name, "x".join(map(str, c.shape)), f"{c.rel_err:.2e}", f"{c.fd_rel_err:.2e}",
               "ok" if c.passed else "FAIL") for c in self.checks]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
     verdict = "PASSED" if self.passed else "FAILED"
-    return head + "\n".join(lines) + f"\n{verdict}"
+    return head + "\n".join(text_table(rows)) + f"\n{verdict}"
 
 
 def check_gradients(params: Params, x, y, l2=0.0, *,

@@ -26,11 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mlp_jax import privacy, validation
+from mlp_jax import distributed, privacy, validation
 from mlp_jax.errors import InputError, NonFiniteError
 from mlp_jax.gradients import _loss_and_grads
 from mlp_jax.loss import cross_entropy, l2_penalty, log_softmax
-from mlp_jax.model import Params, forward
+from mlp_jax.model import Params, forward, predict
 
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
@@ -144,7 +144,6 @@ def _build_epoch(optimizer, batch_size, l2, compute_dtype, dp, mesh):
   dp = None if dp is None else privacy.check_dp_config(dp)
   jit_kwargs = {}
   if mesh is not None:
-    from mlp_jax import distributed  # a late import: distributed imports this module
     distributed.check_divisible(batch_size, mesh)
     jit_kwargs["out_shardings"] = distributed.replicated(mesh)
 
@@ -252,11 +251,14 @@ def _evaluate(params: Params, x: jax.Array, y: jax.Array, l2) -> Tuple[float, fl
   return float(ce) / m + float(l2_penalty(params, l2, m)), int(correct) / m
 
 
+_predict_jit = jax.jit(predict)  # one compiled program per shape, reused across calls
+
+
 def confusion_matrix(params: Params, x, y, num_classes: Optional[int] = None) -> np.ndarray:
   """counts[true, predicted] over a dataset, int64 (K, K)."""
   params, x, y, _ = validation.check_batch(params, x, y)
   k = params[-1].w.shape[1] if num_classes is None else num_classes
-  pred = np.asarray(jax.jit(lambda p, x: jnp.argmax(forward(p, x), axis=1))(params, x))
+  pred = np.asarray(_predict_jit(params, x))
   counts = np.zeros((k, k), np.int64)
   np.add.at(counts, (np.asarray(y), pred), 1)
   return counts
@@ -338,7 +340,6 @@ def fit(params: Params, train, *, optimizer: optax.GradientTransformation, epoch
   opt_state = optimizer.init(params) if opt_state is None else jax.tree.map(jnp.array, opt_state)
   epoch_fn, step_fn, plan_fn = _build_epoch(optimizer, batch_size, l2, compute_dtype, dp, mesh)
   if mesh is not None:
-    from mlp_jax import distributed  # a late import: distributed imports this module
     x, y, params, opt_state = distributed.replicate((x, y, params, opt_state), mesh)  # once
   history = list(history or [])
   best_loss = min((r.get("val_loss", float("inf")) for r in history), default=float("inf"))

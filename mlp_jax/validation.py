@@ -22,6 +22,11 @@ def is_concrete(x) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
+def _dtype_of(leaf) -> np.dtype:
+  """A leaf's own dtype (NumPy, JAX, tracer); Python scalars and lists as JAX would store them."""
+  return leaf.dtype if hasattr(leaf, "dtype") else jnp.asarray(leaf).dtype
+
+
 def check_params(params) -> Params:
   """A non-empty tuple of `Dense` with chained, floating, same-dtype weights; returns it."""
   if isinstance(params, list):
@@ -30,7 +35,11 @@ def check_params(params) -> Params:
       isinstance(layer, Dense) for layer in params):
     raise InputTypeError(
         f"params must be a non-empty tuple of mlp_jax.Dense layers, got {type(params).__name__}")
-  dtype = jnp.asarray(params[0].w).dtype
+  dtype = _dtype_of(params[0].w)
+  if dtype == np.float64 and not jax.config.jax_enable_x64:
+    raise InputTypeError(
+        "params[0].w: float64 parameters need float64 enabled (jax.enable_x64(True) or "
+        "jax.config.update('jax_enable_x64', True)); it is off, so pass float32 arrays")
   for i, layer in enumerate(params):
     w, b = layer
     if jnp.ndim(w) != 2 or jnp.ndim(b) != 1:
@@ -46,7 +55,7 @@ def check_params(params) -> Params:
           f"params[{i}].w: expected fan_in {jnp.shape(params[i - 1].w)[1]} (the previous "
           f"layer's fan_out), got shape {jnp.shape(w)}")
     for name, leaf in (("w", w), ("b", b)):
-      leaf_dtype = jnp.asarray(leaf).dtype if not hasattr(leaf, "dtype") else leaf.dtype
+      leaf_dtype = _dtype_of(leaf)
       if leaf_dtype != dtype or not jnp.issubdtype(leaf_dtype, jnp.floating):
         raise InputTypeError(
             f"params[{i}].{name}: expected floating dtype {dtype} like params[0].w, "

@@ -66,6 +66,19 @@ def test_epsilon_matches_dp_accounting_and_grows_with_steps():
   assert privacy.dp_epsilon(privacy.DPConfig(1.0, 0.0), 100, 10, 1) == float("inf")
 
 
+def test_cached_accounting_equals_a_fresh_accountant_bit_for_bit():
+  """dp_epsilon reuses the one-step distribution across calls; the result is the accountant's."""
+  import dp_accounting
+  from dp_accounting import pld
+  dp = privacy.DPConfig(1.0, 0.9, 1e-5)
+  for steps in (29, 58):  # the second call hits the cache
+    event = dp_accounting.SelfComposedDpEvent(dp_accounting.TruncatedSubsampledGaussianDpEvent(
+        3000, 100 / 3000, privacy.batch_capacity(100, 3000), 0.9), steps)
+    acc = pld.PLDAccountant()
+    acc.compose(event)
+    assert privacy.dp_epsilon(dp, 3000, 100, steps) == acc.get_epsilon(1e-5)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(clip_norm=0.0, noise_multiplier=1.0), "clip_norm"),
     (dict(clip_norm=float("inf"), noise_multiplier=1.0), "clip_norm"),

@@ -59,6 +59,10 @@ def test_bad_penalty(batch, bad_l2):
 
 def test_bad_params(batch):
   params, x, y = batch
+  as_numpy64 = tuple(mj.Dense(np.asarray(l.w, np.float64), np.asarray(l.b, np.float64))
+                     for l in params)
+  with pytest.raises(mj.InputTypeError, match=r"float64 parameters need float64 enabled"):
+    mj.grads(as_numpy64, x, y)  # x64 is off here: a clear error, not a dtype mismatch
   with pytest.raises(mj.InputTypeError, match="tuple of mlp_jax.Dense"):
     mj.grads({"w": 1}, x, y)
   with pytest.raises(mj.InputError, match=r"params\[1\].w: expected fan_in 3"):

@@ -85,8 +85,7 @@ def cross_validate(train: data.Dataset, shape, shifts, opt, l2, epochs, folds):
 
 def run_task(name, grid, usps_path, quick):
   path = usps_path if grid["dataset"] == "usps" else None
-  raw = data.prepare(grid["dataset"], path, val_fraction=0, scaling="none")  # unscaled splits
-  splits, shape = data.Splits(raw.train, raw.test), raw.image_shape
+  splits, shape = data.load_splits(grid["dataset"], path)  # unscaled
   folds = QUICK["folds"] if quick else FOLDS
   optimizers = QUICK["optimizers"] if quick else OPTIMIZERS
   trials = []

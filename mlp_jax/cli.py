@@ -207,11 +207,11 @@ def cmd_evaluate(args) -> int:
   cfg = ckpt.config
   dataset = args.dataset or cfg.get("dataset", "digits")
   path = args.data or cfg.get("data")
-  splits = data.prepare(dataset, path, val_fraction=0.0, seed=cfg.get("seed", 0),
-                        num_samples=cfg.get("num_samples", 2000))
+  splits, _ = data.load_splits(dataset, path, seed=cfg.get("seed", 0),
+                               num_samples=cfg.get("num_samples", 2000))
   scaler = data.Scaler(np.asarray(ckpt.extra["scaler_mean"], np.float32),
                        np.asarray(ckpt.extra["scaler_scale"], np.float32))
-  x = data.apply_scaler(scaler, splits.raw_test.x)
+  x = data.apply_scaler(scaler, splits.test.x)  # the training run's scaler, nothing refitted
   checkpoint.check_compatible(ckpt, (x.shape[1],) + tuple(mj.layer_sizes(ckpt.params)[1:]))
   y = splits.test.y
   counts = mj.confusion_matrix(ckpt.params, x, y)

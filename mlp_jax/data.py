@@ -565,6 +565,21 @@ class Prepared(NamedTuple):
   image_shape: tuple        # (height, width) of the images
 
 
+def load_splits(dataset: str = "digits", path=None, *, seed=0, num_samples: int = 2000):
+  """(Splits, (height, width)): a dataset by name, unscaled; see `prepare` for the names."""
+  if dataset == "digits":
+    return load_digits(seed=seed), (8, 8)
+  if dataset == "usps":
+    if path is None:
+      raise InputError("usps: give the data file with --data / path (usps.h5 or zip.train[.gz])")
+    return load_usps(path), (16, 16)
+  if dataset == "synthetic":
+    full = make_synthetic(num_samples, seed=seed)
+    rest, test = train_val_split(full, 0.2, seed)
+    return Splits(rest, test), (16, 16)
+  raise InputError(f"dataset: expected one of {', '.join(DATASETS)}, got {dataset!r}")
+
+
 def prepare(dataset: str = "digits", path=None, *, val_fraction: float = 0.1, seed=0,
             augment: bool = False, num_samples: int = 2000, scaling: str = "global",
             shifts: int = 4) -> Prepared:
@@ -584,18 +599,7 @@ def prepare(dataset: str = "digits", path=None, *, val_fraction: float = 0.1, se
     scaling: "global" (default: one mean and std for all pixels), "feature" or "none"; see
       `fit_scaler`. Fitted on the training part only.
   """
-  if dataset == "digits":
-    splits, shape = load_digits(seed=seed), (8, 8)
-  elif dataset == "usps":
-    if path is None:
-      raise InputError("usps: give the data file with --data / path (usps.h5 or zip.train[.gz])")
-    splits, shape = load_usps(path), (16, 16)
-  elif dataset == "synthetic":
-    full = make_synthetic(num_samples, seed=seed)
-    rest, test = train_val_split(full, 0.2, seed)
-    splits, shape = Splits(rest, test), (16, 16)
-  else:
-    raise InputError(f"dataset: expected one of {', '.join(DATASETS)}, got {dataset!r}")
+  splits, shape = load_splits(dataset, path, seed=seed, num_samples=num_samples)
   val_fraction = float(val_fraction)
   if val_fraction > 0:
     train, val = train_val_split(splits.train, val_fraction, seed)

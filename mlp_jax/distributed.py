@@ -17,7 +17,6 @@ all processes' devices. Each process feeds its own rows of a global batch (`proc
 `shard_batch`); only process 0 writes files (`is_primary`).
 """
 
-import functools
 import math
 import os
 import socket
@@ -25,14 +24,11 @@ import time
 from typing import Optional, Union
 
 import jax
-import optax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mlp_jax import validation
 from mlp_jax.errors import InputError, MLPJaxError
-from mlp_jax.gradients import _loss_and_grads
 
 AXIS = "data"
 ENV_COORDINATOR = "MLP_JAX_COORDINATOR"
@@ -93,16 +89,18 @@ def replicate(tree, mesh: Mesh):
   parameters, drawn from the same seed).
   """
   target = replicated(mesh)
+  return jax.tree.map(lambda leaf: _place(leaf, target), tree)
 
-  def put(leaf):
-    if isinstance(leaf, jax.Array):
-      if leaf.sharding.is_equivalent_to(target, leaf.ndim):
-        return leaf
-      if not target.is_fully_addressable:
-        leaf = np.asarray(leaf)  # a host value, the same in every process
-    return jax.device_put(leaf, target)
 
-  return jax.tree.map(put, tree)
+def _place(leaf, sharding):
+  """`leaf` on `sharding`: kept when it is already laid out so, else put there (from the host
+  when the sharding spans other processes, whose values must be the same)."""
+  if isinstance(leaf, jax.Array):
+    if leaf.sharding.is_equivalent_to(sharding, leaf.ndim):
+      return leaf
+    if not sharding.is_fully_addressable:
+      leaf = np.asarray(leaf)
+  return jax.device_put(leaf, sharding)
 
 
 def shard_batch(mesh: Mesh, *arrays):
@@ -157,25 +155,14 @@ def make_data_parallel_step(optimizer, mesh: Mesh, l2=0.0, *, compute_dtype=None
   Raises:
     InputError: the batch does not divide across the devices, or bad shapes or values.
   """
-  validation.check_l2(l2)
-  rep, rows = replicated(mesh), data_sharding(mesh)
-
-  @functools.partial(jax.jit, donate_argnums=(0, 1), out_shardings=rep)
-  def compiled(params, opt_state, x, y):
-    params, x, y, _ = validation.check_batch(params, x, y)
-    x, y = shard_rows((x, y), mesh)
-    loss, grads = _loss_and_grads(params, x, y, l2, compute_dtype)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+  from mlp_jax import training  # a late import: training imports this module
+  compiled = training.make_train_step(optimizer, l2, compute_dtype=compute_dtype, mesh=mesh)
+  rows = data_sharding(mesh)
 
   def step(params, opt_state, x, y):
     check_divisible(jnp.shape(x)[0], mesh)
     params, opt_state = replicate((params, opt_state), mesh)
-    if not (isinstance(x, jax.Array) and x.sharding.is_equivalent_to(rows, x.ndim)):
-      x = jax.device_put(x, rows)
-    if not (isinstance(y, jax.Array) and y.sharding.is_equivalent_to(rows, y.ndim)):
-      y = jax.device_put(y, rows)
-    return compiled(params, opt_state, x, y)
+    return compiled(params, opt_state, _place(x, rows), _place(y, rows))
 
   step.compiled = compiled
   return step

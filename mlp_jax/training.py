@@ -75,7 +75,7 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
 
 
 def make_train_step(optimizer: optax.GradientTransformation, l2=0.0, *,
-                    compute_dtype=None) -> Callable:
+                    compute_dtype=None, mesh=None) -> Callable:
   """A jitted `step(params, opt_state, x, y) -> (params, opt_state, loss)`.
 
   The gradient is the analytic one, (E7)-(E12). The step compiles once per batch shape (lambda is
@@ -86,12 +86,17 @@ def make_train_step(optimizer: optax.GradientTransformation, l2=0.0, *,
     optimizer: any optax GradientTransformation.
     l2: the penalty lambda of (E6).
     compute_dtype: optional GEMM dtype (e.g. jnp.bfloat16), see `loss_and_grads`.
+    mesh: the batch's rows split over this device mesh and the results replicated on it; the
+      compiled core of `distributed.make_data_parallel_step`, which places the inputs.
   """
   validation.check_l2(l2)
+  jit_kwargs = {} if mesh is None else {"out_shardings": distributed.replicated(mesh)}
 
-  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  @functools.partial(jax.jit, donate_argnums=(0, 1), **jit_kwargs)
   def step(params, opt_state, x, y):
     params, x, y, _ = validation.check_batch(params, x, y)
+    if mesh is not None:
+      x, y = distributed.shard_rows((x, y), mesh)
     loss, grads = _loss_and_grads(params, x, y, l2, compute_dtype)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss

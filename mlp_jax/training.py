@@ -144,7 +144,7 @@ class EpochStats(NamedTuple):
 def _build_epoch(optimizer, batch_size, l2, compute_dtype, dp, mesh):
   """(epoch, step): the compiled epoch of `make_epoch`, and its step as a plain function
   `step(params, opt_state, x, y, idx, keep, step_key) -> (params, opt_state, loss, grads)`."""
-  validation.check_positive_int(batch_size, "batch_size")
+  batch_size = validation.check_positive_int(batch_size, "batch_size")
   validation.check_l2(l2)
   dp = None if dp is None else privacy.check_dp_config(dp)
   jit_kwargs = {}

@@ -8,6 +8,7 @@ what was given.
 """
 
 import numbers
+import operator
 
 import jax
 import jax.numpy as jnp
@@ -147,10 +148,14 @@ def check_finite_params(params: Params) -> None:
 
 
 def check_positive_int(value, name: str) -> int:
-  """A Python int >= 1 (not a bool), e.g. a batch or chunk size."""
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+  """An integer >= 1 (a Python or NumPy int, not a bool), e.g. a batch or chunk size."""
+  try:
+    number = None if isinstance(value, bool) else operator.index(value)
+  except TypeError:
+    number = None
+  if number is None or number < 1:
     raise InputError(f"{name}: expected a positive int, got {value!r}")
-  return value
+  return number
 
 
 def check_l2(l2, name: str = "l2"):

@@ -174,6 +174,14 @@ def test_make_optimizer_rejects_bad_arguments():
       mj.make_optimizer("adam", lr)
 
 
+def test_fit_takes_a_numpy_integer_batch_size():
+  params = mj.init_params(jax.random.PRNGKey(0), SIZES)
+  kwargs = dict(optimizer=optax.sgd(0.1), epochs=1, seed=0)
+  a = mj.fit(params, _data(20), batch_size=np.int64(8), **kwargs)
+  b = mj.fit(params, _data(20), batch_size=8, **kwargs)
+  assert trees_bit_equal(a.params, b.params)
+
+
 def test_steps_per_epoch_counts_the_short_last_batch():
   assert [mj.steps_per_epoch(n, 8) for n in (1, 8, 9, 45, 48)] == [1, 1, 2, 6, 6]
 

@@ -51,7 +51,7 @@ def autodiff_epoch(optimizer, batch_size, l2=0.0):
   """The scanned epoch of `mj.make_epoch`, with gradients from jax.grad instead (full batches)."""
   import jax
   import optax
-  from mlp_jax.loss import objective
+  from mlp_jax.core.objective import objective
 
   value_and_grad = jax.value_and_grad(objective)
 

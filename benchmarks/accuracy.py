@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 from sklearn.model_selection import StratifiedKFold  # noqa: E402
 
 import mlp_jax as mj  # noqa: E402
-from mlp_jax import data  # noqa: E402
+from mlp_jax.io import data  # noqa: E402
 
 FOLDS = 5
 BATCH_SIZE = 128

@@ -28,8 +28,9 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import mlp_jax as mj  # noqa: E402
-from mlp_jax import gradients, training  # noqa: E402
-from mlp_jax.loss import objective  # noqa: E402
+from mlp_jax.core import backprop  # noqa: E402
+from mlp_jax.training import step as training  # noqa: E402
+from mlp_jax.core.objective import objective  # noqa: E402
 
 NETS = [(256, 256, 10), (256, 512, 128, 10)]
 SIZES = [1, 32, 256, 1024, 4096, 16384]
@@ -41,10 +42,10 @@ QUICK_SQUARE = 1024
 COLD_M = 128
 
 IMPLS = {  # name -> what it is, for the JSON
-    "analytic": "jax.jit(mlp_jax.gradients._loss_and_grads): hand-derived (E7)-(E12)",
-    "autodiff": "jax.jit(jax.value_and_grad(mlp_jax.loss.objective))",
+    "analytic": "jax.jit(mlp_jax.core.backprop.objective_and_grads): hand-derived (E7)-(E12)",
+    "autodiff": "jax.jit(jax.value_and_grad(mlp_jax.core.objective.objective))",
     "analytic_api": "mj.loss_and_grads: the analytic core plus its per-call input checks",
-    "adam_analytic": "mlp_jax.training.make_train_step(optax.adam): analytic grads + Adam, "
+    "adam_analytic": "mlp_jax.make_train_step(optax.adam): analytic grads + Adam, "
                      "jitted, donating",
     "adam_autodiff": "the same step with jax.value_and_grad(objective), jitted, donating",
     "numpy": "hand-written NumPy backprop of the same equations (numpy_backprop.py)",
@@ -105,7 +106,7 @@ def run_config(sizes, m, dtype, torch, timing, numpy_peers=True):
   adam = optax.adam(LR)
   autodiff = jax.jit(jax.value_and_grad(objective))
   fns = {
-      "analytic": lambda: gradients._loss_and_grads_jit(params, xj, yj, L2),
+      "analytic": lambda: backprop.objective_and_grads_jit(params, xj, yj, L2),
       "autodiff": lambda: autodiff(params, xj, yj, L2),
       "analytic_api": lambda: mj.loss_and_grads(params, xj, yj, l2=L2),
       "adam_analytic": common.donating_runner(training.make_train_step(adam, L2), params,
@@ -152,8 +153,8 @@ t0 = time.perf_counter()
 import jax
 t1 = time.perf_counter()
 import mlp_jax as mj
-from mlp_jax import gradients
-from mlp_jax.loss import objective
+from mlp_jax.core import backprop
+from mlp_jax.core.objective import objective
 t2 = time.perf_counter()
 jax.devices()
 t_backend = time.perf_counter()
@@ -169,7 +170,7 @@ impl = sys.argv[1]
 if impl == "analytic_api":
   out = mj.loss_and_grads(params, x, y, l2=1e-3)
 elif impl == "analytic":
-  out = gradients._loss_and_grads_jit(params, x, y, 1e-3)
+  out = backprop.objective_and_grads_jit(params, x, y, 1e-3)
 else:
   out = jax.jit(jax.value_and_grad(objective))(params, x, y, 1e-3)
 jax.block_until_ready(out)
@@ -266,7 +267,7 @@ def main():
                       help="skip the NumPy backprop and GEMMs-alone peers (slow at huge m)")
   parser.add_argument("--sizes", type=int, nargs="+", help="batch sizes (default: all)")
   parser.add_argument("--retain-freed-memory", action="store_true",
-                      help="mlp_jax.host_memory.retain_freed_memory() first (glibc heap reuse)")
+                      help="host_memory.retain_freed_memory() first (glibc heap reuse)")
   parser.add_argument("--name", default="grads", help="result file stem (grads)")
   args = parser.parse_args()
   sizes = args.sizes or (QUICK_SIZES if args.quick else SIZES)
@@ -283,7 +284,7 @@ def main():
     notes.append(f"JAX runs on {jax.default_backend()}; NumPy, PyTorch and the GEMMs-alone floor "
                  "run on the host CPU, so fractions of GEMMs alone compare two devices")
   if args.retain_freed_memory:
-    from mlp_jax import host_memory
+    import host_memory
     notes.append("host_memory.retain_freed_memory(): "
                  + ("applied" if host_memory.retain_freed_memory() else "not available"))
   busy = common.busy_note()

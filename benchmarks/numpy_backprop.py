@@ -1,6 +1,6 @@
 """A hand-written NumPy reference: forward (E1)-(E3), softmax, backward (E7)-(E12), and Adam.
 
-The same equations as `mlp_jax.gradients`, for any depth, in the dtype of the parameters
+The same equations as `mlp_jax.core.backprop`, for any depth, in the dtype of the parameters
 (float32 by default), with no JAX. Parameters are a list of (w, b) pairs, w (fan_in, fan_out).
 The benchmarks use it as the "plain BLAS" peer and the GEMM counts below as their FLOP model.
 

@@ -20,14 +20,16 @@ CHILD = r"""
 import json, resource, sys, time
 import jax, numpy as np
 import mlp_jax as mj
-from mlp_jax import gradients, host_memory
+from mlp_jax.core import backprop
 m, calls, retain = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
+sys.path.insert(0, sys.argv[4])
+import host_memory
 applied = host_memory.retain_freed_memory() if retain else False
 rng = np.random.default_rng(0)
 x = jax.numpy.asarray(rng.standard_normal((m, 256)).astype(np.float32))
 y = jax.numpy.asarray(rng.integers(0, 10, m).astype(np.int32))
 params = mj.init_params(jax.random.PRNGKey(0))
-f = gradients._loss_and_grads_jit
+f = backprop.objective_and_grads_jit
 temp = f.lower(params, x, y, 1e-4).compile().memory_analysis().temp_size_in_bytes
 for _ in range(3):
   jax.block_until_ready(f(params, x, y, 1e-4))
@@ -53,7 +55,8 @@ def main():
   m, calls = (1024, 3) if args.quick else (args.m, args.calls)
   rows, runs = [], {}
   for mode, flag in (("default", "0"), ("retain_freed_memory", "1")):
-    out = subprocess.run([sys.executable, "-c", CHILD, str(m), str(calls), flag],
+    out = subprocess.run([sys.executable, "-c", CHILD, str(m), str(calls), flag,
+                          os.path.dirname(os.path.abspath(__file__))],
                          capture_output=True, text=True, check=True).stdout
     runs[mode] = json.loads(out.strip().splitlines()[-1])
     r = runs[mode]

@@ -24,9 +24,11 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import mlp_jax as mj  # noqa: E402
-from mlp_jax import data, gradients, oracle, per_example  # noqa: E402
-from mlp_jax.loss import objective  # noqa: E402
-from mlp_jax.model import Dense  # noqa: E402
+from mlp_jax.core import backprop, per_example  # noqa: E402
+from mlp_jax.io import data  # noqa: E402
+from mlp_jax.oracle import autodiff  # noqa: E402
+from mlp_jax.core.objective import objective  # noqa: E402
+from mlp_jax.core.model import Dense  # noqa: E402
 
 LAYERS = (256, 256, 10)
 SIZES = [64, 256, 1024, 4096]
@@ -35,7 +37,7 @@ CLIP_QUANTILE = 0.5  # C is this quantile of the per-example norms at init: half
 L2 = 1e-3
 
 IMPLS = {
-    "grads": "gradients._loss_and_grads_jit: the analytic batch gradient (E7)-(E12), baseline",
+    "grads": "backprop.objective_and_grads_jit: the analytic batch gradient (E7)-(E12), baseline",
     "norms": "per_example._global_norms_jit: rank-one per-example norms (E15)",
     "clipped": "per_example._clipped_mean_jit: clipped mean by row-scaled errors (E13)-(E15)",
     "vmap": "jax.jit(jax.vmap(jax.grad(l_i))): per-example gradients materialised",
@@ -48,7 +50,7 @@ IMPLS = {
 }
 
 
-vmap_grads = oracle._per_sample_autodiff  # jit(vmap(grad(l_i))), without the API's checks
+vmap_grads = autodiff._per_sample_autodiff  # jit(vmap(grad(l_i))), without the API's checks
 
 
 def with_penalty(mean, params, l2, m):
@@ -102,7 +104,7 @@ def run_size(m, clip, timing, privacy_fn_for):
   params = mj.init_params(jax.random.PRNGKey(0), LAYERS)
   privacy = privacy_fn_for(m, clip)
   jitted = {  # name -> (jitted function, args): timed and memory-analysed
-      "grads": (gradients._loss_and_grads_jit, (params, x, y, L2)),
+      "grads": (backprop.objective_and_grads_jit, (params, x, y, L2)),
       "norms": (per_example._global_norms_jit, (params, x, y)),
       "clipped": (per_example._clipped_mean_jit, (params, x, y, clip, L2)),
       "vmap": (vmap_grads, (params, x, y)),

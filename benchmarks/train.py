@@ -27,7 +27,8 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import mlp_jax as mj  # noqa: E402
-from mlp_jax import data, training  # noqa: E402
+from mlp_jax.io import data  # noqa: E402
+from mlp_jax.training import epoch, step  # noqa: E402
 
 HIDDEN = 256
 LR = 1e-3
@@ -55,7 +56,7 @@ class JaxStep:
   def __init__(self, init, x, y, batch_size, seed):
     self.init, self.x, self.y, self.batch_size = init, x, y, batch_size
     self.opt = optax.adam(LR)
-    self.step = training.make_train_step(self.opt, L2)
+    self.step = step.make_train_step(self.opt, L2)
     self.rng = np.random.default_rng(seed)
 
   def warmup(self):
@@ -93,18 +94,18 @@ class JaxEpoch(JaxStep):
   def __init__(self, init, x, y, batch_size, seed):
     super().__init__(init, x, y, batch_size, seed)
     self.seed = seed
-    self.epoch_fn = training.make_epoch(self.opt, batch_size, L2)
+    self.epoch_fn = epoch.make_epoch(self.opt, batch_size, L2)
     self.xd, self.yd = jnp.asarray(x), jnp.asarray(y)
 
   def warmup(self):
     params = to_jax(self.init)
     out = self.epoch_fn(params, self.opt.init(params), self.xd, self.yd,
-                        training.epoch_key(self.seed + 1, 0))
+                        epoch.epoch_key(self.seed + 1, 0))
     jax.block_until_ready(out)
 
   def epoch(self, e):
     self.params, self.state, stats = self.epoch_fn(self.params, self.state, self.xd, self.yd,
-                                                   training.epoch_key(self.seed, e))
+                                                   epoch.epoch_key(self.seed, e))
     jax.block_until_ready(self.params)
     return stats.losses
 

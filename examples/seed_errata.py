@@ -63,7 +63,7 @@ def erratum_grad_fn(name):
 
 
 def main():
-  from mlp_jax.diagnose import diagnose
+  from mlp_jax.tools.diagnosis import diagnose
   jax.config.update("jax_enable_x64", True)
   params = mj.init_params(jax.random.PRNGKey(0), (256, 256, 10), jnp.float64)
   x = jax.random.uniform(jax.random.PRNGKey(1), (37, 256), jnp.float64)

@@ -4,25 +4,46 @@
     params = mj.init_params(jax.random.PRNGKey(0))          # the 256-256-10 network
     loss, grads = mj.loss_and_grads(params, x, y, l2=1e-3)  # analytic, (E7)-(E12)
     print(mj.check_gradients(params, x, y, l2=1e-3))        # against jax.grad and FD
+
+The package is layered (docs/architecture.md): `core` (model, objective, backprop, per-example),
+`oracle` (jax.grad, finite differences, the check), `training`, `io` and `tools` (CLI, plots,
+diagnosis); each imports only the ones before it. `import mlp_jax` loads the first four;
+`mj.diagnose` loads the diagnosis on first use.
 """
 
-from mlp_jax import data, distributed, host_memory
-from mlp_jax.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from mlp_jax.diagnose import Diagnosis, diagnose
-from mlp_jax.distributed import (DistributedError, initialize_distributed, is_primary,
-                                 make_data_parallel_step, make_mesh, process_shard, replicate,
-                                 shard_batch)
+from mlp_jax.core.backprop import grads, loss_and_grads
+from mlp_jax.core.model import Dense, Params, forward, init_params, layer_sizes, predict
+from mlp_jax.core.objective import loss
+from mlp_jax.core.per_example import (LayerNorms, clipped_mean_grads, per_sample_grad_norms,
+                                      per_sample_grads, per_sample_layer_norms)
 from mlp_jax.errors import (CheckpointError, DataFileError, InputError, InputTypeError,
                             MLPJaxError, NonFiniteError)
-from mlp_jax.gradients import grads, loss_and_grads
-from mlp_jax.loss import loss
-from mlp_jax.model import Dense, Params, forward, init_params, layer_sizes, predict
-from mlp_jax.oracle import (GradientReport, autodiff_grads, autodiff_per_sample_grads,
-                            check_gradients, relative_error)
-from mlp_jax.per_example import (clipped_mean_grads, per_sample_grad_norms, per_sample_grads,
-                                 per_sample_layer_norms)
-from mlp_jax.privacy import DPConfig, dp_epsilon
-from mlp_jax.training import (FitResult, confusion_matrix, evaluate, fit, make_epoch,
-                              make_optimizer, make_train_step, steps_per_epoch)
+from mlp_jax.io import data
+from mlp_jax.io.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from mlp_jax.oracle.autodiff import autodiff_grads, autodiff_per_sample_grads
+from mlp_jax.oracle.check import GradientReport, check_gradients, relative_error
+from mlp_jax.training import distributed
+from mlp_jax.training.distributed import (DistributedError, initialize_distributed, is_primary,
+                                          make_mesh, process_shard, replicate, shard_batch)
+from mlp_jax.training.evaluation import confusion_matrix, evaluate
+from mlp_jax.training.epoch import make_epoch
+from mlp_jax.training.fit import FitResult, fit
+from mlp_jax.training.optimizers import make_optimizer, steps_per_epoch
+from mlp_jax.training.privacy import DPConfig, dp_epsilon
+from mlp_jax.training.step import make_data_parallel_step, make_train_step
 
 __version__ = "0.1.0"
+
+_LAZY = {"diagnose": "mlp_jax.tools.diagnosis", "Diagnosis": "mlp_jax.tools.diagnosis"}
+
+
+def __getattr__(name):
+  """`mj.diagnose` and `mj.Diagnosis`, imported on first use (the tools layer stays unloaded)."""
+  if name in _LAZY:
+    import importlib
+    return getattr(importlib.import_module(_LAZY[name]), name)
+  raise AttributeError(f"module 'mlp_jax' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(list(globals()) + list(_LAZY))

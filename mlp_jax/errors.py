@@ -28,3 +28,15 @@ class CheckpointError(MLPJaxError, ValueError):
 
 class NonFiniteError(MLPJaxError, FloatingPointError):
   """Training produced a NaN or Inf loss or gradient."""
+
+
+def one_line(text, limit: int = 200) -> str:
+  """`text` with whitespace runs collapsed to single spaces, cut to `limit` characters."""
+  text = " ".join(str(text).split())
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def describe(exc: BaseException) -> str:
+  """`Type: message` of an underlying exception, on one line: the cause quoted in an error."""
+  message = one_line(exc)
+  return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

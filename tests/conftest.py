@@ -13,8 +13,11 @@ jax.config.update("jax_numpy_dtype_promotion", "strict")
 # float32 oracle comparisons must hold on GPU/TPU too, where the default matmul is lower precision.
 jax.config.update("jax_default_matmul_precision", "highest")
 
-# Relative-error bars against the oracle, named once.
-RTOL = {"float32": 1e-5, "float64": 1e-12}
+# Relative-error bars against the oracle: the library's, named once (test_oracle holds them to
+# the spec's 1e-5 and 1e-12).
+from mlp_jax.oracle.check import RTOL as _LIBRARY_RTOL  # noqa: E402
+
+RTOL = {dtype.name: bar for dtype, bar in _LIBRARY_RTOL.items()}
 
 DTYPES = ["float32", "float64"]
 
@@ -37,6 +40,27 @@ def call(fn, jit_mode, *args, **kwargs):
     return jax.jit(fn)(*args, **kwargs)
   with jax.disable_jit():
     return fn(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def count_compiles():
+  """Counts XLA compilations in the block through JAX's public monitoring events.
+
+      with count_compiles() as compiles:
+        step(...)
+      assert compiles() == 1
+  """
+  events = []
+
+  def listener(event, duration, **kwargs):
+    if event == "/jax/core/compile/backend_compile_duration":
+      events.append(duration)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield lambda: len(events)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def make_batch(seed, layer_sizes, m, dtype, scale=1.0):

@@ -13,7 +13,7 @@ import pytest
 
 import mlp_jax as mj
 from conftest import make_batch
-from mlp_jax.diagnose import KINDS, WHERE, diagnose, random_problem
+from mlp_jax.tools.diagnosis import KINDS, WHERE, diagnose, random_problem
 
 _spec = importlib.util.spec_from_file_location(
     "seed_errata", pathlib.Path(__file__).parents[1] / "examples" / "seed_errata.py")

@@ -22,7 +22,8 @@ import optax
 import pytest
 
 import mlp_jax as mj
-from mlp_jax import cli, data
+from mlp_jax.io import data
+from mlp_jax.tools import cli
 from conftest import copy_tree, make_batch, tree_rel_errors
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -53,7 +54,7 @@ import json, re
 import jax, jax.numpy as jnp, numpy as np, optax
 jax.config.update("jax_default_matmul_precision", "highest")
 import mlp_jax as mj
-from mlp_jax import distributed
+from mlp_jax.training import distributed
 
 def rel(a, b):
   return max(mj.relative_error(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
@@ -85,7 +86,7 @@ for n in (8, 4):
   got_p, got_s, got_loss = step(copy(params), opt.init(params), x[:64], y[:64])
   out[f"step{n}"] = {"rel": rel(got_p, want_p), "loss_rel": abs(float(got_loss) / float(want_loss) - 1),
                      "replicated": replicated((got_p, got_s), n)}
-rows = distributed.data_sharding(mj.make_mesh(4))  # the last step built: 4 devices
+rows = distributed.rows_sharding(mj.make_mesh(4))  # the last step built: 4 devices
 hlo = step.compiled.lower(got_p, got_s, jax.device_put(x[:64], rows),
                           jax.device_put(y[:64], rows)).compile().as_text()
 out["step_collectives"] = sorted(set(re.findall(
@@ -353,7 +354,7 @@ def test_two_processes_train_to_the_parameters_of_one(tmp_path):
 
 def test_cli_on_two_processes_writes_once(tmp_path):
   port, out = _free_port(), tmp_path / "run"
-  args = [sys.executable, "-m", "mlp_jax.cli", "train", "--dataset", "synthetic",
+  args = [sys.executable, "-m", "mlp_jax.tools.cli", "train", "--dataset", "synthetic",
           "--num-samples", "200", "--hidden", "8", "--epochs", "2", "--batch-size", "32",
           "--no-progress", "--out", str(out), "--coordinator", f"127.0.0.1:{port}",
           "--num-processes", "2", "--init-timeout", "60"]

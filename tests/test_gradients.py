@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import mlp_jax as mj
-from conftest import assert_tree_close, call, make_batch, shape_id
+from conftest import count_compiles, assert_tree_close, call, make_batch, shape_id
 
 # (layer sizes, batch size m): the source's network with m != n, m = 1 and m = n; a deeper net;
 # small odd shapes.
@@ -105,21 +105,25 @@ def test_relu_derivative_is_zero_at_exactly_zero(dtype):
 
 
 def test_jitted_gradient_compiles_once_per_shape_whatever_lambda():
-  # The library's own compiled core: one entry for this shape, whatever lambda is.
-  from mlp_jax import gradients
-  params = mj.init_params(jax.random.PRNGKey(0))
-  x, y = make_batch(0, (256, 256, 10), 32, jnp.float32)
-  before = gradients._loss_and_grads_flagged._cache_size()
-  for l2 in [0.0, 0.5]:
-    mj.loss_and_grads(params, x, y, l2)
-  assert gradients._loss_and_grads_flagged._cache_size() - before <= 1
+  # lambda is traced: a new value reuses the program; a new shape compiles a new one.
+  params = mj.init_params(jax.random.PRNGKey(0), (256, 24, 10))
+  x, y = make_batch(0, (256, 24, 10), 31, jnp.float32)
+  x2, y2 = make_batch(1, (256, 24, 10), 29, jnp.float32)
+  mj.loss_and_grads(params, x, y, 0.25)
+  with count_compiles() as compiles:
+    for l2 in [0.0, 0.5, 3.0]:
+      mj.loss_and_grads(params, x, y, l2)
+  assert compiles() == 0
+  with count_compiles() as compiles:
+    mj.loss_and_grads(params, x2, y2, 0.5)  # the counter sees a compilation when there is one
+  assert compiles() >= 1
 
 
 def test_deeper_net_recursion_layer_by_layer(dtype, rtol):
   """Delta_l = (Delta_{l+1} W_{l+1}^T) * 1[H_l > 0], (E10), is dL/dH_l for every layer of a
   5-layer net: each error signal against jax.grad with respect to that layer's pre-activation."""
-  from mlp_jax import gradients, model
-  from mlp_jax.loss import log_softmax
+  from mlp_jax.core import backprop, model
+  from mlp_jax.core.objective import log_softmax
   sizes = (9, 8, 7, 6, 5, 4)
   params = mj.init_params(jax.random.PRNGKey(3), sizes, dtype)
   x, y = make_batch(3, sizes, 13, dtype)
@@ -135,8 +139,8 @@ def test_deeper_net_recursion_layer_by_layer(dtype, rtol):
   with jax.numpy_dtype_promotion("standard"):  # optax's loss mixes its int labels in
     want = jax.grad(data_loss)(zeros)
   logits, activations = model.forward_activations(params, x)
-  top = gradients.output_error(log_softmax(logits), y) / 13
-  got = gradients.backprop_errors(params, activations, top)
+  top = backprop.output_error(log_softmax(logits), y) / 13
+  got = backprop.backprop_errors(params, activations, top)
   assert len(got) == len(want) == 5
   assert_tree_close(tuple(got), tuple(want), rtol)
 

@@ -46,10 +46,10 @@ def _dot_operand_dtypes(jaxpr):
 
 @pytest.mark.parametrize("sizes", [(256, 256, 10), (256, 512, 128, 10)])
 def test_bf16_runs_every_gemm_forward_and_backward_in_bfloat16(sizes):
-  from mlp_jax import gradients
+  from mlp_jax.core import backprop
   params = mj.init_params(jax.random.PRNGKey(0), sizes)
   x, y = make_batch(0, sizes, 8, jnp.float32)
-  jaxpr = jax.make_jaxpr(lambda p, x, y: gradients._loss_and_grads(
+  jaxpr = jax.make_jaxpr(lambda p, x, y: backprop.objective_and_grads(
       p, x, y, 0.1, compute_dtype=jnp.bfloat16))(params, x, y)
   dots = _dot_operand_dtypes(jaxpr.jaxpr)
   layers = len(sizes) - 1

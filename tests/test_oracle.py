@@ -59,7 +59,7 @@ def test_S4_is_off_by_m_over_n_and_invisible_when_m_equals_n():
 
 def test_finite_differences_catch_a_wrong_oracle_scale():
   """The FD column checks jax.grad itself: it is a real measurement, not a constant."""
-  from mlp_jax import oracle
+  from mlp_jax.oracle import check as oracle
   with jax.enable_x64(True):
     params, x, y = _setup(jnp.float64, m=9, sizes=(6, 5, 3))
     fd, exact = oracle._directional_fd(params, x, y, 0.0, jax.random.PRNGKey(0), 1e-6, 4)
@@ -72,7 +72,7 @@ def test_finite_differences_catch_a_wrong_oracle_scale():
 
 def test_report_fails_when_finite_differences_disagree_with_the_oracle(monkeypatch):
   """A correct analytic gradient still fails the report if jax.grad disagrees with FD."""
-  from mlp_jax import oracle
+  from mlp_jax.oracle import check as oracle
   true_fd = oracle._directional_fd
 
   def off_by_one_percent(*args):

@@ -107,8 +107,9 @@ def test_clip_norm_must_be_positive_and_finite(bad):
     mj.clipped_mean_grads(params, x, y, bad)
 
 
-@pytest.mark.parametrize("bad", [0, -3, 2.5, True])
-def test_chunk_size_must_be_positive_int(bad):
+@pytest.mark.parametrize("bad, error", [(0, mj.InputError), (-3, mj.InputError),
+                                        (2.5, mj.InputTypeError), (True, mj.InputTypeError)])
+def test_chunk_size_must_be_positive_int(bad, error):
   params, x, y = _setup(((5, 4, 3), 6), jnp.float32)
-  with pytest.raises(mj.InputError, match="chunk_size"):
+  with pytest.raises(error, match="chunk_size: expected an int >= 1"):
     mj.per_sample_grads(params, x, y, chunk_size=bad)

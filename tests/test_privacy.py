@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import mlp_jax as mj
-from mlp_jax import privacy
+from mlp_jax.training import privacy
 from conftest import assert_tree_close, make_batch
 
 SIZES = (12, 16, 5)

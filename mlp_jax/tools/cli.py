@@ -35,7 +35,7 @@ EXAMPLES_CHECK = """examples:
 
 def write_atomic(path: str, text: str) -> None:
   """Writes text to path through a temporary file and a rename: all or nothing."""
-  from mlp_jax.atomic_file import atomic_write
+  from mlp_jax.io.atomic_file import atomic_write
   with atomic_write(path, "w") as f:
     f.write(text)
 
@@ -50,7 +50,7 @@ def _history_csv(history) -> str:
 
 
 def _table(rows: List[List[str]]) -> str:
-  from mlp_jax.oracle import text_table
+  from mlp_jax.tables import text_table
   return "\n".join(text_table(rows, rule=False))
 
 
@@ -70,7 +70,9 @@ def cmd_train(args) -> int:
   import jax
   import jax.numpy as jnp
   import mlp_jax as mj
-  from mlp_jax import checkpoint, data, distributed, plots, privacy
+  from mlp_jax.io import checkpoint, data
+  from mlp_jax.tools import plots
+  from mlp_jax.training import distributed, privacy
 
   mesh = None
   if (args.coordinator or args.num_processes is not None or args.process_id is not None
@@ -201,7 +203,7 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
   import numpy as np
   import mlp_jax as mj
-  from mlp_jax import checkpoint, data
+  from mlp_jax.io import checkpoint, data
 
   ckpt = checkpoint.load_checkpoint(args.checkpoint)
   cfg = ckpt.config
@@ -243,7 +245,8 @@ def cmd_check(args) -> int:
     if args.grads is None:
       report = mj.check_gradients(params, x, y, args.l2)
     else:
-      report = mj.diagnose(load_function(args.grads), params, x, y, args.l2)
+      from mlp_jax.tools.diagnosis import diagnose
+      report = diagnose(load_function(args.grads), params, x, y, args.l2)
   print(report)
   return 0 if report.passed else 1
 
@@ -274,7 +277,8 @@ def load_function(spec: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-  from mlp_jax import data, training  # the choices below are the library's own lists
+  from mlp_jax.io import data  # the choices below are the library's own lists
+  from mlp_jax.training import optimizers
   parser = argparse.ArgumentParser(
       prog="mlp-jax", description="Train and check MLPs with hand-derived gradients in JAX.")
   sub = parser.add_subparsers(dest="command", required=True)
@@ -288,9 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--data", help="USPS file: HDF5 (usps.h5) or ESL text (zip.train[.gz])")
   t.add_argument("--hidden", type=int, nargs="+", default=[256], help="hidden widths (256)")
   t.add_argument("--l2", type=float, default=1e-4, help="penalty lambda of (E6) (1e-4)")
-  t.add_argument("--optimizer", choices=training.OPTIMIZERS, default="adam")
+  t.add_argument("--optimizer", choices=optimizers.OPTIMIZERS, default="adam")
   t.add_argument("--lr", type=float, default=1e-3, help="learning rate (1e-3)")
-  t.add_argument("--schedule", choices=training.SCHEDULES, default="constant",
+  t.add_argument("--schedule", choices=optimizers.SCHEDULES, default="constant",
                  help="learning rate: constant (default), or cosine decay from --lr to 0 over "
                       "--epochs")
   t.add_argument("--batch-size", type=int, default=128)

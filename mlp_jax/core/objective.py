@@ -9,8 +9,8 @@ maximum, so logits of +-1e4 give finite values.
 import jax
 import jax.numpy as jnp
 
-from mlp_jax import validation
-from mlp_jax.model import Params, forward_activations
+from mlp_jax.core import checks
+from mlp_jax.core.model import Params, forward_activations
 
 
 def log_softmax(logits: jax.Array) -> jax.Array:
@@ -31,6 +31,16 @@ def l2_penalty(params: Params, l2, m: int) -> jax.Array:
   return jnp.asarray(l2, dtype) / (2 * m) * total
 
 
+def penalised_mean(per_example: jax.Array, params: Params, l2, m, weights=None) -> jax.Array:
+  """(1/m) sum_i w_i l_i + (lambda / 2m) sum_l ||W_l||^2: (E6) from the per-example losses.
+
+  `weights` (m,) default to 1; m is the divisor (the batch size, the count of unmasked rows, or
+  DP's expected batch size).
+  """
+  total = per_example.sum() if weights is None else (per_example * weights).sum()
+  return total / m + l2_penalty(params, l2, m)
+
+
 def objective(params: Params, x: jax.Array, y: jax.Array, l2=0.0,
               compute_dtype=None) -> jax.Array:
   """(E6) without input checks: the function the oracle differentiates.
@@ -38,8 +48,7 @@ def objective(params: Params, x: jax.Array, y: jax.Array, l2=0.0,
   `compute_dtype` (e.g. bfloat16) casts the forward GEMMs' inputs as `loss_and_grads` does.
   """
   logits, _ = forward_activations(params, x, compute_dtype)
-  per_example = cross_entropy(log_softmax(logits), y)
-  return per_example.mean() + l2_penalty(params, l2, x.shape[0])
+  return penalised_mean(cross_entropy(log_softmax(logits), y), params, l2, x.shape[0])
 
 
 def loss(params: Params, x, y, l2=0.0) -> jax.Array:
@@ -54,5 +63,5 @@ def loss(params: Params, x, y, l2=0.0) -> jax.Array:
   Returns:
     A scalar of the parameters' dtype.
   """
-  params, x, y, l2 = validation.check_batch(params, x, y, l2)
+  params, x, y, l2 = checks.check_batch(params, x, y, l2)
   return objective(params, x, y, l2)

@@ -19,9 +19,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from mlp_jax import validation
-from mlp_jax.loss import cross_entropy, l2_penalty, log_softmax
-from mlp_jax.model import Dense, Params, forward_activations, matmul
+from mlp_jax.core import checks
+from mlp_jax.core.model import Dense, Params, forward_activations, matmul
+from mlp_jax.core.objective import cross_entropy, log_softmax, penalised_mean
 
 
 def output_error(log_probs: jax.Array, y: jax.Array) -> jax.Array:
@@ -29,22 +29,31 @@ def output_error(log_probs: jax.Array, y: jax.Array) -> jax.Array:
   return jnp.exp(log_probs) - jax.nn.one_hot(y, log_probs.shape[1], dtype=log_probs.dtype)
 
 
+def relu_masks(activations: Sequence[jax.Array]) -> Tuple[jax.Array, ...]:
+  """The ReLU derivative 1[h_l > 0] of every hidden layer, read from a_l > 0, (E10); bool."""
+  return tuple(a > 0 for a in activations[1:])
+
+
 def backprop_errors(params: Params, activations: Sequence[jax.Array], top: jax.Array,
-                    compute_dtype=None) -> Tuple[jax.Array, ...]:
+                    compute_dtype=None, masks=None) -> Tuple[jax.Array, ...]:
   """The error signal of every layer, (E10) and its recursion for deeper nets.
 
   Args:
     params: the L layers.
     activations: the input of every layer, (X, A_1, ..., A_{L-1}), from `forward_activations`.
     top: the error at the logits, (m, K): E / m for the batch gradient, E per example.
+    masks: the ReLU derivative of each hidden layer, (m, d_l); `relu_masks(activations)` by
+      default (the diagnosis passes other conventions here).
 
   Returns:
     (Delta_1, ..., Delta_L), Delta_l of shape (m, d_l), with Delta_L = top.
   """
+  masks = relu_masks(activations) if masks is None else masks
   deltas = [top]
-  for layer, a in zip(params[:0:-1], activations[:0:-1]):
+  for layer, mask in zip(params[:0:-1], masks[::-1]):
     back = matmul(deltas[-1], layer.w.T, compute_dtype)
-    deltas.append(jnp.where(a > 0, back, jnp.zeros_like(back)))
+    deltas.append(jnp.where(mask, back, jnp.zeros_like(back)) if mask.dtype == bool
+                  else back * mask)
   return tuple(deltas[::-1])
 
 
@@ -58,9 +67,18 @@ def layer_grads(params: Params, activations: Sequence[jax.Array],
       for layer, a, delta in zip(params, activations, deltas))
 
 
-def _loss_and_grads(params: Params, x: jax.Array, y: jax.Array, l2,
-                    compute_dtype=None, mask=None) -> Tuple[jax.Array, Params]:
-  """The compiled core of `loss_and_grads`, without input checks.
+def mean_with_penalty(sums: Params, params: Params, l2, m) -> Params:
+  """sums / m + (lambda / m) W per layer, (E8)-(E12): a gradient from its data-term sums.
+
+  For sums that are formed before the division, e.g. clipped (and noised) per-example sums.
+  """
+  decay = jnp.asarray(l2, params[0].w.dtype) / m
+  return tuple(Dense(w=g.w / m + decay * p.w, b=g.b / m) for g, p in zip(sums, params))
+
+
+def objective_and_grads(params: Params, x: jax.Array, y: jax.Array, l2,
+                        compute_dtype=None, mask=None) -> Tuple[jax.Array, Params]:
+  """The loss (E6) and its analytic gradient without input checks: traceable, the training core.
 
   `mask`, optional (m,) of 0/1 in the parameters' dtype, marks padding rows with 0: loss and
   gradients are then exactly those of (E6) over the unmasked rows, with m = sum(mask). This lets
@@ -72,16 +90,16 @@ def _loss_and_grads(params: Params, x: jax.Array, y: jax.Array, l2,
   error = output_error(log_probs, y)  # (E7)
   if mask is None:
     m = x.shape[0]
-    data_loss, top = per_example.mean(), error / m
+    top = error / m
   else:
     m = mask.sum()
-    data_loss, top = (per_example * mask).sum() / m, error * (mask / m)[:, None]
-  loss = data_loss + l2_penalty(params, l2, m)
+    top = error * (mask / m)[:, None]
+  loss = penalised_mean(per_example, params, l2, m, mask)
   deltas = backprop_errors(params, activations, top, compute_dtype)
   return loss, layer_grads(params, activations, deltas, l2, m, compute_dtype)
 
 
-_loss_and_grads_jit = jax.jit(_loss_and_grads, static_argnames="compute_dtype")
+objective_and_grads_jit = jax.jit(objective_and_grads, static_argnames="compute_dtype")
 
 
 @functools.partial(jax.jit, static_argnames="compute_dtype")
@@ -92,9 +110,9 @@ def _loss_and_grads_flagged(params, x, y, l2, compute_dtype=None):
   covers the value checks of the inputs at the cost of reductions over y and the gradient, not a
   pass over x.
   """
-  loss, grads = _loss_and_grads(params, x, y, l2, compute_dtype)
+  loss, grads = objective_and_grads(params, x, y, l2, compute_dtype)
   k = params[-1].w.shape[1]
-  finite = jnp.isfinite(loss) & validation.all_finite(grads)
+  finite = jnp.isfinite(loss) & checks.all_finite(grads)
   return loss, grads, ~finite | (y.min() < 0) | (y.max() >= k)
 
 
@@ -113,13 +131,13 @@ def loss_and_grads(params: Params, x, y, l2=0.0, *,
   Returns:
     (loss, grads): a scalar and a tuple of `Dense` shaped like `params`.
   """
-  params, x, y, l2 = validation.check_batch(params, x, y, l2, values=False)
+  params, x, y, l2 = checks.check_batch(params, x, y, l2, values=False)
   loss, grads, flag = _loss_and_grads_flagged(params, x, y, l2, compute_dtype=compute_dtype)
-  if validation.is_concrete(flag) and bool(flag):
+  if checks.is_concrete(flag) and bool(flag):
     # The detailed checks name the problem; if they find none (finite inputs, an overflow in
     # the parameters), the non-finite result is returned as computed.
-    validation.check_batch(params, x, y, l2)
-    validation.check_finite_params(params)
+    checks.check_batch(params, x, y, l2)
+    checks.check_finite_params(params)
   return loss, grads
 
 

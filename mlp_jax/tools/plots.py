@@ -4,7 +4,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from mlp_jax.atomic_file import atomic_write
+from mlp_jax.io.atomic_file import atomic_write
 
 
 def _figure():

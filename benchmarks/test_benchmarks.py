@@ -1,4 +1,4 @@
-"""The benchmark scripts: their NumPy reference, FLOP model and plots, and their --quick runs.
+"""The benchmark scripts (tests kept beside them, not in the library's suite's folder): their NumPy reference, FLOP model and plots, and their --quick runs.
 
 The --quick runs of grads.py and train.py take 15-35 s each on the shared 2-core machine and are
 marked slow; per_sample.py's takes 11-16 s. Nothing here needs PyTorch: the scripts skip it,
@@ -17,9 +17,16 @@ import pytest
 
 import mlp_jax as mj
 
-BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
-sys.path.insert(0, BENCH)
-import numpy_backprop as nb  # noqa: E402
+import numpy_backprop as nb  # beside this file: pytest puts its folder on the path
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture
+def standard_promotion():
+  """optax mixes int32 step counts with floats: allow JAX's standard promotion."""
+  with jax.numpy_dtype_promotion("standard"):
+    yield
 
 
 def _batch(sizes, m, seed=0):

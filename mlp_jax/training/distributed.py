@@ -1,7 +1,7 @@
 """Data-parallel training over a 1-D device mesh, on one host or several.
 
     mesh = make_mesh("all")                                   # every device, axis "data"
-    step = make_data_parallel_step(optax.adam(1e-3), mesh)    # like make_train_step
+    step = make_data_parallel_step(optax.adam(1e-3), mesh)    # training.step
     result = fit(params, train, optimizer=..., epochs=20, mesh=mesh)
 
 The batch is sharded along the mesh axis "data"; parameters and optimizer state are replicated.
@@ -9,7 +9,7 @@ The step is the single-device step compiled by `jax.jit` with these shardings: X
 global-batch computation, so the forward pass and the error signals (E7), (E10) stay on each
 device's rows, and the batch contractions of (E8)-(E12), A^T Delta and 1^T Delta, become local
 products followed by one all-reduce of the gradient per step. The gradient is the analytic one of
-`gradients._loss_and_grads`, with the global m (the (lambda/m) W penalty included once), so a
+`backprop.objective_and_grads`, with the global m (the (lambda/m) W penalty included once), so a
 sharded step computes the single-device step's math; only the summation order differs.
 
 Several hosts: call `initialize_distributed` first in every process, then build the mesh over
@@ -65,12 +65,12 @@ def make_mesh(num_devices: Union[None, int, str] = None) -> Mesh:
   return Mesh(np.asarray(devices[:n]), (AXIS,))
 
 
-def replicated(mesh: Mesh) -> NamedSharding:
+def replicated_sharding(mesh: Mesh) -> NamedSharding:
   """The sharding of parameters and optimizer state: a full copy on every device."""
   return NamedSharding(mesh, PartitionSpec())
 
 
-def data_sharding(mesh: Mesh) -> NamedSharding:
+def rows_sharding(mesh: Mesh) -> NamedSharding:
   """The sharding of a batch: rows split along the mesh axis, other dimensions whole."""
   return NamedSharding(mesh, PartitionSpec(AXIS))
 
@@ -88,11 +88,11 @@ def replicate(tree, mesh: Mesh):
   With several processes every process must pass the same values (e.g. the same initial
   parameters, drawn from the same seed).
   """
-  target = replicated(mesh)
-  return jax.tree.map(lambda leaf: _place(leaf, target), tree)
+  target = replicated_sharding(mesh)
+  return jax.tree.map(lambda leaf: place(leaf, target), tree)
 
 
-def _place(leaf, sharding):
+def place(leaf, sharding):
   """`leaf` on `sharding`: kept when it is already laid out so, else put there (from the host
   when the sharding spans other processes, whose values must be the same)."""
   if isinstance(leaf, jax.Array):
@@ -110,19 +110,19 @@ def shard_batch(mesh: Mesh, *arrays):
   count; the global array is their concatenation in process order. With one process, pass the
   whole batch. Returns one array per argument (a single array for a single argument).
   """
-  sharding = data_sharding(mesh)
+  sharding = rows_sharding(mesh)
   out = tuple(jax.make_array_from_process_local_data(sharding, np.asarray(a)) for a in arrays)
   return out[0] if len(out) == 1 else out
 
 
-def shard_rows(tree, mesh: Mesh):
+def constrain_rows(tree, mesh: Mesh):
   """Inside traced code: constrain every leaf of `tree` to be sharded by rows along "data"."""
-  return jax.lax.with_sharding_constraint(tree, data_sharding(mesh))
+  return jax.lax.with_sharding_constraint(tree, rows_sharding(mesh))
 
 
-def keep_replicated(tree, mesh: Mesh):
+def constrain_replicated(tree, mesh: Mesh):
   """Inside traced code: constrain every leaf of `tree` to be replicated."""
-  return jax.lax.with_sharding_constraint(tree, replicated(mesh))
+  return jax.lax.with_sharding_constraint(tree, replicated_sharding(mesh))
 
 
 def pad_batches(indices: jax.Array, mask: jax.Array, mesh: Mesh):
@@ -135,37 +135,12 @@ def pad_batches(indices: jax.Array, mask: jax.Array, mesh: Mesh):
           jnp.pad(mask, ((0, 0), (0, pad)), constant_values=False))
 
 
-def on_mesh(fn, mesh: Mesh):
+def with_replicated_args(fn, mesh: Mesh):
   """`fn(*args)` with every argument first replicated over `mesh` (see `replicate`)."""
   def wrapped(*args):
     return fn(*replicate(args, mesh))
   wrapped.__wrapped__ = fn
   return wrapped
-
-
-def make_data_parallel_step(optimizer, mesh: Mesh, l2=0.0, *, compute_dtype=None):
-  """A `step(params, opt_state, x, y) -> (params, opt_state, loss)` sharded over `mesh`.
-
-  Like `training.make_train_step`, on the global batch (x, y): its rows are split along "data"
-  (the batch size must divide across the devices), parameters and optimizer state are
-  replicated, and XLA all-reduces the analytic gradient (E8)-(E12) once per step. Buffers of
-  `params` and `opt_state` are donated. With several processes, pass global arrays built by
-  `shard_batch` from each process's rows, or the same whole batch in every process.
-
-  Raises:
-    InputError: the batch does not divide across the devices, or bad shapes or values.
-  """
-  from mlp_jax import training  # a late import: training imports this module
-  compiled = training.make_train_step(optimizer, l2, compute_dtype=compute_dtype, mesh=mesh)
-  rows = data_sharding(mesh)
-
-  def step(params, opt_state, x, y):
-    check_divisible(jnp.shape(x)[0], mesh)
-    params, opt_state = replicate((params, opt_state), mesh)
-    return compiled(params, opt_state, _place(x, rows), _place(y, rows))
-
-  step.compiled = compiled
-  return step
 
 
 def process_shard(data, process_index: Optional[int] = None,

@@ -15,7 +15,6 @@ import contextlib
 import gzip
 import io
 import math
-import numbers
 import operator
 import os
 import pathlib
@@ -25,7 +24,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mlp_jax.errors import DataFileError, InputError, InputTypeError, MLPJaxError
+from mlp_jax.core import checks
+from mlp_jax.errors import (DataFileError, InputError, InputTypeError, MLPJaxError, describe,
+                            one_line)
 
 USPS_FEATURES = 256      # 16x16 images, flattened row-major
 NUM_CLASSES = 10         # digits 0..9
@@ -65,18 +66,6 @@ class Scaler(NamedTuple):
 # --- errors -----------------------------------------------------------------------------------
 
 
-def _one_line(text, limit: int = 200) -> str:
-  """text with whitespace runs collapsed to single spaces, cut to `limit` characters."""
-  text = " ".join(str(text).split())
-  return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _cause(exc: BaseException) -> str:
-  """`Type: message` of an underlying exception, on one line."""
-  message = _one_line(exc)
-  return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-
-
 def _number(value) -> str:
   """A value for a message: integral ones without a decimal point, others in %g form."""
   value = float(value)
@@ -85,7 +74,7 @@ def _number(value) -> str:
 
 def _error(source, problem: str) -> DataFileError:
   """The error to raise for `problem` in `source` (a path or a name), on one line."""
-  return DataFileError(_one_line(f"{source}: {problem}", limit=400))
+  return DataFileError(one_line(f"{source}: {problem}", limit=400))
 
 
 # --- validation of what a loader read ---------------------------------------------------------
@@ -170,7 +159,7 @@ def _read_hdf5_part(path, f, part: str) -> Dataset:
   except MLPJaxError:
     raise
   except Exception as e:  # h5py raises OSError, KeyError, ValueError, RuntimeError, ...
-    raise _error(path, f"truncated or corrupt HDF5 file ({_cause(e)}, reading '{part}')") from e
+    raise _error(path, f"truncated or corrupt HDF5 file ({describe(e)}, reading '{part}')") from e
   x, y = arrays
   _check_arrays(path, x, y, f"{part}/data", f"{part}/target", USPS_FEATURES)
   return _dataset(x, y)
@@ -182,14 +171,14 @@ def _read_hdf5(path: pathlib.Path) -> Splits:
   try:
     f = h5py.File(path, "r", locking=False)
   except Exception as e:
-    raise _error(path, f"truncated or corrupt HDF5 file ({_cause(e)})") from e
+    raise _error(path, f"truncated or corrupt HDF5 file ({describe(e)})") from e
   try:
     with f:
       return Splits(_read_hdf5_part(path, f, "train"), _read_hdf5_part(path, f, "test"))
   except MLPJaxError:
     raise
   except Exception as e:  # closing a damaged file can fail too
-    raise _error(path, f"truncated or corrupt HDF5 file ({_cause(e)})") from e
+    raise _error(path, f"truncated or corrupt HDF5 file ({describe(e)})") from e
 
 
 # --- USPS: ESL text ---------------------------------------------------------------------------
@@ -201,7 +190,7 @@ def _gunzip(path, raw: bytes) -> bytes:
     with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
       out = f.read(MAX_TEXT_BYTES + 1)
   except Exception as e:  # EOFError, gzip.BadGzipFile, zlib.error, ...
-    raise _error(path, f"truncated or corrupt gzip file ({_cause(e)})") from e
+    raise _error(path, f"truncated or corrupt gzip file ({describe(e)})") from e
   if len(out) > MAX_TEXT_BYTES:
     raise _error(path, f"gzip file decompresses to more than {MAX_TEXT_BYTES} bytes, "
                  "too large for ESL text")
@@ -247,9 +236,9 @@ def _parse_esl(path, text: str) -> Dataset:
         try:
           float(token)
         except ValueError:
-          raise _error(path, f"non-numeric value {_one_line(repr(token), 40)} on line {number}"
+          raise _error(path, f"non-numeric value {one_line(repr(token), 40)} on line {number}"
                        ) from e
-    raise _error(path, f"non-numeric value ({_cause(e)})") from e
+    raise _error(path, f"non-numeric value ({describe(e)})") from e
   x, y = values[:, 1:], values[:, 0]
   _check_arrays(path, x, y, "features", "labels", USPS_FEATURES, lines)
   return _dataset((x + 1.0) / 2.0, y)
@@ -288,7 +277,7 @@ def _reading(path: pathlib.Path):
   except IsADirectoryError as e:
     raise _error(path, "is a directory, expected a file") from e
   except OSError as e:
-    raise _error(path, f"cannot read file ({_cause(e)})") from e
+    raise _error(path, f"cannot read file ({describe(e)})") from e
 
 
 def _read_bytes(path: pathlib.Path) -> bytes:
@@ -315,7 +304,7 @@ def _resolve(path) -> pathlib.Path:
   try:
     is_dir = path.is_dir()
   except (OSError, ValueError) as e:
-    raise _error(path, f"cannot read path ({_cause(e)})") from e
+    raise _error(path, f"cannot read path ({describe(e)})") from e
   if not is_dir:
     return path
   for name in ("usps.h5", "zip.train", "zip.train.gz"):
@@ -343,7 +332,7 @@ def load_usps(path) -> Splits:
   except MLPJaxError:
     raise
   except (OSError, EOFError, ValueError, KeyError, RuntimeError, zlib.error) as e:  # a net
-    raise _error(path, f"cannot read ({_cause(e)})") from e
+    raise _error(path, f"cannot read ({describe(e)})") from e
 
 
 # --- 8x8 digits and synthetic data ------------------------------------------------------------
@@ -351,24 +340,7 @@ def load_usps(path) -> Splits:
 
 def _fraction(value, name: str) -> float:
   """A real number strictly between 0 and 1."""
-  if isinstance(value, bool) or not isinstance(value, numbers.Real):
-    raise InputTypeError(f"{name}: expected a float in (0, 1), got {type(value).__name__}")
-  if not 0.0 < float(value) < 1.0:
-    raise InputError(f"{name}: expected a fraction in (0, 1), got {value}")
-  return float(value)
-
-
-def _count(value, name: str, minimum: int = 1) -> int:
-  """An integer >= minimum."""
-  if isinstance(value, bool):
-    raise InputTypeError(f"{name}: expected an integer, got bool")
-  try:
-    value = operator.index(value)
-  except TypeError as e:
-    raise InputTypeError(f"{name}: expected an integer, got {type(value).__name__}") from e
-  if value < minimum:
-    raise InputError(f"{name}: expected an integer >= {minimum}, got {value}")
-  return value
+  return float(checks.check_real(value, name, open_low=True, high=1.0))
 
 
 def _stratified_indices(y: np.ndarray, fraction: float, seed):
@@ -420,13 +392,10 @@ def make_synthetic(num_samples: int, num_features: int = 256, num_classes: int =
   Class centres are drawn N(0, 1) per feature; each row is its centre plus `noise` * N(0, 1).
   Labels are balanced (counts differ by at most one) and shuffled.
   """
-  num_samples = _count(num_samples, "num_samples")
-  num_features = _count(num_features, "num_features")
-  num_classes = _count(num_classes, "num_classes")
-  if isinstance(noise, bool) or not isinstance(noise, numbers.Real):
-    raise InputTypeError(f"noise: expected a real number, got {type(noise).__name__}")
-  if not (math.isfinite(noise) and noise >= 0):
-    raise InputError(f"noise: expected a finite value >= 0, got {noise}")
+  num_samples = checks.check_int(num_samples, "num_samples")
+  num_features = checks.check_int(num_features, "num_features")
+  num_classes = checks.check_int(num_classes, "num_classes")
+  noise = float(checks.check_real(noise, "noise"))
   rng = np.random.default_rng(seed)
   centres = rng.standard_normal((num_classes, num_features), dtype=np.float32)
   y = (np.arange(num_samples) % num_classes).astype(np.int32)
@@ -441,7 +410,7 @@ def make_synthetic(num_samples: int, num_features: int = 256, num_classes: int =
 # --- splits, scaling, augmentation ------------------------------------------------------------
 
 
-def _check_dataset(ds, name: str = "ds") -> Dataset:
+def _as_dataset(ds, name: str = "ds") -> Dataset:
   """ds as a `Dataset` of NumPy arrays: x (N, n) and y (N,)."""
   try:
     x, y = ds
@@ -459,7 +428,7 @@ def train_val_split(ds: Dataset, val_fraction: float = 0.1, seed=0) -> tuple[Dat
 
   The parts are disjoint and cover ds; every class with >= 2 samples appears in both.
   """
-  x, y = _check_dataset(ds)
+  x, y = _as_dataset(ds)
   val_fraction = _fraction(val_fraction, "val_fraction")
   train, val = _stratified_indices(y, val_fraction, seed)
   if not len(val):
@@ -527,7 +496,7 @@ def shift_augment(ds: Dataset, image_shape, neighbours: int = 4) -> Dataset:
   background). Labels are repeated. Order: all originals, then all images of each shift in
   turn, in the order of `SHIFTS`.
   """
-  x, y = _check_dataset(ds)
+  x, y = _as_dataset(ds)
   try:
     height, width = (operator.index(d) for d in image_shape)
   except (TypeError, ValueError) as e:

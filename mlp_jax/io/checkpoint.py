@@ -26,7 +26,6 @@ the listed shape and dtype. Each failure is one `CheckpointError` naming the fil
 
 import hashlib
 import json
-import operator
 import pathlib
 import struct
 import zipfile
@@ -37,11 +36,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mlp_jax import model
-from mlp_jax.atomic_file import atomic_write
-from mlp_jax.errors import CheckpointError, InputError, InputTypeError
-from mlp_jax.model import Dense, Params
-from mlp_jax.validation import check_params
+from mlp_jax.core import checks, model
+from mlp_jax.core.model import Dense, Params
+from mlp_jax.errors import CheckpointError, InputError, InputTypeError, describe
+from mlp_jax.io.atomic_file import atomic_write
 
 FORMAT = "mlp_jax-checkpoint"
 VERSION = 1
@@ -97,7 +95,7 @@ def save_checkpoint(
     checkpoint at `path` is left untouched.
   """
   path = pathlib.Path(path)
-  params = check_params(params)
+  params = checks.check_params(params)
   entries = {
       "params": [(f"params.{i}.{field}", _to_numpy(f"params[{i}].{field}", leaf))
                  for i, layer in enumerate(params) for field, leaf in zip(Dense._fields, layer)],
@@ -128,8 +126,8 @@ def save_checkpoint(
       "version": VERSION,
       "layer_sizes": list(model.layer_sizes(params)),
       "param_dtype": np.dtype(params[0].w.dtype).name,
-      "epoch": _check_count("epoch", epoch),
-      "step": _check_count("step", step),
+      "epoch": checks.check_int(epoch, "epoch", 0),
+      "step": checks.check_int(step, "step", 0),
       "config": _check_json("config", config),
       "extra": _check_json("extra", extra),
       "leaves": leaves_meta,
@@ -188,16 +186,6 @@ def _uint_like(dtype: np.dtype) -> np.dtype:
   return np.dtype(f"u{dtype.itemsize}")
 
 
-def _check_count(what: str, value) -> int:
-  try:
-    value = operator.index(value)
-  except TypeError:
-    raise InputTypeError(f"{what}: expected an int, got {type(value).__name__}") from None
-  if value < 0:
-    raise InputError(f"{what}: expected an int >= 0, got {value}")
-  return value
-
-
 def _check_json(what: str, value) -> dict:
   """A JSON-serialisable dict, as it will come back (a copy through JSON)."""
   if value is None:
@@ -250,7 +238,7 @@ def load_checkpoint(path, opt_state_template=None) -> Checkpoint:
   try:
     npz = np.load(path, allow_pickle=False)
   except _READ_ERRORS as e:
-    raise _error(path, f"truncated or not a mlp_jax checkpoint ({_describe(e)})") from e
+    raise _error(path, f"truncated or not a mlp_jax checkpoint ({describe(e)})") from e
   if not isinstance(npz, np.lib.npyio.NpzFile):
     raise _error(path, "truncated or not a mlp_jax checkpoint (a single .npy array, not an npz)")
   with npz:
@@ -306,12 +294,6 @@ def _error(path: pathlib.Path, problem: str) -> CheckpointError:
   return CheckpointError(f"checkpoint {path}: {problem}")
 
 
-def _describe(e: BaseException) -> str:
-  lines = str(e).splitlines()
-  text = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
-  return text if len(text) <= 200 else text[:197] + "..."
-
-
 def _read_member(path: pathlib.Path, npz, name: str) -> np.ndarray:
   """One array of the npz; a failed zip CRC-32 is a checksum mismatch, the rest a bad file."""
   try:
@@ -319,9 +301,9 @@ def _read_member(path: pathlib.Path, npz, name: str) -> np.ndarray:
   except zipfile.BadZipFile as e:
     if "CRC" in str(e):
       raise _error(path, "checksum mismatch: file corrupted") from e
-    raise _error(path, f"truncated or not a mlp_jax checkpoint ({_describe(e)})") from e
+    raise _error(path, f"truncated or not a mlp_jax checkpoint ({describe(e)})") from e
   except _READ_ERRORS as e:
-    raise _error(path, f"truncated or not a mlp_jax checkpoint ({_describe(e)})") from e
+    raise _error(path, f"truncated or not a mlp_jax checkpoint ({describe(e)})") from e
 
 
 def _parse_meta(path: pathlib.Path, raw: np.ndarray) -> dict:
@@ -331,7 +313,7 @@ def _parse_meta(path: pathlib.Path, raw: np.ndarray) -> dict:
   try:
     meta = json.loads(raw.tobytes().decode("utf-8"))
   except ValueError as e:
-    raise _error(path, f"bad metadata: not valid JSON ({_describe(e)})") from e
+    raise _error(path, f"bad metadata: not valid JSON ({describe(e)})") from e
   if not isinstance(meta, dict):
     raise _error(path, "bad metadata: not a JSON object")
   if meta.get("format") != FORMAT:
@@ -395,7 +377,7 @@ def _restore_params(path: pathlib.Path, meta: dict, leaves: list) -> Params:
     raise _error(path, f"bad metadata: params leaves {names[:4]}... are not {expected[:4]}...")
   params = tuple(Dense(*leaves[i:i + 2]) for i in range(0, len(leaves), 2))
   try:
-    check_params(params)
+    checks.check_params(params)
   except (InputError, InputTypeError) as e:
     raise _error(path, f"inconsistent parameters ({e})") from e
   sizes = model.layer_sizes(params)
@@ -453,4 +435,4 @@ def _restore_rng(path: pathlib.Path, meta: dict, leaves: list) -> Optional[jax.A
   try:
     return jax.random.wrap_key_data(leaves[0], impl=meta["rng_impl"])
   except (TypeError, ValueError, KeyError) as e:
-    raise _error(path, f"cannot rebuild the PRNG key ({_describe(e)})") from e
+    raise _error(path, f"cannot rebuild the PRNG key ({describe(e)})") from e

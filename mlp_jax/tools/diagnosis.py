@@ -6,7 +6,7 @@ the given batch, fresh random problems of the same layer sizes at batch sizes m 
 the widths and with a second penalty lambda + 0.5, and a "ties" problem whose pre-activations hit
 h = 0 exactly:
 
-    from mlp_jax.diagnose import diagnose
+    from mlp_jax.tools.diagnosis import diagnose
     report = diagnose(my_grads, params, x, y, l2=0.1)   # my_grads(params, x, y, l2) -> Dense tuple
     print(report)                                       # a table, and a minimal reproduction
 
@@ -44,10 +44,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mlp_jax import validation
+from mlp_jax.core import checks
+from mlp_jax.core.model import Dense, Params
 from mlp_jax.errors import InputError, InputTypeError
-from mlp_jax.model import Dense, Params
-from mlp_jax.oracle import RTOL, autodiff_grads, param_names, relative_error, text_table
+from mlp_jax.oracle.autodiff import autodiff_grads
+from mlp_jax.oracle.check import RTOL, param_names, relative_error
+from mlp_jax.tables import text_table
 
 BAR = RTOL[jnp.dtype(jnp.float64)]  # pass/fail: relative error against jax.grad, float64
 MATCH_RTOL = 1e-9   # a hypothesis must reproduce got to this relative residual on every draw
@@ -680,7 +682,7 @@ def _snippet(fn_name: str, name: str, index: int, sizes, m: int, l2: float, ties
   return (
       "import jax\n"
       "import mlp_jax as mj\n"
-      "from mlp_jax.diagnose import random_problem\n"
+      "from mlp_jax.tools.diagnosis import random_problem\n"
       'jax.config.update("jax_enable_x64", True)\n'
       f"params, x, y = random_problem(0, {tuple(sizes)}, m={m}{ties_arg})\n"
       f"got = {fn_name}(params, x, y, {l2!r})  # your gradient function\n"
@@ -770,7 +772,7 @@ def diagnose(grad_fn: Callable, params: Params, x, y, l2=0.0, *,
     raise InputTypeError(f"grad_fn must be callable, got {type(grad_fn).__name__}")
   if isinstance(seeds, (str, bytes)) or not all(isinstance(s, (int, np.integer)) for s in seeds):
     raise InputTypeError(f"seeds must be a sequence of ints, got {seeds!r}")
-  params, x, y, l2 = validation.check_batch(params, x, y, l2)
+  params, x, y, l2 = checks.check_batch(params, x, y, l2)
   l2 = float(l2)
   names = param_names(params)
   sizes = tuple([params[0].w.shape[0]] + [layer.w.shape[1] for layer in params])

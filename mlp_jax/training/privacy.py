@@ -20,11 +20,11 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from mlp_jax.errors import InputError
-from mlp_jax.loss import l2_penalty
-from mlp_jax.model import Dense, Params
-from mlp_jax.per_example import check_clip_norm, clipped_grad_sum
-from mlp_jax.validation import check_l2
+from mlp_jax.core import checks
+from mlp_jax.core.backprop import mean_with_penalty
+from mlp_jax.core.model import Params
+from mlp_jax.core.objective import penalised_mean
+from mlp_jax.core.per_example import clipped_grad_sum
 
 
 class DPConfig(NamedTuple):
@@ -36,11 +36,10 @@ class DPConfig(NamedTuple):
 
 def check_dp_config(dp: DPConfig) -> DPConfig:
   """Clip norm > 0 and finite, noise multiplier >= 0 and finite, delta in (0, 1)."""
-  check_clip_norm(dp.clip_norm)
-  sigma = float(check_l2(dp.noise_multiplier, "noise_multiplier"))  # a finite real >= 0, too
-  if not (0 < float(dp.delta) < 1):
-    raise InputError(f"delta: expected a value in (0, 1), got {dp.delta}")
-  return DPConfig(float(dp.clip_norm), sigma, float(dp.delta))
+  return DPConfig(
+      float(checks.check_real(dp.clip_norm, "clip_norm", open_low=True)),
+      float(checks.check_real(dp.noise_multiplier, "noise_multiplier")),
+      float(checks.check_real(dp.delta, "delta", open_low=True, high=1.0)))
 
 
 def batch_capacity(batch_size: int, num_examples: Optional[int] = None) -> int:
@@ -88,11 +87,8 @@ def noisy_clipped_grads(params: Params, x, y, mask, key, l2, dp: DPConfig, batch
   std = jnp.asarray(dp.noise_multiplier * dp.clip_norm, dtype)
   noisy = jax.tree.unflatten(treedef, [
       g + std * jax.random.normal(k, g.shape, dtype) for g, k in zip(leaves, keys)])
-  decay = jnp.asarray(l2, dtype) / batch_size
-  grads = tuple(Dense(w=g.w / batch_size + decay * p.w, b=g.b / batch_size)
-                for g, p in zip(noisy, params))
-  loss = (losses * mask).sum() / batch_size + l2_penalty(params, l2, batch_size)
-  return loss, grads
+  return (penalised_mean(losses, params, l2, batch_size, mask),
+          mean_with_penalty(noisy, params, l2, batch_size))
 
 
 # dp-accounting's PLDAccountant defaults, which `dp_epsilon` reproduces step for step.

@@ -7,6 +7,7 @@ Every failure is an `InputError` / `InputTypeError` naming the argument, what wa
 what was given.
 """
 
+import math
 import numbers
 import operator
 
@@ -14,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mlp_jax.core.model import Dense, Params
 from mlp_jax.errors import InputError, InputTypeError
-from mlp_jax.model import Dense, Params
 
 
 def is_concrete(x) -> bool:
@@ -128,6 +129,14 @@ def check_labels(params: Params, y, m: int, name: str = "y") -> jax.Array:
   return jnp.asarray(y)
 
 
+def check_pair(params: Params, data, name: str):
+  """A dataset given as a pair (x, y) (a tuple or a `data.Dataset`): both checked as above."""
+  if not (isinstance(data, (tuple, list)) and len(data) == 2):
+    raise InputError(f"{name}: expected a pair (x, y) or a Dataset, got {type(data).__name__}")
+  x = check_features(params, data[0], f"{name}.x")
+  return x, check_labels(params, data[1], x.shape[0], f"{name}.y")
+
+
 def all_finite(tree) -> jax.Array:
   """A scalar bool: every entry of every leaf of `tree` is finite (traceable)."""
   finite = jnp.asarray(True)
@@ -147,42 +156,66 @@ def check_finite_params(params: Params) -> None:
           raise InputError(f"params[{i}].{name}: expected finite values, got {bad} NaN or Inf")
 
 
-def check_positive_int(value, name: str) -> int:
-  """An integer >= 1 (a Python or NumPy int, not a bool), e.g. a batch or chunk size."""
+def check_int(value, name: str, minimum: int = 1) -> int:
+  """An integer >= `minimum` (a Python or NumPy int, not a bool), e.g. a batch size or a count."""
   try:
     number = None if isinstance(value, bool) else operator.index(value)
   except TypeError:
     number = None
-  if number is None or number < 1:
-    raise InputError(f"{name}: expected a positive int, got {value!r}")
+  if number is None:
+    raise InputTypeError(f"{name}: expected an int >= {minimum}, got {value!r}")
+  if number < minimum:
+    raise InputError(f"{name}: expected an int >= {minimum}, got {number}")
   return number
 
 
-def check_l2(l2, name: str = "l2"):
-  """The penalty lambda: a real scalar, finite and >= 0 when concrete."""
-  if jnp.ndim(l2) != 0:
-    raise InputError(f"{name}: expected a scalar, got shape {jnp.shape(l2)}")
-  if isinstance(l2, (bool, complex)) or not (
-      isinstance(l2, numbers.Real) or jnp.issubdtype(jnp.asarray(l2).dtype, jnp.floating)
-      or jnp.issubdtype(jnp.asarray(l2).dtype, jnp.integer)):
-    raise InputTypeError(f"{name}: expected a real number, got {type(l2).__name__}")
-  if is_concrete(l2):
-    value = float(l2)
-    if not np.isfinite(value) or value < 0:
-      raise InputError(f"{name}: expected a finite value >= 0, got {value}")
-  return l2
+def check_positive_int(value, name: str) -> int:
+  """An integer >= 1 (a Python or NumPy int, not a bool), e.g. a batch or chunk size."""
+  return check_int(value, name, 1)
+
+
+def _range_text(low: float, high: float, open_low: bool, open_high: bool) -> str:
+  if high == math.inf:
+    return f"{'>' if open_low else '>='} {low:g}"
+  return f"in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+
+
+def check_real(value, name: str, *, low: float = 0.0, high: float = math.inf,
+               open_low: bool = False, open_high: bool = True):
+  """A real scalar, finite and in the range [low, high) (ends as given) when concrete.
+
+  Python, NumPy and JAX numbers pass (not bools or complex); a tracer gets the static checks
+  only. Returns the value as given, so a traced lambda stays traced.
+  """
+  dtype = getattr(value, "dtype", None)
+  if dtype is None:  # a Python object: a real number or nothing
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+      raise InputTypeError(f"{name}: expected a real number, got {type(value).__name__}")
+  else:
+    if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+      raise InputTypeError(f"{name}: expected a real number, got dtype {dtype}")
+    if jnp.ndim(value) != 0:
+      raise InputError(f"{name}: expected a scalar, got shape {jnp.shape(value)}")
+  if is_concrete(value):
+    number = float(value)
+    inside = ((number > low if open_low else number >= low)
+              and (number < high if open_high else number <= high))
+    if not (math.isfinite(number) and inside):
+      raise InputError(f"{name}: expected a finite value "
+                       f"{_range_text(low, high, open_low, open_high)}, got {number}")
+  return value
 
 
 def check_batch(params, x, y, l2=0.0, *, values: bool = True):
   """All of the above for one call; returns (params, x, y, l2) ready for the compiled core.
 
   With `values=False` only the static checks run (and lambda's): for callers that check the
-  values afterwards, from the result (see `gradients.loss_and_grads`).
+  values afterwards, from the result (see `backprop.loss_and_grads`).
   """
   params = check_params(params)
   x = _features_static(params, x, "x")
   y = _labels_static(params, y, x.shape[0], "y")
   if values:
     _check_values(params, x, y)
-  check_l2(l2)
+  check_real(l2, "l2")
   return params, jnp.asarray(x, params[0].w.dtype), jnp.asarray(y), l2

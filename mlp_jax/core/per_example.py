@@ -16,16 +16,21 @@ and one backward pass and never materialise an (m, n, d) tensor.
 """
 
 import functools
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 
-from mlp_jax import validation
-from mlp_jax.errors import InputError
-from mlp_jax.gradients import backprop_errors, layer_grads, output_error
-from mlp_jax.loss import cross_entropy, log_softmax
-from mlp_jax.model import Dense, Params, forward_activations
+from mlp_jax.core import checks
+from mlp_jax.core.backprop import backprop_errors, layer_grads, mean_with_penalty, output_error
+from mlp_jax.core.model import Dense, Params, forward_activations
+from mlp_jax.core.objective import cross_entropy, log_softmax
+
+
+class LayerNorms(NamedTuple):
+  """Per-example gradient norms of one layer's leaves, (E15): each of shape (m,)."""
+  w: jax.Array  # ||dl_i/dW_l||_F
+  b: jax.Array  # ||dl_i/db_l||
 
 
 def _example_errors(params: Params, x: jax.Array, y: jax.Array, compute_dtype=None):
@@ -67,10 +72,10 @@ def per_sample_grads(params: Params, x, y, *, chunk_size: Optional[int] = None) 
     A tuple of `Dense(w=(m, fan_in, fan_out), b=(m, fan_out))`. The batch gradient of (E6) is
     their mean plus (lambda/m) W, (E14).
   """
-  params, x, y, _ = validation.check_batch(params, x, y)
+  params, x, y, _ = checks.check_batch(params, x, y)
   if chunk_size is None:
     return _per_sample_grads_jit(params, x, y)
-  chunk_size = validation.check_positive_int(chunk_size, "chunk_size")
+  chunk_size = checks.check_positive_int(chunk_size, "chunk_size")
   return _per_sample_grads_map(params, x, y, chunk_size)
 
 
@@ -90,17 +95,17 @@ def _layer_sq_norms(activations, deltas) -> Tuple[jax.Array, ...]:
 @jax.jit
 def _layer_norms_jit(params, x, y):
   activations, deltas, _ = _example_errors(params, x, y)
-  return tuple(Dense(w=jnp.sqrt(w2), b=jnp.sqrt(b2))
+  return tuple(LayerNorms(w=jnp.sqrt(w2), b=jnp.sqrt(b2))
                for w2, b2 in _layer_sq_norms(activations, deltas))
 
 
-def per_sample_layer_norms(params: Params, x, y) -> Params:
-  """Each example's gradient norm per leaf, (E15): a tuple of `Dense(w=(m,), b=(m,))`.
+def per_sample_layer_norms(params: Params, x, y) -> Tuple[LayerNorms, ...]:
+  """Each example's gradient norm per leaf, (E15): a tuple of `LayerNorms(w=(m,), b=(m,))`.
 
   `w` holds ||dl_i/dW_l||_F = ||a_{l-1,i}|| ||delta_{l,i}|| and `b` holds ||delta_{l,i}||,
   computed without forming the per-example gradients. For diagnostics: which layer dominates.
   """
-  params, x, y, _ = validation.check_batch(params, x, y)
+  params, x, y, _ = checks.check_batch(params, x, y)
   return _layer_norms_jit(params, x, y)
 
 
@@ -120,7 +125,7 @@ def per_sample_grad_norms(params: Params, x, y) -> jax.Array:
   Equals `optax.global_norm` of each slice of `per_sample_grads`, at the cost of one forward and
   one backward pass, never materialising the per-example gradients.
   """
-  params, x, y, _ = validation.check_batch(params, x, y)
+  params, x, y, _ = checks.check_batch(params, x, y)
   return _global_norms_jit(params, x, y)
 
 
@@ -154,21 +159,8 @@ def clipped_grad_sum(params: Params, x: jax.Array, y: jax.Array, clip_norm, mask
 
 @jax.jit
 def _clipped_mean_jit(params, x, y, clip_norm, l2):
-  m = x.shape[0]
   total, _, _ = clipped_grad_sum(params, x, y, clip_norm)
-  decay = jnp.asarray(l2, params[0].w.dtype) / m
-  return tuple(Dense(w=g.w / m + decay * p.w, b=g.b / m) for g, p in zip(total, params))
-
-
-def check_clip_norm(clip_norm):
-  """A positive, finite clip norm C when concrete."""
-  if jnp.ndim(clip_norm) != 0:
-    raise InputError(f"clip_norm: expected a scalar, got shape {jnp.shape(clip_norm)}")
-  if validation.is_concrete(clip_norm):
-    value = float(clip_norm)
-    if not (value > 0 and value < float("inf")):
-      raise InputError(f"clip_norm: expected a finite value > 0, got {value}")
-  return clip_norm
+  return mean_with_penalty(total, params, l2, x.shape[0])
 
 
 def clipped_mean_grads(params: Params, x, y, clip_norm, l2=0.0) -> Params:
@@ -181,6 +173,6 @@ def clipped_mean_grads(params: Params, x, y, clip_norm, l2=0.0) -> Params:
   Returns:
     A tuple of `Dense` shaped like `params`.
   """
-  params, x, y, l2 = validation.check_batch(params, x, y, l2)
-  check_clip_norm(clip_norm)
+  params, x, y, l2 = checks.check_batch(params, x, y, l2)
+  checks.check_real(clip_norm, "clip_norm", open_low=True)
   return _clipped_mean_jit(params, x, y, clip_norm, l2)

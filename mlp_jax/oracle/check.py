@@ -1,8 +1,8 @@
-"""The oracle: JAX's autodiff of the same objective, central differences, and the check report.
+"""The gradient check: analytic vs jax.grad per parameter, and jax.grad vs central differences.
 
-`jax.grad` of `loss.objective` (E6) is the reference the analytic gradients are proven against;
-central finite differences of the loss in turn check the oracle. Nothing here is on the
-training path.
+`jax.grad` of `objective` (E6) is the reference the analytic gradients are proven against;
+central finite differences of the loss in float64 in turn check the oracle. Nothing here is on
+the training path.
 """
 
 import dataclasses
@@ -13,10 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mlp_jax import validation
-from mlp_jax.gradients import grads as analytic_grads
-from mlp_jax.loss import cross_entropy, log_softmax, objective
-from mlp_jax.model import Params, forward, layer_sizes
+from mlp_jax.core import checks
+from mlp_jax.core.backprop import grads as analytic_grads
+from mlp_jax.core.model import Params, layer_sizes
+from mlp_jax.core.objective import objective
+from mlp_jax.oracle.autodiff import grad_objective, to_float64
+from mlp_jax.tables import text_table
 
 # Relative-error bars of the analytic gradient against jax.grad, by dtype.
 RTOL = {jnp.dtype(jnp.float32): 1e-5, jnp.dtype(jnp.float64): 1e-12}
@@ -24,31 +26,6 @@ RTOL = {jnp.dtype(jnp.float32): 1e-5, jnp.dtype(jnp.float64): 1e-12}
 # under test: in float32 their roundoff, O(ulp / eps), would swamp the check. Step and bar:
 FD_EPS = 1e-6   # truncation O(eps^2), roundoff O(1e-16 / eps): both far below the bar
 FD_RTOL = 1e-6
-
-_grad_objective = jax.jit(jax.grad(objective), static_argnames="compute_dtype")
-
-
-def autodiff_grads(params: Params, x, y, l2=0.0, *, compute_dtype=None) -> Params:
-  """`jax.grad` of the loss (E6) with respect to the parameters: the oracle.
-
-  With `compute_dtype`, the forward GEMMs take inputs of that dtype, as in `loss_and_grads`.
-  """
-  params, x, y, l2 = validation.check_batch(params, x, y, l2)
-  return _grad_objective(params, x, y, l2, compute_dtype=compute_dtype)
-
-
-def example_loss(params: Params, x_i: jax.Array, y_i: jax.Array) -> jax.Array:
-  """l_i of one example (x_i of shape (n,), scalar label), (E5): no mean, no penalty."""
-  return cross_entropy(log_softmax(forward(params, x_i[None])), y_i[None])[0]
-
-
-_per_sample_autodiff = jax.jit(jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0)))
-
-
-def autodiff_per_sample_grads(params: Params, x, y) -> Params:
-  """`jax.vmap(jax.grad(l_i))`: per-example gradients by autodiff, the oracle for (E13)."""
-  params, x, y, _ = validation.check_batch(params, x, y)
-  return _per_sample_autodiff(params, x, y)
 
 
 def relative_error(actual, reference) -> float:
@@ -90,17 +67,6 @@ def _directional_fd(params, x, y, l2, key, eps, num_directions):
     fds.append(fd)
     exacts.append(exact)
   return jnp.stack(fds), jnp.stack(exacts)
-
-
-def text_table(rows: Sequence[Sequence], rule: bool = True) -> List[str]:
-  """Lines of a plain-text table, columns left-aligned to their widest cell; with `rule`, a
-  dashed line under the first (header) row."""
-  rows = [[str(cell) for cell in row] for row in rows]
-  widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-  lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
-  if rule:
-    lines.insert(1, "  ".join("-" * w for w in widths))
-  return lines
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,23 +125,22 @@ def check_gradients(params: Params, x, y, l2=0.0, *,
   Returns:
     A `GradientReport`; `print` it for a table, `.passed` for the verdict.
   """
-  params, x, y, l2 = validation.check_batch(params, x, y, l2)
+  params, x, y, l2 = checks.check_batch(params, x, y, l2)
   dtype = params[0].w.dtype
   grad_fn = analytic_grads if grad_fn is None else grad_fn
-  reference = jax.tree.leaves(_grad_objective(params, x, y, l2))
+  reference = jax.tree.leaves(grad_objective(params, x, y, l2))
   tested = jax.tree.leaves(grad_fn(params, x, y, l2))
   key = jax.random.PRNGKey(0) if key is None else key
   with jax.enable_x64(True):
-    to64 = lambda a: jnp.asarray(np.asarray(a, np.float64))
-    fd, exact = _directional_fd(jax.tree.map(to64, params), to64(x), y, float(l2), key,
-                                FD_EPS, num_directions)
+    params64, x64 = to_float64((params, x))
+    fd, exact = _directional_fd(params64, x64, y, float(l2), key, FD_EPS, num_directions)
     fd, exact = np.asarray(fd), np.asarray(exact)
   rtol, fd_rtol = RTOL[dtype], FD_RTOL
-  checks = []
+  lines = []
   for name, ref, got, fd_row, exact_row in zip(param_names(params), reference, tested, fd, exact):
     err = relative_error(got, ref)
     fd_err = relative_error(fd_row, exact_row)
-    checks.append(ParamCheck(name, tuple(ref.shape), err, fd_err,
+    lines.append(ParamCheck(name, tuple(ref.shape), err, fd_err,
                              err <= rtol and fd_err <= fd_rtol))
-  return GradientReport(tuple(checks), str(dtype), rtol, fd_rtol, int(x.shape[0]),
+  return GradientReport(tuple(lines), str(dtype), rtol, fd_rtol, int(x.shape[0]),
                         layer_sizes(params), float(l2))

@@ -1,0 +1,2 @@
+"""Files: datasets (`data`), checkpoints (`checkpoint`) and all-or-nothing writes
+(`atomic_file`)."""

@@ -1,0 +1,58 @@
+"""Loss, accuracy and the confusion matrix of a model on a whole dataset."""
+
+import functools
+from typing import Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mlp_jax.core import checks
+from mlp_jax.core.model import Params, forward, predict
+from mlp_jax.core.objective import cross_entropy, l2_penalty, log_softmax
+
+
+@functools.partial(jax.jit, static_argnames="chunk")
+def _sums(params, x, y, chunk=8192):
+  """Summed cross-entropy and correct predictions over (x, y), in chunks of `chunk` rows."""
+  n = x.shape[0]
+  pad = -n % chunk
+  xs = jnp.pad(x, ((0, pad), (0, 0))).reshape(-1, chunk, x.shape[1])
+  ys = jnp.pad(y, (0, pad)).reshape(-1, chunk)
+  keep = (jnp.arange(n + pad) < n).reshape(-1, chunk)
+
+  def body(total, batch):
+    xb, yb, kb = batch
+    logits = forward(params, xb)
+    ce = jnp.where(kb, cross_entropy(log_softmax(logits), yb), 0).sum()
+    correct = (kb & (jnp.argmax(logits, axis=1) == yb)).sum(dtype=jnp.int32)
+    return (total[0] + ce, total[1] + correct), None
+
+  init = (jnp.zeros((), x.dtype), jnp.zeros((), jnp.int32))
+  (ce, correct), _ = jax.lax.scan(body, init, (xs, ys, keep))
+  return ce, correct
+
+
+def evaluate(params: Params, x, y, l2=0.0) -> Tuple[float, float]:
+  """(loss (E6), accuracy) on a whole dataset, evaluated in fixed-size chunks."""
+  return evaluate_checked(*checks.check_batch(params, x, y, l2))
+
+
+def evaluate_checked(params: Params, x: jax.Array, y: jax.Array, l2) -> Tuple[float, float]:
+  """`evaluate` on arrays already checked (and on the device): no pass over x for checks."""
+  ce, correct = _sums(params, x, y, chunk=min(8192, x.shape[0]))
+  m = x.shape[0]
+  return float(ce) / m + float(l2_penalty(params, l2, m)), int(correct) / m
+
+
+_predict_jit = jax.jit(predict)  # one compiled program per shape, reused across calls
+
+
+def confusion_matrix(params: Params, x, y, num_classes: Optional[int] = None) -> np.ndarray:
+  """counts[true, predicted] over a dataset, int64 (K, K)."""
+  params, x, y, _ = checks.check_batch(params, x, y)
+  k = params[-1].w.shape[1] if num_classes is None else num_classes
+  pred = np.asarray(_predict_jit(params, x))
+  counts = np.zeros((k, k), np.int64)
+  np.add.at(counts, (np.asarray(y), pred), 1)
+  return counts

@@ -1,0 +1,42 @@
+"""Optimizers by name, with a constant or cosine-decayed learning rate, and steps per epoch."""
+
+from typing import Optional
+
+import optax
+
+from mlp_jax.core import checks
+from mlp_jax.errors import InputError
+
+OPTIMIZERS = ("sgd", "momentum", "adam")
+SCHEDULES = ("constant", "cosine")
+
+
+def make_optimizer(name: str = "adam", lr: float = 1e-3, *, schedule: str = "constant",
+                   total_steps: Optional[int] = None) -> optax.GradientTransformation:
+  """An optax optimizer by name: "sgd", "momentum" (Nesterov, 0.9) or "adam".
+
+  schedule: "constant" keeps `lr`; "cosine" decays it from `lr` to 0 over `total_steps` steps
+  (epochs x `steps_per_epoch`), so the run ends on a settled iterate rather than one taken at
+  full step size. The step count lives in the optimizer state, so a resumed run continues the
+  same schedule.
+  """
+  if name not in OPTIMIZERS:
+    raise InputError(f"optimizer: expected one of {', '.join(OPTIMIZERS)}, got {name!r}")
+  if schedule not in SCHEDULES:
+    raise InputError(f"schedule: expected one of {', '.join(SCHEDULES)}, got {schedule!r}")
+  lr = float(checks.check_real(lr, "lr", open_low=True))
+  if schedule == "cosine":
+    if total_steps is None:
+      raise InputError("total_steps: the cosine schedule needs a step count >= 1, got None")
+    lr = optax.cosine_decay_schedule(lr, checks.check_int(total_steps, "total_steps"))
+  if name == "sgd":
+    return optax.sgd(lr)
+  if name == "momentum":
+    return optax.sgd(lr, momentum=0.9, nesterov=True)
+  return optax.adam(lr)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  """Optimizer steps in one epoch: ceil(N / B), the last batch short and masked (with DP: as
+  many Poisson-sampled steps, one pass in expectation)."""
+  return -(-int(num_examples) // int(batch_size))

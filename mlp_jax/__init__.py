@@ -12,6 +12,7 @@ diagnosis); each imports only the ones before it. `import mlp_jax` loads the fir
 """
 
 from mlp_jax.core.backprop import grads, loss_and_grads
+from mlp_jax.core.checks import value_checks
 from mlp_jax.core.model import Dense, Params, forward, init_params, layer_sizes, predict
 from mlp_jax.core.objective import loss
 from mlp_jax.core.per_example import (LayerNorms, clipped_mean_grads, per_sample_grad_norms,

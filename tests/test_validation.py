@@ -106,3 +106,27 @@ def test_non_finite_parameters_are_named(batch):
   bad = (mj.Dense(params[0].w.at[1, 2].set(jnp.nan), params[0].b), params[1])
   with pytest.raises(mj.InputError, match=r"params\[0\].w: expected finite values, got 1 NaN"):
     mj.loss_and_grads(bad, x, y)
+
+
+EAGER = [mj.loss_and_grads, mj.grads, mj.per_sample_grads, mj.per_sample_grad_norms,
+         mj.per_sample_layer_norms, lambda p, x, y: mj.clipped_mean_grads(p, x, y, 1.0),
+         lambda p, x, y: mj.per_sample_grads(p, x, y, chunk_size=2)]
+
+
+@pytest.mark.parametrize("fn", EAGER, ids=["loss_and_grads", "grads", "per_sample_grads",
+                                           "per_sample_grad_norms", "per_sample_layer_norms",
+                                           "clipped_mean_grads", "per_sample_grads_chunked"])
+def test_value_checks_off_skip_only_the_value_checks(fn, batch):
+  """`mj.value_checks(False)`: no NaN or label check (no wait for the device), shapes still
+  checked; on again after the block, also after an exception inside it."""
+  params, x, y = batch
+  nan_x = x.at[1, 2].set(jnp.nan)
+  with mj.value_checks(False):
+    out = fn(params, nan_x, y)
+    assert not all(bool(jnp.isfinite(leaf).all()) for leaf in jax.tree.leaves(out))
+    with pytest.raises(mj.InputError, match="x: expected shape"):
+      fn(params, x[:, :3], y)
+  with pytest.raises(mj.InputError, match="x: expected finite values"):
+    fn(params, nan_x, y)
+  with pytest.raises(mj.InputError, match=r"y: expected labels in 0\.\.1"):
+    fn(params, x, y.at[0].set(7))

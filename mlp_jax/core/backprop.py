@@ -132,12 +132,10 @@ def loss_and_grads(params: Params, x, y, l2=0.0, *,
     (loss, grads): a scalar and a tuple of `Dense` shaped like `params`.
   """
   params, x, y, l2 = checks.check_batch(params, x, y, l2, values=False)
+  if not checks.value_checks_enabled():
+    return objective_and_grads_jit(params, x, y, l2, compute_dtype=compute_dtype)
   loss, grads, flag = _loss_and_grads_flagged(params, x, y, l2, compute_dtype=compute_dtype)
-  if checks.is_concrete(flag) and bool(flag):
-    # The detailed checks name the problem; if they find none (finite inputs, an overflow in
-    # the parameters), the non-finite result is returned as computed.
-    checks.check_batch(params, x, y, l2)
-    checks.check_finite_params(params)
+  checks.raise_if_flagged(flag, params, x, y, l2)
   return loss, grads
 
 

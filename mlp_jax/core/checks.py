@@ -1,12 +1,20 @@
 """Checks at the public boundary: shapes, dtypes, label range, finiteness, penalty.
 
-They run outside compiled code. On traced values (inside a user's `jax.jit`) only the static
+The eager public calls (`loss_and_grads`, `per_sample_*`, `clipped_mean_grads`) compute a flag
+inside their compiled call (non-finite result or input, a label outside 0..K-1) and read it back,
+one wait for the device per call; only a raised flag runs the detailed checks that name the
+problem. `with value_checks(False):` skips that read-back for a hot loop (static checks still
+run); docs/architecture.md gives its measured cost.
+
+The other checks run outside compiled code. On traced values (inside a user's `jax.jit`) only the static
 checks (rank, shape, dtype) run, at trace time, so a compiled step pays nothing for them; on
 concrete arrays the value checks (labels in 0..K-1, finite features, lambda >= 0) run too.
 Every failure is an `InputError` / `InputTypeError` naming the argument, what was expected and
 what was given.
 """
 
+import contextlib
+import contextvars
 import math
 import numbers
 import operator
@@ -17,6 +25,29 @@ import numpy as np
 
 from mlp_jax.core.model import Dense, Params
 from mlp_jax.errors import InputError, InputTypeError
+
+
+_VALUE_CHECKS = contextvars.ContextVar("mlp_jax_value_checks", default=True)
+
+
+@contextlib.contextmanager
+def value_checks(enabled: bool):
+  """Within the block, the value checks of the eager public calls run (True, the default) or not.
+
+  Off, a call does only the static checks (shapes, dtypes, lambda) and never waits for the
+  device, so a loop of calls keeps the device busy; NaN, Inf and out-of-range labels then go
+  unreported, as inside a user's `jax.jit`.
+  """
+  token = _VALUE_CHECKS.set(bool(enabled))
+  try:
+    yield
+  finally:
+    _VALUE_CHECKS.reset(token)
+
+
+def value_checks_enabled() -> bool:
+  """Whether the eager public calls check values here (see `value_checks`)."""
+  return _VALUE_CHECKS.get()
 
 
 def is_concrete(x) -> bool:
@@ -145,6 +176,22 @@ def all_finite(tree) -> jax.Array:
   return finite
 
 
+def input_flag(params: Params, x, y) -> jax.Array:
+  """Traceable: True when x has a NaN or Inf or a label lies outside 0..K-1."""
+  k = params[-1].w.shape[1]
+  return ~jnp.isfinite(x).all() | (y.min() < 0) | (y.max() >= k)
+
+
+def raise_if_flagged(flag, params: Params, x, y, l2=0.0) -> None:
+  """After a compiled call that returned `flag`: when it is raised, the detailed checks name the
+  problem; when they find none (finite inputs, an overflow in the parameters), nothing is raised
+  and the result stands as computed. Reading the flag waits for the device; skipped when value
+  checks are off or the flag is traced."""
+  if value_checks_enabled() and is_concrete(flag) and bool(flag):
+    check_batch(params, x, y, l2)
+    check_finite_params(params)
+
+
 def check_finite_params(params: Params) -> None:
   """Every parameter finite (concrete values only)."""
   for i, layer in enumerate(params):
@@ -215,7 +262,7 @@ def check_batch(params, x, y, l2=0.0, *, values: bool = True):
   params = check_params(params)
   x = _features_static(params, x, "x")
   y = _labels_static(params, y, x.shape[0], "y")
-  if values:
+  if values and value_checks_enabled():
     _check_values(params, x, y)
   check_real(l2, "l2")
   return params, jnp.asarray(x, params[0].w.dtype), jnp.asarray(y), l2

@@ -15,7 +15,6 @@ sum_i c_i dl_i/dW_l = A_{l-1}^T (c * Delta_l). Norms and clipped means therefore
 and one backward pass and never materialise an (m, n, d) tensor.
 """
 
-import functools
 from typing import NamedTuple, Optional, Tuple
 
 import jax
@@ -54,9 +53,22 @@ def _per_sample_grads(params: Params, x: jax.Array, y: jax.Array) -> Params:
       for a, delta in zip(activations, deltas))
 
 
-@jax.jit
-def _per_sample_grads_jit(params, x, y):
-  return _per_sample_grads(params, x, y)
+def _flagged(fn, **jit_kwargs):
+  """jit of `fn(params, x, y, ...)` that also returns `checks.input_flag(params, x, y)`."""
+  def with_flag(params, x, y, *args, **kwargs):
+    return fn(params, x, y, *args, **kwargs), checks.input_flag(params, x, y)
+  return jax.jit(with_flag, **jit_kwargs)
+
+
+def _checked_call(flagged, params, x, y, *args, l2=0.0, **kwargs):
+  """Static checks, the flagged compiled call, then the value checks from its flag (one wait)."""
+  params, x, y, _ = checks.check_batch(params, x, y, l2, values=False)
+  out, flag = flagged(params, x, y, *args, **kwargs)
+  checks.raise_if_flagged(flag, params, x, y, l2)
+  return out
+
+
+_per_sample_grads_flagged = _flagged(_per_sample_grads)
 
 
 def per_sample_grads(params: Params, x, y, *, chunk_size: Optional[int] = None) -> Params:
@@ -72,17 +84,18 @@ def per_sample_grads(params: Params, x, y, *, chunk_size: Optional[int] = None) 
     A tuple of `Dense(w=(m, fan_in, fan_out), b=(m, fan_out))`. The batch gradient of (E6) is
     their mean plus (lambda/m) W, (E14).
   """
-  params, x, y, _ = checks.check_batch(params, x, y)
   if chunk_size is None:
-    return _per_sample_grads_jit(params, x, y)
+    return _checked_call(_per_sample_grads_flagged, params, x, y)
   chunk_size = checks.check_positive_int(chunk_size, "chunk_size")
-  return _per_sample_grads_map(params, x, y, chunk_size)
+  return _checked_call(_per_sample_grads_map, params, x, y, chunk_size=chunk_size)
 
 
-@functools.partial(jax.jit, static_argnames="chunk_size")
-def _per_sample_grads_map(params, x, y, chunk_size: int):
+def _per_sample_grads_chunked(params, x, y, chunk_size: int):
   one = lambda xy: jax.tree.map(lambda g: g[0], _per_sample_grads(params, xy[0][None], xy[1][None]))
   return jax.lax.map(one, (x, y), batch_size=chunk_size)
+
+
+_per_sample_grads_map = _flagged(_per_sample_grads_chunked, static_argnames="chunk_size")
 
 
 def _layer_sq_norms(activations, deltas) -> Tuple[jax.Array, ...]:
@@ -92,8 +105,7 @@ def _layer_sq_norms(activations, deltas) -> Tuple[jax.Array, ...]:
       for a, d in zip(activations, deltas))
 
 
-@jax.jit
-def _layer_norms_jit(params, x, y):
+def _layer_norms(params, x, y):
   activations, deltas, _ = _example_errors(params, x, y)
   return tuple(LayerNorms(w=jnp.sqrt(w2), b=jnp.sqrt(b2))
                for w2, b2 in _layer_sq_norms(activations, deltas))
@@ -105,18 +117,23 @@ def per_sample_layer_norms(params: Params, x, y) -> Tuple[LayerNorms, ...]:
   `w` holds ||dl_i/dW_l||_F = ||a_{l-1,i}|| ||delta_{l,i}|| and `b` holds ||delta_{l,i}||,
   computed without forming the per-example gradients. For diagnostics: which layer dominates.
   """
-  params, x, y, _ = checks.check_batch(params, x, y)
-  return _layer_norms_jit(params, x, y)
+  return _checked_call(_layer_norms_flagged, params, x, y)
+
+
+_layer_norms_flagged = _flagged(_layer_norms)
 
 
 def _global_norms(activations, deltas) -> jax.Array:
   return jnp.sqrt(sum(w2 + b2 for w2, b2 in _layer_sq_norms(activations, deltas)))
 
 
-@jax.jit
-def _global_norms_jit(params, x, y):
+def _global_norms_of(params, x, y):
   activations, deltas, _ = _example_errors(params, x, y)
   return _global_norms(activations, deltas)
+
+
+_global_norms_jit = jax.jit(_global_norms_of)  # the unchecked core, as the benchmarks time it
+_global_norms_flagged = _flagged(_global_norms_of)
 
 
 def per_sample_grad_norms(params: Params, x, y) -> jax.Array:
@@ -125,8 +142,7 @@ def per_sample_grad_norms(params: Params, x, y) -> jax.Array:
   Equals `optax.global_norm` of each slice of `per_sample_grads`, at the cost of one forward and
   one backward pass, never materialising the per-example gradients.
   """
-  params, x, y, _ = checks.check_batch(params, x, y)
-  return _global_norms_jit(params, x, y)
+  return _checked_call(_global_norms_flagged, params, x, y)
 
 
 def clip_factors(norms: jax.Array, clip_norm) -> jax.Array:
@@ -157,10 +173,13 @@ def clipped_grad_sum(params: Params, x: jax.Array, y: jax.Array, clip_norm, mask
   return layer_grads(params, activations, weighted, 0.0, 1, compute_dtype), norms, losses
 
 
-@jax.jit
-def _clipped_mean_jit(params, x, y, clip_norm, l2):
+def _clipped_mean(params, x, y, clip_norm, l2):
   total, _, _ = clipped_grad_sum(params, x, y, clip_norm)
   return mean_with_penalty(total, params, l2, x.shape[0])
+
+
+_clipped_mean_jit = jax.jit(_clipped_mean)  # the unchecked core, as the benchmarks time it
+_clipped_mean_flagged = _flagged(_clipped_mean)
 
 
 def clipped_mean_grads(params: Params, x, y, clip_norm, l2=0.0) -> Params:
@@ -173,6 +192,5 @@ def clipped_mean_grads(params: Params, x, y, clip_norm, l2=0.0) -> Params:
   Returns:
     A tuple of `Dense` shaped like `params`.
   """
-  params, x, y, l2 = checks.check_batch(params, x, y, l2)
   checks.check_real(clip_norm, "clip_norm", open_low=True)
-  return _clipped_mean_jit(params, x, y, clip_norm, l2)
+  return _checked_call(_clipped_mean_flagged, params, x, y, clip_norm, l2, l2=l2)

@@ -55,9 +55,10 @@ def is_concrete(x) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
-def _dtype_of(leaf) -> np.dtype:
-  """A leaf's own dtype (NumPy, JAX, tracer); Python scalars and lists as JAX would store them."""
-  return leaf.dtype if hasattr(leaf, "dtype") else jnp.asarray(leaf).dtype
+def dtype_of(leaf) -> np.dtype:
+  """A leaf's own dtype (NumPy, JAX, tracer, `jax.ShapeDtypeStruct`); Python scalars and lists
+  as JAX would store them."""
+  return np.dtype(leaf.dtype if hasattr(leaf, "dtype") else jnp.asarray(leaf).dtype)
 
 
 def check_params(params) -> Params:
@@ -68,7 +69,7 @@ def check_params(params) -> Params:
       isinstance(layer, Dense) for layer in params):
     raise InputTypeError(
         f"params must be a non-empty tuple of mlp_jax.Dense layers, got {type(params).__name__}")
-  dtype = _dtype_of(params[0].w)
+  dtype = dtype_of(params[0].w)
   if dtype == np.float64 and not jax.config.jax_enable_x64:
     raise InputTypeError(
         "params[0].w: float64 parameters need float64 enabled (jax.enable_x64(True) or "
@@ -88,7 +89,7 @@ def check_params(params) -> Params:
           f"params[{i}].w: expected fan_in {jnp.shape(params[i - 1].w)[1]} (the previous "
           f"layer's fan_out), got shape {jnp.shape(w)}")
     for name, leaf in (("w", w), ("b", b)):
-      leaf_dtype = _dtype_of(leaf)
+      leaf_dtype = dtype_of(leaf)
       if leaf_dtype != dtype or not jnp.issubdtype(leaf_dtype, jnp.floating):
         raise InputTypeError(
             f"params[{i}].{name}: expected floating dtype {dtype} like params[0].w, "

@@ -412,7 +412,7 @@ def _restore_opt_state(path: pathlib.Path, is_none: bool, leaves: list, template
     raise _error(path, f"optimizer state does not match: the file holds {len(leaves)} leaves, "
                  f"{len(expected)} expected")
   for i, (leaf, want) in enumerate(zip(leaves, expected)):
-    want_shape, want_dtype = np.shape(want), _leaf_dtype(want)
+    want_shape, want_dtype = np.shape(want), checks.dtype_of(want)
     if leaf.shape != want_shape:
       raise _error(path, f"optimizer state does not match: leaf {i} has shape {leaf.shape} in "
                    f"the file, {want_shape} expected")
@@ -420,11 +420,6 @@ def _restore_opt_state(path: pathlib.Path, is_none: bool, leaves: list, template
       raise _error(path, f"optimizer state does not match: leaf {i} has dtype {leaf.dtype} in "
                    f"the file, {want_dtype} expected")
   return jax.tree.unflatten(jax.tree.structure(template), leaves)
-
-
-def _leaf_dtype(leaf) -> np.dtype:
-  """A template leaf's dtype (arrays, `jax.ShapeDtypeStruct`, or Python scalars)."""
-  return np.dtype(leaf.dtype if hasattr(leaf, "dtype") else jnp.asarray(leaf).dtype)
 
 
 def _restore_rng(path: pathlib.Path, meta: dict, leaves: list) -> Optional[jax.Array]:

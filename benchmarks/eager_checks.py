@@ -6,7 +6,14 @@ update, and `mj.per_sample_grad_norms`; each with the value checks on (the defau
 repetitions.
 
     python benchmarks/eager_checks.py [OUT.json]   # default benchmarks/results/eager_checks.json
+
+It also runs on the layout before the value-check switch (commit de89e98), without the
+"checks off" rows, for the before/after figures in docs/architecture.md:
+
+    git worktree add /tmp/before de89e98
+    (cd /tmp/before && PYTHONPATH=. python $OLDPWD/benchmarks/eager_checks.py /tmp/before.json)
 """
+
 import json
 import os
 import sys
@@ -18,54 +25,81 @@ import numpy as np
 import optax
 
 import mlp_jax as mj
-from mlp_jax.core import backprop, per_example
-core = backprop.objective_and_grads_jit
 
-def make(m, seed=0):
+if hasattr(mj, "value_checks"):
+  from mlp_jax.core import backprop, per_example
+  GRADS_CORE, NORMS_CORE = backprop.objective_and_grads_jit, per_example.GLOBAL_NORMS.plain
+else:  # the layout before the change
+  from mlp_jax import gradients, per_example  # pylint: disable=no-name-in-module
+  GRADS_CORE, NORMS_CORE = gradients._loss_and_grads_jit, per_example._global_norms_jit
+
+SIZES = ((32, 300), (256, 200), (2048, 40))  # (m, calls per timed loop)
+REPEATS = 7
+
+
+def batch(m, seed=0):
   rng = np.random.default_rng(seed)
-  return jnp.asarray(rng.standard_normal((m, 256)).astype(np.float32)), jnp.asarray(rng.integers(0, 10, m).astype(np.int32))
+  return (jnp.asarray(rng.standard_normal((m, 256)).astype(np.float32)),
+          jnp.asarray(rng.integers(0, 10, m).astype(np.int32)))
 
-def user_loop(fn, params, x, y, n):
-  opt = optax.sgd(0.01); s = opt.init(params); p = params
-  for _ in range(n):
-    loss, g = fn(p, x, y, 1e-3)
-    u, s = opt.update(g, s); p = optax.apply_updates(p, u)
-  jax.block_until_ready(p)
 
-def norms_loop(fn, params, x, y, n):
-  out = None
-  for _ in range(n):
+def grads_loop(fn, params, x, y, calls):
+  """A user's eager training loop: gradient, optax update, next call."""
+  opt = optax.sgd(0.01)
+  state = opt.init(params)
+  for _ in range(calls):
+    _, grads = fn(params, x, y, 1e-3)
+    updates, state = opt.update(grads, state)
+    params = optax.apply_updates(params, updates)
+  jax.block_until_ready(params)
+
+
+def norms_loop(fn, params, x, y, calls):
+  for _ in range(calls):
     out = fn(params, x, y)
   jax.block_until_ready(out)
 
-unchecked = lambda p, x, y, l2: core(p, x, y, l2)
-variants = {"grads_checked": (user_loop, mj.loss_and_grads), "grads_unchecked_core": (user_loop, unchecked),
-            "norms_checked": (norms_loop, mj.per_sample_grad_norms), "norms_unchecked_core": (norms_loop, per_example._global_norms_jit)}
-def off(fn):
-  def g(*a):
+
+def checks_off(fn):
+  def call(*args):
     with mj.value_checks(False):
-      return fn(*a)
-  return g
-variants["grads_checks_off"] = (user_loop, off(mj.loss_and_grads))
-variants["norms_checks_off"] = (norms_loop, off(mj.per_sample_grad_norms))
-params = mj.init_params(jax.random.PRNGKey(0))
-res = {}
-for m, n in ((32, 300), (256, 200), (2048, 40)):
-  x, y = make(m)
-  for name, (loop, fn) in variants.items():
-    loop(fn, params, x, y, 3)  # compile
-  times = {k: [] for k in variants}
-  for rep in range(7):
-    for name, (loop, fn) in variants.items():
-      t = time.perf_counter(); loop(fn, params, x, y, n); times[name].append((time.perf_counter() - t) / n * 1e6)
-  med = {k: float(np.median(v)) for k, v in times.items()}
-  res[m] = med
-  print(f"m={m}: " + ", ".join(f"{k} {v:.1f} us" for k, v in med.items()))
-  print(f"   grads checked/unchecked {med['grads_checked']/med['grads_unchecked_core']:.3f}  norms checked/unchecked {med['norms_checked']/med['norms_unchecked_core']:.3f}"
-        + f"  grads off/unchecked {med['grads_checks_off']/med['grads_unchecked_core']:.3f}"
-        + f"  norms off/unchecked {med['norms_checks_off']/med['norms_unchecked_core']:.3f}")
-out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "results",
-                                                         "eager_checks.json")
-with open(out, "w") as f:
-  json.dump({"device": jax.devices()[0].device_kind, "jax": jax.__version__,
-             "us_per_call_median": res}, f, indent=1)
+      return fn(*args)
+  return call
+
+
+def main():
+  variants = {"grads_checked": (grads_loop, mj.loss_and_grads),
+              "grads_unchecked_core": (grads_loop, GRADS_CORE),
+              "norms_checked": (norms_loop, mj.per_sample_grad_norms),
+              "norms_unchecked_core": (norms_loop, NORMS_CORE)}
+  if hasattr(mj, "value_checks"):
+    variants["grads_checks_off"] = (grads_loop, checks_off(mj.loss_and_grads))
+    variants["norms_checks_off"] = (norms_loop, checks_off(mj.per_sample_grad_norms))
+  params = mj.init_params(jax.random.PRNGKey(0))
+  results = {}
+  for m, calls in SIZES:
+    x, y = batch(m)
+    for loop, fn in variants.values():
+      loop(fn, params, x, y, 3)  # compile
+    times = {name: [] for name in variants}
+    for _ in range(REPEATS):
+      for name, (loop, fn) in variants.items():
+        start = time.perf_counter()
+        loop(fn, params, x, y, calls)
+        times[name].append((time.perf_counter() - start) / calls * 1e6)
+    med = {name: float(np.median(t)) for name, t in times.items()}
+    results[m] = med
+    ratios = {f"{kind} {mode}": med[f"{kind}_{mode}"] / med[f"{kind}_unchecked_core"]
+              for kind in ("grads", "norms") for mode in ("checked", "checks_off")
+              if f"{kind}_{mode}" in med}
+    print(f"m={m}: " + ", ".join(f"{k} {v:.1f} us" for k, v in med.items()))
+    print("   vs the unchecked core: " + ", ".join(f"{k} {v:.3f}x" for k, v in ratios.items()))
+  out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "results",
+                                                           "eager_checks.json")
+  with open(out, "w") as f:
+    json.dump({"device": jax.devices()[0].device_kind, "jax": jax.__version__,
+               "us_per_call_median": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()

@@ -38,8 +38,8 @@ L2 = 1e-3
 
 IMPLS = {
     "grads": "backprop.objective_and_grads_jit: the analytic batch gradient (E7)-(E12), baseline",
-    "norms": "per_example._global_norms_jit: rank-one per-example norms (E15)",
-    "clipped": "per_example._clipped_mean_jit: clipped mean by row-scaled errors (E13)-(E15)",
+    "norms": "per_example.GLOBAL_NORMS.plain: rank-one per-example norms (E15)",
+    "clipped": "per_example.CLIPPED_MEAN.plain: clipped mean by row-scaled errors (E13)-(E15)",
     "vmap": "jax.jit(jax.vmap(jax.grad(l_i))): per-example gradients materialised",
     "vmap_clip": "one jit: vmap(grad) per-example gradients, optax.tree.norm each, scale, mean, "
                  "+ penalty",
@@ -105,8 +105,8 @@ def run_size(m, clip, timing, privacy_fn_for):
   privacy = privacy_fn_for(m, clip)
   jitted = {  # name -> (jitted function, args): timed and memory-analysed
       "grads": (backprop.objective_and_grads_jit, (params, x, y, L2)),
-      "norms": (per_example._global_norms_jit, (params, x, y)),
-      "clipped": (per_example._clipped_mean_jit, (params, x, y, clip, L2)),
+      "norms": (per_example.GLOBAL_NORMS.plain, (params, x, y)),
+      "clipped": (per_example.CLIPPED_MEAN.plain, (params, x, y, clip, L2)),
       "vmap": (vmap_grads, (params, x, y)),
       "vmap_clip": (vmap_clip, (params, x, y, clip, L2)),
   }

@@ -113,7 +113,10 @@ def _loss_and_grads_flagged(params, x, y, l2, compute_dtype=None):
   loss, grads = objective_and_grads(params, x, y, l2, compute_dtype)
   k = params[-1].w.shape[1]
   finite = jnp.isfinite(loss) & checks.all_finite(grads)
-  return loss, grads, ~finite | (y.min() < 0) | (y.max() >= k)
+  return (loss, grads), ~finite | (y.min() < 0) | (y.max() >= k)
+
+
+_LOSS_AND_GRADS = checks.Compiled(objective_and_grads_jit, _loss_and_grads_flagged)
 
 
 def loss_and_grads(params: Params, x, y, l2=0.0, *,
@@ -131,12 +134,8 @@ def loss_and_grads(params: Params, x, y, l2=0.0, *,
   Returns:
     (loss, grads): a scalar and a tuple of `Dense` shaped like `params`.
   """
-  params, x, y, l2 = checks.check_batch(params, x, y, l2, values=False)
-  if not checks.value_checks_enabled():
-    return objective_and_grads_jit(params, x, y, l2, compute_dtype=compute_dtype)
-  loss, grads, flag = _loss_and_grads_flagged(params, x, y, l2, compute_dtype=compute_dtype)
-  checks.raise_if_flagged(flag, params, x, y, l2)
-  return loss, grads
+  return checks.checked_call(_LOSS_AND_GRADS, params, x, y, l2, l2=l2,
+                             compute_dtype=compute_dtype)
 
 
 def grads(params: Params, x, y, l2=0.0, *, compute_dtype=None) -> Params:

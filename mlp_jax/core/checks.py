@@ -6,9 +6,10 @@ one wait for the device per call; only a raised flag runs the detailed checks th
 problem. `with value_checks(False):` skips that read-back for a hot loop (static checks still
 run); docs/architecture.md gives its measured cost.
 
-The other checks run outside compiled code. On traced values (inside a user's `jax.jit`) only the static
-checks (rank, shape, dtype) run, at trace time, so a compiled step pays nothing for them; on
-concrete arrays the value checks (labels in 0..K-1, finite features, lambda >= 0) run too.
+The other checks run outside compiled code. On traced values (inside a user's `jax.jit`) only
+the static checks (rank, shape, dtype) run, at trace time, so a compiled step pays nothing for
+them; on concrete arrays the value checks (labels in 0..K-1, finite features, lambda >= 0) run
+too.
 Every failure is an `InputError` / `InputTypeError` naming the argument, what was expected and
 what was given.
 """
@@ -18,6 +19,7 @@ import contextvars
 import math
 import numbers
 import operator
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -147,26 +149,15 @@ def _check_values(params: Params, x, y, x_name: str = "x", y_name: str = "y") ->
     raise InputError(f"{y_name}: expected labels in 0..{k - 1}, got values in {lo}..{hi}")
 
 
-def check_features(params: Params, x, name: str = "x") -> jax.Array:
-  """x of shape (m, n), m >= 1, floating and finite; returned in the parameters' dtype."""
-  x = _features_static(params, x, name)
-  _check_values(params, x, None, x_name=name)
-  return jnp.asarray(x, params[0].w.dtype)
-
-
-def check_labels(params: Params, y, m: int, name: str = "y") -> jax.Array:
-  """Integer class labels of shape (m,) in 0..K-1; returned as a JAX array."""
-  y = _labels_static(params, y, m, name)
-  _check_values(params, None, y, y_name=name)
-  return jnp.asarray(y)
-
-
 def check_pair(params: Params, data, name: str):
-  """A dataset given as a pair (x, y) (a tuple or a `data.Dataset`): both checked as above."""
+  """A dataset given as a pair (x, y) (a tuple or a `data.Dataset`): shapes, dtypes, finite
+  features and labels in 0..K-1 (one read-back for both); x in the parameters' dtype."""
   if not (isinstance(data, (tuple, list)) and len(data) == 2):
     raise InputError(f"{name}: expected a pair (x, y) or a Dataset, got {type(data).__name__}")
-  x = check_features(params, data[0], f"{name}.x")
-  return x, check_labels(params, data[1], x.shape[0], f"{name}.y")
+  x = _features_static(params, data[0], f"{name}.x")
+  y = _labels_static(params, data[1], x.shape[0], f"{name}.y")
+  _check_values(params, x, y, f"{name}.x", f"{name}.y")
+  return jnp.asarray(x, params[0].w.dtype), jnp.asarray(y)
 
 
 def all_finite(tree) -> jax.Array:
@@ -183,14 +174,26 @@ def input_flag(params: Params, x, y) -> jax.Array:
   return ~jnp.isfinite(x).all() | (y.min() < 0) | (y.max() >= k)
 
 
-def raise_if_flagged(flag, params: Params, x, y, l2=0.0) -> None:
-  """After a compiled call that returned `flag`: when it is raised, the detailed checks name the
-  problem; when they find none (finite inputs, an overflow in the parameters), nothing is raised
-  and the result stands as computed. Reading the flag waits for the device; skipped when value
-  checks are off or the flag is traced."""
-  if value_checks_enabled() and is_concrete(flag) and bool(flag):
+class Compiled(NamedTuple):
+  """One compiled public call in two forms, both `(params, x, y, *args, **kwargs)`."""
+  plain: Callable    # -> result
+  flagged: Callable  # -> (result, flag): flag raised by bad input or a non-finite result
+
+
+def checked_call(compiled: Compiled, params, x, y, *args, l2=0.0, **kwargs):
+  """An eager public call: the static checks, then `compiled.plain` when value checks are off,
+  else `compiled.flagged` and one read of its flag (a wait for the device). A raised flag runs
+  the detailed checks that name the problem; when they find none (finite inputs, an overflow in
+  the parameters) the result stands as computed. `args` and `kwargs` go to the compiled call
+  as given (`l2` is only checked here)."""
+  params, x, y, _ = check_batch(params, x, y, l2, values=False)
+  if not value_checks_enabled():
+    return compiled.plain(params, x, y, *args, **kwargs)
+  out, flag = compiled.flagged(params, x, y, *args, **kwargs)
+  if is_concrete(flag) and bool(flag):
     check_batch(params, x, y, l2)
     check_finite_params(params)
+  return out
 
 
 def check_finite_params(params: Params) -> None:
@@ -215,11 +218,6 @@ def check_int(value, name: str, minimum: int = 1) -> int:
   if number < minimum:
     raise InputError(f"{name}: expected an int >= {minimum}, got {number}")
   return number
-
-
-def check_positive_int(value, name: str) -> int:
-  """An integer >= 1 (a Python or NumPy int, not a bool), e.g. a batch or chunk size."""
-  return check_int(value, name, 1)
 
 
 def _range_text(low: float, high: float, open_low: bool, open_high: bool) -> str:

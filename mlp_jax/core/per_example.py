@@ -53,22 +53,14 @@ def _per_sample_grads(params: Params, x: jax.Array, y: jax.Array) -> Params:
       for a, delta in zip(activations, deltas))
 
 
-def _flagged(fn, **jit_kwargs):
-  """jit of `fn(params, x, y, ...)` that also returns `checks.input_flag(params, x, y)`."""
+def _compile(fn, **jit_kwargs) -> checks.Compiled:
+  """`fn(params, x, y, ...)` jitted as is, and with `checks.input_flag(params, x, y)` beside."""
   def with_flag(params, x, y, *args, **kwargs):
     return fn(params, x, y, *args, **kwargs), checks.input_flag(params, x, y)
-  return jax.jit(with_flag, **jit_kwargs)
+  return checks.Compiled(jax.jit(fn, **jit_kwargs), jax.jit(with_flag, **jit_kwargs))
 
 
-def _checked_call(flagged, params, x, y, *args, l2=0.0, **kwargs):
-  """Static checks, the flagged compiled call, then the value checks from its flag (one wait)."""
-  params, x, y, _ = checks.check_batch(params, x, y, l2, values=False)
-  out, flag = flagged(params, x, y, *args, **kwargs)
-  checks.raise_if_flagged(flag, params, x, y, l2)
-  return out
-
-
-_per_sample_grads_flagged = _flagged(_per_sample_grads)
+_PER_SAMPLE_GRADS = _compile(_per_sample_grads)
 
 
 def per_sample_grads(params: Params, x, y, *, chunk_size: Optional[int] = None) -> Params:
@@ -85,9 +77,9 @@ def per_sample_grads(params: Params, x, y, *, chunk_size: Optional[int] = None) 
     their mean plus (lambda/m) W, (E14).
   """
   if chunk_size is None:
-    return _checked_call(_per_sample_grads_flagged, params, x, y)
-  chunk_size = checks.check_positive_int(chunk_size, "chunk_size")
-  return _checked_call(_per_sample_grads_map, params, x, y, chunk_size=chunk_size)
+    return checks.checked_call(_PER_SAMPLE_GRADS, params, x, y)
+  chunk_size = checks.check_int(chunk_size, "chunk_size")
+  return checks.checked_call(_PER_SAMPLE_GRADS_CHUNKED, params, x, y, chunk_size=chunk_size)
 
 
 def _per_sample_grads_chunked(params, x, y, chunk_size: int):
@@ -95,7 +87,7 @@ def _per_sample_grads_chunked(params, x, y, chunk_size: int):
   return jax.lax.map(one, (x, y), batch_size=chunk_size)
 
 
-_per_sample_grads_map = _flagged(_per_sample_grads_chunked, static_argnames="chunk_size")
+_PER_SAMPLE_GRADS_CHUNKED = _compile(_per_sample_grads_chunked, static_argnames="chunk_size")
 
 
 def _layer_sq_norms(activations, deltas) -> Tuple[jax.Array, ...]:
@@ -117,10 +109,10 @@ def per_sample_layer_norms(params: Params, x, y) -> Tuple[LayerNorms, ...]:
   `w` holds ||dl_i/dW_l||_F = ||a_{l-1,i}|| ||delta_{l,i}|| and `b` holds ||delta_{l,i}||,
   computed without forming the per-example gradients. For diagnostics: which layer dominates.
   """
-  return _checked_call(_layer_norms_flagged, params, x, y)
+  return checks.checked_call(_LAYER_NORMS, params, x, y)
 
 
-_layer_norms_flagged = _flagged(_layer_norms)
+_LAYER_NORMS = _compile(_layer_norms)
 
 
 def _global_norms(activations, deltas) -> jax.Array:
@@ -132,8 +124,7 @@ def _global_norms_of(params, x, y):
   return _global_norms(activations, deltas)
 
 
-_global_norms_jit = jax.jit(_global_norms_of)  # the unchecked core, as the benchmarks time it
-_global_norms_flagged = _flagged(_global_norms_of)
+GLOBAL_NORMS = _compile(_global_norms_of)  # .plain: the unchecked core the benchmarks time
 
 
 def per_sample_grad_norms(params: Params, x, y) -> jax.Array:
@@ -142,7 +133,7 @@ def per_sample_grad_norms(params: Params, x, y) -> jax.Array:
   Equals `optax.global_norm` of each slice of `per_sample_grads`, at the cost of one forward and
   one backward pass, never materialising the per-example gradients.
   """
-  return _checked_call(_global_norms_flagged, params, x, y)
+  return checks.checked_call(GLOBAL_NORMS, params, x, y)
 
 
 def clip_factors(norms: jax.Array, clip_norm) -> jax.Array:
@@ -178,8 +169,7 @@ def _clipped_mean(params, x, y, clip_norm, l2):
   return mean_with_penalty(total, params, l2, x.shape[0])
 
 
-_clipped_mean_jit = jax.jit(_clipped_mean)  # the unchecked core, as the benchmarks time it
-_clipped_mean_flagged = _flagged(_clipped_mean)
+CLIPPED_MEAN = _compile(_clipped_mean)  # .plain: the unchecked core the benchmarks time
 
 
 def clipped_mean_grads(params: Params, x, y, clip_norm, l2=0.0) -> Params:
@@ -193,4 +183,4 @@ def clipped_mean_grads(params: Params, x, y, clip_norm, l2=0.0) -> Params:
     A tuple of `Dense` shaped like `params`.
   """
   checks.check_real(clip_norm, "clip_norm", open_low=True)
-  return _checked_call(_clipped_mean_flagged, params, x, y, clip_norm, l2, l2=l2)
+  return checks.checked_call(CLIPPED_MEAN, params, x, y, clip_norm, l2, l2=l2)

@@ -73,7 +73,7 @@ class EpochProgram(NamedTuple):
 
 def build_epoch(optimizer, batch_size, l2, compute_dtype, dp, mesh) -> EpochProgram:
   """The compiled epoch of `make_epoch` with its step and batch plan; see `EpochProgram`."""
-  batch_size = checks.check_positive_int(batch_size, "batch_size")
+  batch_size = checks.check_int(batch_size, "batch_size")
   checks.check_real(l2, "l2")
   dp = None if dp is None else privacy.check_dp_config(dp)
   jit_kwargs = {}

@@ -18,9 +18,10 @@ from mlp_jax.core.objective import loss
 from mlp_jax.core.per_example import (LayerNorms, clipped_mean_grads, per_sample_grad_norms,
                                       per_sample_grads, per_sample_layer_norms)
 from mlp_jax.errors import (CheckpointError, DataFileError, InputError, InputTypeError,
-                            MLPJaxError, NonFiniteError)
+                            MLPJaxError, NonFiniteError, ResumeError, StorageError)
 from mlp_jax.io import data
-from mlp_jax.io.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from mlp_jax.io.checkpoint import (Checkpoint, SavedRun, load_checkpoint, load_pytree, load_run,
+                                   save_checkpoint, save_pytree, save_run)
 from mlp_jax.oracle.autodiff import autodiff_grads, autodiff_per_sample_grads
 from mlp_jax.oracle.check import GradientReport, check_gradients, relative_error
 from mlp_jax.training import distributed
@@ -30,7 +31,8 @@ from mlp_jax.training.evaluation import confusion_matrix, evaluate
 from mlp_jax.training.epoch import make_epoch
 from mlp_jax.training.fit import FitResult, fit
 from mlp_jax.training.optimizers import make_optimizer, steps_per_epoch
-from mlp_jax.training.privacy import DPConfig, dp_epsilon
+from mlp_jax.training.privacy import DPConfig, LedgerEntry, dp_epsilon, ledger_epsilon
+from mlp_jax.training.run import RunState
 from mlp_jax.training.step import make_data_parallel_step, make_train_step
 
 __version__ = "0.1.0"

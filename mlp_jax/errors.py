@@ -30,6 +30,15 @@ class NonFiniteError(MLPJaxError, FloatingPointError):
   """Training produced a NaN or Inf loss or gradient."""
 
 
+class ResumeError(MLPJaxError, ValueError):
+  """A resume asks for a setting other than the saved run's, or there is nothing to resume."""
+
+
+class StorageError(MLPJaxError, OSError):
+  """The file system refused a read or write (permission, disk full, name too long, not a
+  regular file); nothing was half-written and earlier files are intact."""
+
+
 def one_line(text, limit: int = 200) -> str:
   """`text` with whitespace runs collapsed to single spaces, cut to `limit` characters."""
   text = " ".join(str(text).split())

@@ -7,7 +7,9 @@ import optax
 import pytest
 
 import mlp_jax as mj
+from mlp_jax.io import checkpoint
 from mlp_jax.training import epoch as training
+from mlp_jax.training import privacy
 from conftest import count_compiles, assert_tree_close, copy_tree, make_batch, trees_bit_equal
 
 SIZES = (12, 16, 5)
@@ -121,10 +123,12 @@ def test_resume_equals_uninterrupted():
   kwargs = dict(optimizer=optax.adam(1e-2), batch_size=8, l2=1e-3, seed=1)
   whole = mj.fit(params, train, epochs=4, **kwargs)
   half = mj.fit(params, train, epochs=2, **kwargs)
-  rest = mj.fit(half.params, train, epochs=4, start_epoch=2, opt_state=half.opt_state,
-                history=half.history, **kwargs)
+  rest = mj.fit(params, train, epochs=4, resume=half.state, **kwargs)
   assert trees_bit_equal(whole.params, rest.params)
+  assert trees_bit_equal(whole.opt_state, rest.opt_state)
   assert [r["epoch"] for r in rest.history] == [1, 2, 3, 4]
+  assert rest.state.ledger == whole.state.ledger  # one non-private entry of 4 x 6 steps
+  assert rest.state.ledger == (privacy.LedgerEntry(24),)
 
 
 def test_make_optimizer_by_name_matches_optax():
@@ -159,8 +163,7 @@ def test_resume_with_a_cosine_schedule_equals_uninterrupted():
   kwargs = dict(optimizer=opt, batch_size=8, l2=1e-3, seed=1)
   whole = mj.fit(params, train, epochs=4, **kwargs)
   half = mj.fit(params, train, epochs=2, **kwargs)
-  rest = mj.fit(half.params, train, epochs=4, start_epoch=2, opt_state=half.opt_state,
-                history=half.history, **kwargs)
+  rest = mj.fit(params, train, epochs=4, resume=half.state, **kwargs)
   assert trees_bit_equal(whole.params, rest.params)
   constant = mj.fit(params, train, epochs=4, **{**kwargs, "optimizer": mj.make_optimizer(
       "adam", 1e-2)})
@@ -202,7 +205,8 @@ def test_early_stopping_returns_the_best_epoch():
   snapshots = {}
   result = mj.fit(params, (x, y), optimizer=optax.adam(3e-2), epochs=60, batch_size=8, val=val,
                   patience=3,
-                  on_epoch_end=lambda e, p, s, r: snapshots.__setitem__(e, jax.tree.map(np.array, p)))
+                  on_epoch_end=lambda st: snapshots.__setitem__(
+                      st.epochs_done, jax.tree.map(np.array, st.params)))
   assert result.stopped_early
   losses = [r["val_loss"] for r in result.history]
   assert result.best_epoch == 1 + int(np.argmin(losses))
@@ -227,11 +231,140 @@ def test_fit_rejects_bad_arguments():
   with pytest.raises(mj.InputError, match="batch_size"):
     mj.fit(params, (x, y), optimizer=optax.sgd(0.1), epochs=1, batch_size=0)
   with pytest.raises(mj.InputError, match="patience"):
-    mj.fit(params, (x, y), optimizer=optax.sgd(0.1), epochs=1, patience=2)
+    mj.fit(params, (x, y), optimizer=optax.sgd(0.1), epochs=1, batch_size=4, patience=2)
   with pytest.raises(mj.InputError, match=r"train.y: expected labels in 0..4"):
     mj.fit(params, (x, y + 10), optimizer=optax.sgd(0.1), epochs=1)
   with pytest.raises(mj.InputError, match=r"val.x: expected shape"):
     mj.fit(params, (x, y), optimizer=optax.sgd(0.1), epochs=1, val=(x[:, :3], y))
+
+
+@pytest.mark.parametrize("kwargs, kind, message", [
+    (dict(epochs=0), mj.InputError, "epochs: expected an int >= 1, got 0"),
+    (dict(epochs=-1), mj.InputError, "epochs: expected an int >= 1, got -1"),
+    (dict(epochs=2.0), mj.InputTypeError, "epochs: expected an int >= 1, got 2.0"),
+    (dict(batch_size=11), mj.InputError,
+     "batch_size: expected an int in 1..10 (the training set has 10 examples), got 11"),
+    (dict(batch_size=25), mj.InputError, "batch_size: expected an int in 1..10"),
+    (dict(seed=-1), mj.InputError, "seed: expected an int in 0..4294967295, got -1"),
+    (dict(seed=2**64), mj.InputError, "seed: expected an int in 0..4294967295"),
+    (dict(patience=0, val="train"), mj.InputError, "patience: expected an int >= 1, got 0"),
+    (dict(params="list"), mj.InputTypeError, "params[0]"),
+    (dict(params="lists"), mj.InputTypeError, "params must be a non-empty tuple of mlp_jax.Dense"),
+], ids=["epochs0", "epochs-1", "epochs-float", "batch>N", "batch>2N", "seed-1", "seed2**64",
+        "patience0", "list-of-lists", "nested-lists"])
+def test_fit_refuses_bad_settings_before_training(kwargs, kind, message):
+  params = mj.init_params(jax.random.PRNGKey(0), SIZES)
+  train = _data(10)
+  if kwargs.get("val") == "train":
+    kwargs["val"] = train
+  if kwargs.get("params") == "list":  # plain Python lists in place of Dense layers
+    kwargs["params"] = [[np.asarray(l.w).tolist(), np.asarray(l.b).tolist()] for l in params]
+  elif kwargs.get("params") == "lists":
+    kwargs["params"] = [1, 2]
+  args = {"optimizer": optax.sgd(0.1), "epochs": 1, "batch_size": 4, **kwargs}
+  with pytest.raises(kind) as info:
+    mj.fit(args.pop("params", params), train, **args)
+  assert message in str(info.value)
+
+
+def test_a_list_of_dense_layers_is_accepted_as_params():
+  params = mj.init_params(jax.random.PRNGKey(0), SIZES)
+  kwargs = dict(optimizer=optax.sgd(0.1), epochs=1, batch_size=4)
+  assert trees_bit_equal(mj.fit(list(params), _data(10), **kwargs).params,
+                         mj.fit(params, _data(10), **kwargs).params)
+
+
+# ------------------------------------------------------------------------------ run state
+
+
+def _early_stopping_problem():
+  """A net that overfits noise labels: validation loss turns up after a few epochs."""
+  params = mj.init_params(jax.random.PRNGKey(0), (12, 64, 5))
+  x, _ = _data(40, 0)
+  y = jnp.asarray(np.random.default_rng(0).integers(0, 5, 40), jnp.int32)
+  return params, (x, y), dict(optimizer=optax.adam(3e-2), batch_size=8, val=_data(40, 1),
+                              patience=3, seed=2)
+
+
+@pytest.mark.parametrize("cut", [1, 2, 4])
+def test_resume_with_patience_through_a_file_equals_uninterrupted(tmp_path, cut):
+  """A run saved after `cut` epochs, read back and resumed: the same early stop at the same
+  epoch, the same best parameters, the same history (but its timings)."""
+  params, train, kwargs = _early_stopping_problem()
+  whole = mj.fit(params, train, epochs=60, **kwargs)
+  assert whole.stopped_early and whole.best_epoch == 2 and len(whole.history) == 5  # cuts: before,
+  # at and after the best epoch
+  part = mj.fit(params, train, epochs=cut, **kwargs)
+  checkpoint.save_run(tmp_path / "run.npz", part.state)
+  saved = checkpoint.load_run(tmp_path / "run.npz").state
+  rest = mj.fit(params, train, epochs=60, resume=saved, **kwargs)
+  assert (rest.stopped_early, rest.best_epoch) == (True, whole.best_epoch)
+  assert trees_bit_equal(rest.params, whole.params)
+  assert trees_bit_equal(rest.state.params, whole.state.params)
+  strip = lambda h: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in h]
+  assert strip(rest.history) == strip(whole.history)
+
+
+def test_a_finished_or_stopped_run_trains_nothing_more():
+  params, train, kwargs = _early_stopping_problem()
+  stopped = mj.fit(params, train, epochs=60, **kwargs)
+  again = mj.fit(params, train, epochs=80, resume=stopped.state, **kwargs)
+  assert again.history == stopped.history and again.stopped_early
+  assert trees_bit_equal(again.params, stopped.params)
+  done = mj.fit(params, train, epochs=2, **{**kwargs, "patience": None})
+  calls = []
+  same = mj.fit(params, train, epochs=2, resume=done.state, on_epoch_end=calls.append,
+                **{**kwargs, "patience": None})
+  assert calls == [] and same.history == done.history
+  with pytest.raises(mj.ResumeError, match="has already trained 2 epochs, more than the 1"):
+    mj.fit(params, train, epochs=1, resume=done.state, **{**kwargs, "patience": None})
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(batch_size=4), "batch_size 8, this run asks for 4"),
+    (dict(l2=0.5), "l2 0, this run asks for 0.5"),
+    (dict(seed=3), "seed 2, this run asks for 3"),
+    (dict(patience=5), "patience 3, this run asks for 5"),
+    (dict(patience=None), "patience 3, this run asks for (none)"),
+    (dict(val=None, patience=None), "val_examples 40, this run asks for (none)"),
+    (dict(dp=privacy.DPConfig(1.0, 1.0)), "dp (none), this run asks for 1 1 1e-05"),
+    (dict(compute_dtype=jnp.bfloat16), "compute_dtype (none), this run asks for bfloat16"),
+    (dict(train="fewer"), "train_examples 40, this run asks for 30"),
+], ids=lambda v: "-".join(v) if isinstance(v, dict) else None)
+def test_resume_refuses_a_changed_setting(change, message):
+  params, train, kwargs = _early_stopping_problem()
+  part = mj.fit(params, train, epochs=1, **kwargs)
+  if change.pop("train", None):
+    train = (train[0][:30], train[1][:30])
+  with pytest.raises(mj.ResumeError) as info:
+    mj.fit(params, train, epochs=3, resume=part.state, **{**kwargs, **change})
+  assert message in str(info.value) and "a resume must keep it" in str(info.value)
+
+
+def test_resume_refuses_another_optimizer_state():
+  params, train, kwargs = _early_stopping_problem()
+  part = mj.fit(params, train, epochs=1, **kwargs)
+  leaves = part.state._replace(opt_state=jax.tree.leaves(part.state.opt_state))
+  momentum = optax.sgd(0.1, momentum=0.9)
+  with pytest.raises(mj.ResumeError, match="optimizer state does not match: the file holds 9 "
+                     "leaves, 4 expected"):
+    mj.fit(params, train, epochs=3, resume=leaves, **{**kwargs, "optimizer": momentum})
+
+
+def test_should_stop_ends_after_the_epoch_and_the_run_resumes_exactly():
+  params = mj.init_params(jax.random.PRNGKey(0), SIZES)
+  kwargs = dict(optimizer=optax.adam(1e-2), batch_size=8, seed=1)
+  whole = mj.fit(params, _data(45), epochs=5, **kwargs)
+  seen = []
+  stopped = mj.fit(params, _data(45), epochs=5, on_epoch_end=seen.append,
+                   should_stop=lambda: len(seen) == 2, **kwargs)
+  assert stopped.interrupted and stopped.state.epochs_done == 2
+  rest = mj.fit(params, _data(45), epochs=5, resume=stopped.state, **kwargs)
+  assert not rest.interrupted and trees_bit_equal(rest.params, whole.params)
+  seen.clear()
+  last = mj.fit(params, _data(45), epochs=2, on_epoch_end=seen.append,
+                should_stop=lambda: len(seen) == 2, **kwargs)
+  assert not last.interrupted  # asked to stop when the run was done anyway
 
 
 def test_evaluate_and_confusion_matrix():

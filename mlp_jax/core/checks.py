@@ -19,7 +19,7 @@ import contextvars
 import math
 import numbers
 import operator
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -67,10 +67,14 @@ def check_params(params) -> Params:
   """A non-empty tuple of `Dense` with chained, floating, same-dtype weights; returns it."""
   if isinstance(params, list):
     params = tuple(params)
-  if not isinstance(params, tuple) or not params or not all(
-      isinstance(layer, Dense) for layer in params):
+  if not isinstance(params, tuple) or not params:
     raise InputTypeError(
         f"params must be a non-empty tuple of mlp_jax.Dense layers, got {type(params).__name__}")
+  for i, layer in enumerate(params):
+    if not isinstance(layer, Dense):
+      raise InputTypeError(f"params[{i}]: expected a mlp_jax.Dense layer (w, b), got "
+                           f"{type(layer).__name__}; params must be a non-empty tuple of "
+                           "mlp_jax.Dense layers")
   dtype = dtype_of(params[0].w)
   if dtype == np.float64 and not jax.config.jax_enable_x64:
     raise InputTypeError(
@@ -207,16 +211,18 @@ def check_finite_params(params: Params) -> None:
           raise InputError(f"params[{i}].{name}: expected finite values, got {bad} NaN or Inf")
 
 
-def check_int(value, name: str, minimum: int = 1) -> int:
-  """An integer >= `minimum` (a Python or NumPy int, not a bool), e.g. a batch size or a count."""
+def check_int(value, name: str, minimum: int = 1, maximum: Optional[int] = None) -> int:
+  """An integer >= `minimum` (and <= `maximum` when given), a Python or NumPy int, not a bool:
+  e.g. a batch size, a count or a seed."""
+  wanted = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
   try:
     number = None if isinstance(value, bool) else operator.index(value)
   except TypeError:
     number = None
   if number is None:
-    raise InputTypeError(f"{name}: expected an int >= {minimum}, got {value!r}")
-  if number < minimum:
-    raise InputError(f"{name}: expected an int >= {minimum}, got {number}")
+    raise InputTypeError(f"{name}: expected an int {wanted}, got {value!r}")
+  if number < minimum or (maximum is not None and number > maximum):
+    raise InputError(f"{name}: expected an int {wanted}, got {number}")
   return number
 
 

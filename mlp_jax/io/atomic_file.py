@@ -6,37 +6,70 @@
 The data goes to a temporary file in the target's folder, is flushed and fsync'ed, gets the mode a
 newly created file would have, and is moved onto the target with `os.replace` (atomic on POSIX
 and Windows); the folder is then fsync'ed so the rename survives a power loss. On any exception,
-KeyboardInterrupt included, the temporary file is removed and the target is untouched. A process
+KeyboardInterrupt included, the temporary file is removed and the target is untouched; an
+`OSError` of the file system becomes one `StorageError` naming the file and the reason. A process
 killed mid-write can leave a stale `.NAME.*.tmp` beside the target; it is never read.
 """
 
 import contextlib
+import errno
 import os
 import pathlib
 import tempfile
 
+from mlp_jax.errors import StorageError, describe
+
 
 @contextlib.contextmanager
 def atomic_write(path, mode: str = "wb"):
-  """Yields a file object (binary "wb" or text "w") that replaces `path` when the block ends."""
+  """Yields a file object (binary "wb" or text "w") that replaces `path` when the block ends.
+
+  Raises:
+    StorageError: the file system refused (no permission, disk full, name too long, a parent
+      that is a file, ...); the message names `path` and the reason, and `path` is untouched.
+  """
   path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.name}.",
-                                    suffix=".tmp", delete=False)
-  try:
-    with tmp:
-      yield tmp
-      tmp.flush()
-      os.fsync(tmp.fileno())
-    os.chmod(tmp.name, _new_file_mode())
-    os.replace(tmp.name, path)
-  except BaseException:
+  with storage_errors(path):
+    make_folder(path.parent)
+    tmp = tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.name}.",
+                                      suffix=".tmp", delete=False)
     try:
-      os.unlink(tmp.name)
-    except OSError:
-      pass
+      with tmp:
+        yield tmp
+        tmp.flush()
+        os.fsync(tmp.fileno())
+      os.chmod(tmp.name, _new_file_mode())
+      os.replace(tmp.name, path)
+    except BaseException:
+      try:
+        os.unlink(tmp.name)
+      except OSError:
+        pass
+      raise
+    _fsync_dir(path.parent)
+
+
+def make_folder(path) -> pathlib.Path:
+  """`path` as a folder, created with its parents if missing; `StorageError` if it cannot be."""
+  path = pathlib.Path(path)
+  with storage_errors(path):
+    if path.exists() and not path.is_dir():
+      raise FileExistsError(errno.EEXIST, "exists and is not a folder", str(path))
+    path.mkdir(parents=True, exist_ok=True)
+  return path
+
+
+@contextlib.contextmanager
+def storage_errors(path):
+  """Turns an `OSError` in the block into one `StorageError` naming `path` and the reason."""
+  try:
+    yield
+  except StorageError:
     raise
-  _fsync_dir(path.parent)
+  except OSError as e:
+    reason = e.strerror or describe(e)
+    code = f" [{errno.errorcode[e.errno]}]" if e.errno in errno.errorcode else ""
+    raise StorageError(f"cannot write {path}: {reason}{code}; it is left as it was") from e
 
 
 def _fsync_dir(directory: pathlib.Path) -> None:

@@ -13,12 +13,14 @@ file -- into one `DataFileError` whose one-line message names the file and the p
 
 import contextlib
 import gzip
+import hashlib
 import io
 import math
 import operator
 import os
 import pathlib
 import re
+import stat
 import zlib
 from typing import NamedTuple
 
@@ -35,6 +37,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 HUGE = 1e6               # feature magnitudes above this are rejected as out of range
 MIN_STD = 1e-6           # a feature with a smaller std is left unscaled (constant pixels)
 MAX_TEXT_BYTES = 1 << 30  # a gzipped ESL file may not decompress to more than this
+MAX_FILE_BYTES = 1 << 30  # nor may a data file be larger
 
 _HDF5_LAYOUT = "expected groups train/test with datasets data/target"
 _NOT_TEXT = re.compile(rb"[^\t\n\r\x20-\x7e]")  # ESL text is printable ASCII and whitespace
@@ -280,14 +283,29 @@ def _reading(path: pathlib.Path):
     raise _error(path, f"cannot read file ({describe(e)})") from e
 
 
+def _check_regular(path: pathlib.Path) -> None:
+  """A regular file of at most `MAX_FILE_BYTES`: a FIFO or device would hang or never end."""
+  with _reading(path):
+    info = path.stat()
+  if stat.S_ISDIR(info.st_mode):
+    raise _error(path, "is a directory, expected a file")
+  if not stat.S_ISREG(info.st_mode):
+    raise _error(path, "is not a regular file (a pipe, socket or device)")
+  if info.st_size > MAX_FILE_BYTES:
+    raise _error(path, f"is {info.st_size} bytes, more than the {MAX_FILE_BYTES} a USPS file "
+                 "can need")
+
+
 def _read_bytes(path: pathlib.Path) -> bytes:
   """The whole file, or `DataFileError` saying why not."""
+  _check_regular(path)
   with _reading(path):
     return path.read_bytes()
 
 
 def _head(path: pathlib.Path, size: int = 8) -> bytes:
   """The first `size` bytes of a file, which must exist and be non-empty."""
+  _check_regular(path)
   with _reading(path), open(path, "rb") as f:
     head = f.read(size)
   if not head:
@@ -521,6 +539,16 @@ def shift_augment(ds: Dataset, image_shape, neighbours: int = 4) -> Dataset:
 
 
 DATASETS = ("digits", "usps", "synthetic")
+
+
+def fingerprint(ds: Dataset) -> str:
+  """sha256 of a dataset's features and labels (dtype, shape and bytes): the identity of the
+  data a run trained on, whatever file or folder it came from."""
+  h = hashlib.sha256()
+  for a in (np.asarray(ds.x), np.asarray(ds.y)):
+    h.update(f"{a.dtype.str}{a.shape}".encode("ascii"))
+    h.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+  return h.hexdigest()
 
 
 class Prepared(NamedTuple):

@@ -54,169 +54,238 @@ def _table(rows: List[List[str]]) -> str:
   return "\n".join(text_table(rows, rule=False))
 
 
-def _check_same_schedule(path: str, saved: dict, args) -> None:
-  """A resumed run must continue the learning-rate schedule it was started with."""
+# Defaults of the options that only some runs use: None in the parser, so that giving one where
+# it has no effect is an error rather than silently ignored.
+DEFAULTS = {"shifts": 4, "num_samples": 2000, "clip_norm": 1.0, "noise_multiplier": 1.1,
+            "delta": 1e-5}
+EXIT_ERROR, EXIT_STORAGE, EXIT_INTERRUPTED = 2, 74, 130  # 74: EX_IOERR of sysexits.h
+
+
+def train_config(args) -> dict:
+  """The run's configuration from the command line, every value checked; raises `InputError`
+  naming the option. Options a run does not use are None (and refused if given)."""
   from mlp_jax.errors import InputError
-  schedule = saved.get("schedule", "constant")
-  if schedule != args.schedule:
-    raise InputError(f"--resume: {path} was trained with --schedule {schedule}, this run asks "
-                     f"for --schedule {args.schedule}")
-  if schedule == "cosine" and saved.get("epochs") != args.epochs:
-    raise InputError(f"--resume: the cosine schedule of {path} spans {saved.get('epochs')} "
-                     f"epochs; resume it with --epochs {saved.get('epochs')}")
+  from mlp_jax.training.fit import MAX_SEED
+
+  def need(ok, message):
+    if not ok:
+      raise InputError(message)
+
+  uses = {"data": args.dataset == "usps", "num_samples": args.dataset == "synthetic",
+          "shifts": args.augment, "clip_norm": args.dp, "noise_multiplier": args.dp,
+          "delta": args.dp}
+  needs = {"data": "--dataset usps", "num_samples": "--dataset synthetic",
+           "shifts": "--augment", "clip_norm": "--dp", "noise_multiplier": "--dp",
+           "delta": "--dp"}
+  config = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
+  for key, used in uses.items():
+    flag = "--" + key.replace("_", "-")
+    need(used or config[key] is None, f"{flag} {config[key]}: only used with {needs[key]}")
+    if used and config[key] is None:
+      config[key] = DEFAULTS.get(key)
+  need(args.dataset != "usps" or args.data is not None,
+       "--dataset usps: give the data file with --data (usps.h5 or zip.train[.gz])")
+  need(args.epochs >= 1, f"--epochs: expected an int >= 1, got {args.epochs}")
+  need(args.batch_size >= 1, f"--batch-size: expected an int >= 1, got {args.batch_size}")
+  need(0 <= args.seed <= MAX_SEED, f"--seed: expected an int in 0..{MAX_SEED}, got {args.seed}")
+  need(0 <= args.val_fraction < 1,
+       f"--val-fraction: expected a fraction in [0, 1), got {args.val_fraction:g}")
+  need(args.patience is None or args.patience >= 1,
+       f"--patience: expected an int >= 1, got {args.patience}")
+  need(args.patience is None or args.val_fraction > 0,
+       "--patience: early stopping needs a validation set (--val-fraction > 0)")
+  need(all(h >= 1 for h in args.hidden), f"--hidden: expected widths >= 1, got {args.hidden}")
+  need(0 < args.lr < float("inf"), f"--lr: expected a finite value > 0, got {args.lr:g}")
+  need(0 <= args.l2 < float("inf"), f"--l2: expected a finite value >= 0, got {args.l2:g}")
+  need(config["num_samples"] is None or config["num_samples"] >= 10,
+       f"--num-samples: expected an int >= 10, got {config['num_samples']}")
+  if args.dp:
+    need(0 < config["clip_norm"] < float("inf"),
+         f"--clip-norm: expected a finite value > 0, got {config['clip_norm']:g}")
+    need(0 <= config["noise_multiplier"] < float("inf"),
+         f"--noise-multiplier: expected a finite value >= 0, got {config['noise_multiplier']:g}")
+    need(0 < config["delta"] < 1, f"--delta: expected a value in (0, 1), got {config['delta']:g}")
+  return config
 
 
 def cmd_train(args) -> int:
   import jax
-  import jax.numpy as jnp
   import mlp_jax as mj
-  from mlp_jax.io import checkpoint, data
-  from mlp_jax.tools import plots
-  from mlp_jax.training import distributed, privacy
+  from mlp_jax.io import data
+  from mlp_jax.tools.run_folder import RunFolder, default_out, stop_on_sigint
+  from mlp_jax.training import distributed
 
-  mesh = None
+  config = train_config(args)
+  mesh = _mesh(args)
+  primary = distributed.is_primary()  # only process 0 writes files
+  if args.resume and args.out is None:
+    raise mj.InputError("--resume: give the run's folder with --out")
+  out = default_out(args.dataset) if args.out is None else args.out
+  folder = RunFolder.open(out, resume=args.resume, overwrite=args.overwrite, primary=primary)
+  splits = data.prepare(args.dataset, config["data"], val_fraction=args.val_fraction,
+                        seed=args.seed, augment=args.augment, num_samples=config["num_samples"],
+                        scaling=args.scaling, shifts=config["shifts"])
+  num_train = splits.train.x.shape[0]
+  if args.batch_size > num_train:
+    raise mj.InputError(f"--batch-size: expected at most {num_train}, the training set's size, "
+                        f"got {args.batch_size}")
+  sizes = (splits.train.x.shape[1],) + tuple(args.hidden) + (splits.num_classes,)
+  config.update(out=str(out), layer_sizes=list(sizes), devices=None if mesh is None else mesh.size,
+                train_sha256=data.fingerprint(splits.train))
+  done = folder.check_resume(config, args.epochs)
+  if done is not None:
+    print(done)
+    return 0
+  if folder.saved is not None:
+    print(f"resuming {folder.checkpoint} after epoch {folder.saved.state.epochs_done}")
+  optimizer = mj.make_optimizer(args.optimizer, args.lr, schedule=args.schedule,
+                                total_steps=args.epochs * mj.steps_per_epoch(num_train,
+                                                                             args.batch_size))
+  folder.start(config, {"scaler_mean": splits.scaler.mean, "scaler_scale": splits.scaler.scale})
+  progress = _progress(args, folder, primary)
+  start = time.perf_counter()
+  try:
+    with stop_on_sigint() as stop:
+      result = mj.fit(
+          mj.init_params(jax.random.PRNGKey(args.seed), sizes),
+          (splits.train.x, splits.train.y), optimizer=optimizer, epochs=args.epochs,
+          batch_size=args.batch_size, l2=args.l2, seed=args.seed,
+          val=None if splits.val is None else (splits.val.x, splits.val.y),
+          patience=args.patience, resume=None if folder.saved is None else folder.saved.state,
+          on_epoch_end=progress, should_stop=stop.is_set, track_train_accuracy=True,
+          compute_dtype=jax.numpy.bfloat16 if args.bf16 else None, mesh=mesh,
+          dp=mj.DPConfig(config["clip_norm"], config["noise_multiplier"], config["delta"])
+          if args.dp else None)
+  except mj.NonFiniteError as err:
+    raise _non_finite(err, folder, primary) from err
+  finally:
+    if hasattr(progress, "close"):
+      progress.close()
+  if result.interrupted:
+    print(f"mlp-jax: interrupted after epoch {result.state.epochs_done} of {args.epochs}; "
+          f"{folder.checkpoint} holds it; continue with the same command and --resume "
+          f"--out {out}", file=sys.stderr)
+    return EXIT_INTERRUPTED
+  if primary:
+    _report(args, config, splits, result, time.perf_counter() - start, folder, mesh)
+  return 0
+
+
+def _mesh(args):
+  """The device mesh of `--devices` and the multi-process options, or None."""
+  from mlp_jax.training import distributed
   if (args.coordinator or args.num_processes is not None or args.process_id is not None
       or os.environ.get(distributed.ENV_COORDINATOR)):
     coordinator = None if args.coordinator == "auto" else args.coordinator  # auto: JAX detects
     distributed.initialize_distributed(coordinator, args.num_processes, args.process_id,
                                        timeout_s=args.init_timeout)
-    mesh = distributed.make_mesh(args.devices or "all")  # several processes: one mesh over all
-  elif args.devices is not None:
-    mesh = distributed.make_mesh(args.devices)
-  primary = distributed.is_primary()  # only process 0 writes files
+    return distributed.make_mesh(args.devices or "all")  # several processes: one mesh over all
+  return None if args.devices is None else distributed.make_mesh(args.devices)
 
-  if args.shifts != 4 and not args.augment:
-    raise mj.InputError(f"--shifts {args.shifts}: only used with --augment")
-  splits = data.prepare(args.dataset, args.data, val_fraction=args.val_fraction,
-                        seed=args.seed, augment=args.augment, num_samples=args.num_samples,
-                        scaling=args.scaling, shifts=args.shifts)
-  sizes = (splits.train.x.shape[1],) + tuple(args.hidden) + (splits.num_classes,)
-  config = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
-  config["layer_sizes"] = list(sizes)
-  optimizer = mj.make_optimizer(
-      args.optimizer, args.lr, schedule=args.schedule,
-      total_steps=args.epochs * mj.steps_per_epoch(splits.train.x.shape[0], args.batch_size))
-  out = args.out
-  ckpt_path = os.path.join(out, "checkpoint.npz")
-  params = mj.init_params(jax.random.PRNGKey(args.seed), sizes)
-  opt_state, start_epoch, history = None, 0, []
-  if args.resume and os.path.exists(ckpt_path):
-    ckpt = checkpoint.load_checkpoint(ckpt_path)
-    _check_same_schedule(ckpt_path, ckpt.config, args)
-    checkpoint.check_compatible(ckpt, sizes)
-    opt_state = checkpoint.restore_opt_state(ckpt, optimizer.init(params), ckpt_path)
-    params, start_epoch = ckpt.params, ckpt.epoch
-    history = ckpt.extra.get("history", [])
-    print(f"resuming from {ckpt_path} at epoch {start_epoch}")
-  if primary:
-    os.makedirs(out, exist_ok=True)
-  scaler_extra = {"scaler_mean": splits.scaler.mean.tolist(),
-                  "scaler_scale": splits.scaler.scale.tolist()}
 
-  progress = None
+def _progress(args, folder, primary):
+  """The `on_epoch_end` of a run: save the run state, then advance the progress bar."""
+  bar = None
   if not args.no_progress and primary:
     from tqdm import tqdm
-    progress = tqdm(total=args.epochs, initial=start_epoch, unit="epoch", desc="train",
-                    file=sys.stderr)
+    done = 0 if folder.saved is None else folder.saved.state.epochs_done
+    bar = tqdm(total=args.epochs, initial=done, unit="epoch", desc="train", file=sys.stderr)
 
-  def on_epoch_end(epoch, p, s, record):
-    if primary:
-      checkpoint.save_checkpoint(
-          ckpt_path, p, s, epoch=epoch, config=config, rng_key=jax.random.PRNGKey(args.seed),
-          extra={"history": history_so_far + [record], **scaler_extra})
-    history_so_far.append(record)
-    if progress is not None:
-      extra = {"eps": f"{record['epsilon']:.2f}"} if "epsilon" in record else {}
-      progress.set_postfix(loss=f"{record['train_loss']:.4f}",
-                           val_acc=f"{100 * record.get('val_acc', float('nan')):.2f}%", **extra)
-      progress.update(1)
+  class Progress:
+    def __call__(self, state):
+      folder.save(state)
+      if bar is not None:
+        record = state.history[-1]
+        extra = {"eps": f"{record['epsilon']:.2f}"} if "epsilon" in record else {}
+        bar.set_postfix(loss=f"{record['train_loss']:.4f}",
+                        val_acc=f"{100 * record.get('val_acc', float('nan')):.2f}%", **extra)
+        bar.update(1)
 
-  history_so_far = list(history)
-  dp = None
-  if args.dp:
-    dp = privacy.check_dp_config(
-        privacy.DPConfig(args.clip_norm, args.noise_multiplier, args.delta))
-  start = time.perf_counter()
-  val = (splits.val.x, splits.val.y) if splits.val is not None else None
-  compute_dtype = jnp.bfloat16 if args.bf16 else None
-  try:
-    result = mj.fit(params, (splits.train.x, splits.train.y), optimizer=optimizer,
-                    epochs=args.epochs, batch_size=args.batch_size, l2=args.l2, seed=args.seed,
-                    val=val, patience=args.patience, opt_state=opt_state,
-                    start_epoch=start_epoch, history=history, on_epoch_end=on_epoch_end, dp=dp,
-                    track_train_accuracy=True,
-                    compute_dtype=compute_dtype, mesh=mesh)
-  except mj.NonFiniteError as err:
-    # The checkpoint of the last good epoch stays; the offending batch is kept for inspection.
-    if primary:
-      write_atomic(os.path.join(out, "nonfinite_batch.json"), json.dumps(
-          {"epoch": err.epoch, "step": err.step, "batch_indices": err.batch_indices.tolist(),
-           "message": str(err)}))
-    kept = (f"; last good checkpoint kept at {ckpt_path}" if os.path.exists(ckpt_path)
-            else "; no epoch had finished, so no checkpoint was written")
-    raise mj.NonFiniteError(
-        f"{err} (offending batch in {out}/nonfinite_batch.json{kept})") from err
-  seconds = time.perf_counter() - start
-  if progress is not None:
-    progress.close()
+    def close(self):
+      if bar is not None:
+        bar.close()
+
+  return Progress()
+
+
+def _non_finite(err, folder, primary):
+  """The error to show for a run that produced NaN/Inf: the offending batch is written beside
+  the checkpoint of the last good epoch, which stays."""
+  import mlp_jax as mj
+  if primary:
+    write_atomic(folder.path / "nonfinite_batch.json", json.dumps(
+        {"epoch": err.epoch, "step": err.step, "batch_indices": err.batch_indices.tolist(),
+         "message": str(err)}))
+  kept = (f"; last good checkpoint kept at {folder.checkpoint}" if folder.checkpoint.exists()
+          else "; no epoch had finished, so no checkpoint was written")
+  return mj.NonFiniteError(f"{err} (offending batch in {folder.path}/nonfinite_batch.json{kept})")
+
+
+def _report(args, config, splits, result, seconds, folder, mesh) -> None:
+  """Test accuracy, metrics.json/.csv, plots and the summary table of a finished run."""
+  import jax
+  import mlp_jax as mj
+  from mlp_jax.tools import plots
+  from mlp_jax.training import privacy
   test_loss, test_acc = mj.evaluate(result.params, splits.test.x, splits.test.y, args.l2)
   counts = mj.confusion_matrix(result.params, splits.test.x, splits.test.y)
-  if not primary:
-    return 0
-  # The checkpoint holds the returned (best) parameters, for `mlp-jax evaluate`.
-  checkpoint.save_checkpoint(
-      ckpt_path, result.params, result.opt_state, epoch=result.best_epoch, config=config,
-      rng_key=jax.random.PRNGKey(args.seed), extra={"history": result.history, **scaler_extra})
-  metrics = {"config": config, "history": result.history, "best_epoch": result.best_epoch,
+  history, out = result.history, folder.path
+  epsilon = (privacy.ledger_epsilon(result.state.ledger, config["delta"]) if args.dp else None)
+  metrics = {"config": config, "history": history, "best_epoch": result.best_epoch,
              "stopped_early": result.stopped_early, "test_loss": test_loss,
-             "test_accuracy": test_acc, "train_seconds": seconds,
+             "test_accuracy": test_acc, "train_seconds": seconds, "epsilon": epsilon,
              "train_examples": int(splits.train.x.shape[0]),
              "test_examples": int(splits.test.x.shape[0]),
              "device": str(jax.devices()[0].device_kind), "confusion": counts.tolist(),
              "num_devices": 1 if mesh is None else mesh.size,
              "num_processes": jax.process_count()}
-  write_atomic(os.path.join(out, "metrics.json"), json.dumps(metrics, indent=1))
-  write_atomic(os.path.join(out, "metrics.csv"), _history_csv(result.history))
-  plots.plot_curves(result.history, os.path.join(out, "curves.png"))
-  plots.plot_confusion(counts, os.path.join(out, "confusion.png"))
-  last = result.history[-1] if result.history else {}
+  write_atomic(out / "metrics.json", json.dumps(metrics, indent=1))
+  write_atomic(out / "metrics.csv", _history_csv(history))
+  plots.plot_curves(history, out / "curves.png")
+  plots.plot_confusion(counts, out / "confusion.png")
+  last = history[-1]
   print(_table([
       ["dataset", f"{args.dataset} ({splits.train.x.shape[0]} train, "
                   f"{0 if splits.val is None else splits.val.x.shape[0]} val, "
                   f"{splits.test.x.shape[0]} test)"],
-      ["network", "-".join(map(str, sizes)) + f", {args.optimizer} lr={args.lr:g}"
-                  + (" cosine" if args.schedule == "cosine" else "") + ", "
+      ["network", "-".join(map(str, config["layer_sizes"])) + f", {args.optimizer} "
+                  f"lr={args.lr:g}" + (" cosine" if args.schedule == "cosine" else "") + ", "
                   f"l2={args.l2:g}, batch={args.batch_size}"],
-      ["epochs", f"{len(result.history)} (best {result.best_epoch}"
+      ["epochs", f"{len(history)} (best {result.best_epoch}"
                  f"{', stopped early' if result.stopped_early else ''})"],
-      ["train loss", f"{last.get('train_loss', float('nan')):.4f}"],
+      ["train loss", f"{last['train_loss']:.4f}"],
       ["val accuracy", f"{100 * last['val_acc']:.2f}%" if "val_acc" in last else "-"],
       ["test accuracy", f"{100 * test_acc:.2f}%"],
-  ] + ([["privacy", f"({last['epsilon']:.2f}, {args.delta:g})-DP, C={args.clip_norm:g}, "
-                    f"sigma={args.noise_multiplier:g}"]] if dp is not None else []) + [
-      ["train time", f"{seconds:.1f} s"],
-      ["output", out],
+  ] + ([["privacy", f"({epsilon:.2f}, {config['delta']:g})-DP over all {len(history)} epochs, "
+                    f"C={config['clip_norm']:g}, sigma={config['noise_multiplier']:g}"]]
+       if args.dp else []) + [
+      ["train time", f"{sum(r['epoch_seconds'] for r in history):.1f} s in epochs, "
+                     f"{seconds:.1f} s this session"],
+      ["output", str(out)],
   ]))
-  return 0
 
 
 def cmd_evaluate(args) -> int:
   import numpy as np
   import mlp_jax as mj
   from mlp_jax.io import checkpoint, data
+  from mlp_jax.training.run import result_params
 
-  ckpt = checkpoint.load_checkpoint(args.checkpoint)
-  cfg = ckpt.config
-  dataset = args.dataset or cfg.get("dataset", "digits")
+  saved = checkpoint.load_run(args.checkpoint)
+  cfg, params = saved.config, result_params(saved.state)
+  if "scaler_mean" not in saved.arrays or "dataset" not in cfg:
+    raise mj.CheckpointError(f"checkpoint {args.checkpoint}: holds no mlp-jax train run "
+                             "(no dataset or scaler); evaluate it in Python with mj.evaluate")
+  dataset = args.dataset or cfg["dataset"]
   path = args.data or cfg.get("data")
   splits, _ = data.load_splits(dataset, path, seed=cfg.get("seed", 0),
-                               num_samples=cfg.get("num_samples", 2000))
-  scaler = data.Scaler(np.asarray(ckpt.extra["scaler_mean"], np.float32),
-                       np.asarray(ckpt.extra["scaler_scale"], np.float32))
+                               num_samples=cfg.get("num_samples") or DEFAULTS["num_samples"])
+  scaler = data.Scaler(np.asarray(saved.arrays["scaler_mean"]),
+                       np.asarray(saved.arrays["scaler_scale"]))
   x = data.apply_scaler(scaler, splits.test.x)  # the training run's scaler, nothing refitted
-  checkpoint.check_compatible(ckpt, (x.shape[1],) + tuple(mj.layer_sizes(ckpt.params)[1:]))
+  checkpoint.check_compatible(saved.state, (x.shape[1],) + tuple(mj.layer_sizes(params)[1:]))
   y = splits.test.y
-  counts = mj.confusion_matrix(ckpt.params, x, y)
+  counts = mj.confusion_matrix(params, x, y)
   acc = np.trace(counts) / counts.sum()
   per_class = np.diag(counts) / np.maximum(counts.sum(1), 1)
   print(f"{args.checkpoint}: {dataset} test set, {counts.sum()} examples")
@@ -307,22 +376,27 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--augment", action="store_true",
                  help="add copies of the training images shifted by one pixel (x5 data; x9 "
                       "with --shifts 8)")
-  t.add_argument("--shifts", type=int, choices=[4, 8], default=4,
+  t.add_argument("--shifts", type=int, choices=[4, 8],
                  help="with --augment: 4 shifts (up/down/left/right, x5 data) or 8 (also the "
                       "diagonals, x9)")
   t.add_argument("--scaling", choices=data.SCALINGS, default="global",
                  help="input scaling fitted on the training part: one mean/std for all pixels "
                       "(global, default), per feature, or none")
-  t.add_argument("--num-samples", type=int, default=2000, help="synthetic dataset size")
+  t.add_argument("--num-samples", type=int, help="synthetic dataset size (2000)")
   t.add_argument("--dp", action="store_true",
                  help="DP-SGD: Poisson-sampled batches, per-example clipping, Gaussian noise; "
                       "reports epsilon each epoch")
-  t.add_argument("--clip-norm", type=float, default=1.0, help="DP clip norm C (1.0)")
-  t.add_argument("--noise-multiplier", type=float, default=1.1, help="DP noise sigma (1.1)")
-  t.add_argument("--delta", type=float, default=1e-5, help="DP delta (1e-5)")
-  t.add_argument("--out", default="runs/latest", help="output folder (runs/latest)")
+  t.add_argument("--clip-norm", type=float, help="with --dp: clip norm C (1.0)")
+  t.add_argument("--noise-multiplier", type=float, help="with --dp: noise sigma (1.1)")
+  t.add_argument("--delta", type=float, help="with --dp: delta (1e-5)")
+  t.add_argument("--out", help="output folder, which must be new or empty (default: a new "
+                               "runs/DATASET-DATE-TIME)")
   t.add_argument("--resume", action="store_true",
-                 help="continue from OUT/checkpoint.npz if it exists")
+                 help="continue the run in --out from its checkpoint, with the same settings "
+                      "(more --epochs allowed with a constant schedule); a new run if it has "
+                      "none yet")
+  t.add_argument("--overwrite", action="store_true",
+                 help="replace the run in --out (its outputs are removed first)")
   t.add_argument("--bf16", action="store_true",
                  help="mixed precision: bfloat16 GEMM inputs, float32 parameters, "
                       "accumulation and softmax")
@@ -369,13 +443,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+  """Runs one command. Exit status: 0 done; 1 a gradient check failed; 2 the input was refused
+  (arguments, data, checkpoint, resume) or training produced NaN/Inf; 74 a file could not be
+  written (permission, disk full, ...); 130 interrupted (Ctrl-C). Errors are one line on
+  stderr."""
   args = build_parser().parse_args(argv)
-  from mlp_jax.errors import MLPJaxError
+  from mlp_jax.errors import MLPJaxError, StorageError
   try:
     return args.func(args)
+  except StorageError as err:
+    print(f"mlp-jax: error: {err}", file=sys.stderr)
+    return EXIT_STORAGE
   except MLPJaxError as err:
     print(f"mlp-jax: error: {err}", file=sys.stderr)
-    return 2
+    return EXIT_ERROR
+  except KeyboardInterrupt:
+    print("mlp-jax: interrupted; files written before are intact", file=sys.stderr)
+    return EXIT_INTERRUPTED
+  except OSError as err:  # a fault of the OS not met on purpose (e.g. a closed pipe)
+    print(f"mlp-jax: error: {err}", file=sys.stderr)
+    return EXIT_STORAGE
 
 
 if __name__ == "__main__":

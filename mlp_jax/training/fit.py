@@ -1,10 +1,12 @@
-"""`fit`: epochs of the compiled epoch, with validation, early stopping and a history.
+"""`fit`: a training run as a plain loop of compiled epochs, resumable exactly.
 
     result = fit(params, (x, y), optimizer=optax.adam(1e-3), epochs=20, val=(xv, yv))
+    more = fit(params, (x, y), optimizer=optax.adam(1e-3), epochs=30, val=(xv, yv),
+               resume=result.state)       # epochs 21..30, as if never stopped
 
-A non-finite loss or gradient is found after each epoch (each step's loss and the final state are
-checked); `fit` then replays the epoch from its start to report the first bad step with the
-parameters from before it.
+Each epoch is one compiled call (`epoch.build_epoch`); around it, small steps: check the epoch
+was finite (else replay it to name the first bad step), record the epoch, update early stopping
+and the privacy ledger, hand the `RunState` to the caller, and stop when asked.
 """
 
 import dataclasses
@@ -20,13 +22,16 @@ from mlp_jax.core import checks
 from mlp_jax.core.model import Params
 from mlp_jax.errors import InputError, NonFiniteError
 from mlp_jax.training import distributed, privacy
-from mlp_jax.training.epoch import build_epoch, epoch_key
+from mlp_jax.training.epoch import EpochProgram, build_epoch, epoch_key
 from mlp_jax.training.evaluation import evaluate_checked
 from mlp_jax.training.optimizers import steps_per_epoch
+from mlp_jax.training.run import (Best, RunState, check_more_epochs, check_unchanged,
+                                  match_template, new_run, result_params)
+
+MAX_SEED = 2**32 - 1  # a PRNG key holds a 32-bit seed
 
 # Fresh buffers for a whole pytree in one compiled call (one dispatch, not one per leaf).
 _copy_tree = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
-
 
 def _first_bad_step(step, plan, params, opt_state, x, y, key):
   """Replays an epoch from its start, step by step, until a loss, gradient or update is not
@@ -45,102 +50,167 @@ def _first_bad_step(step, plan, params, opt_state, x, y, key):
 @dataclasses.dataclass
 class FitResult:
   """What `fit` returns."""
-  params: Params
+  params: Params                    # the best epoch's with `patience`, else the last epoch's
   opt_state: optax.OptState
   history: List[Dict[str, float]]   # one dict per epoch: epoch, train_loss, val_loss, val_acc, ...
   best_epoch: int                   # the epoch whose parameters were returned (1-based)
   stopped_early: bool
+  state: Optional[RunState] = None  # the whole run, to save (`checkpoint.save_run`) or resume
+  interrupted: bool = False         # `should_stop` ended the run before `epochs`
 
 
 def fit(params: Params, train, *, optimizer: optax.GradientTransformation, epochs: int,
         batch_size: int = 128, l2=0.0, seed: int = 0, val=None,
-        patience: Optional[int] = None, opt_state=None, start_epoch: int = 0,
-        history: Optional[List[Dict[str, float]]] = None,
-        on_epoch_end: Optional[Callable[[int, Params, optax.OptState, Dict], None]] = None,
+        patience: Optional[int] = None, resume: Optional[RunState] = None,
+        on_epoch_end: Optional[Callable[[RunState], None]] = None,
+        should_stop: Optional[Callable[[], bool]] = None,
         compute_dtype=None, dp: Optional[privacy.DPConfig] = None, mesh=None,
         track_train_accuracy: bool = False) -> FitResult:
   """Trains with the compiled epoch: shuffling, validation each epoch, optional early stopping.
 
   Args:
-    params: initial parameters (tuple of `Dense`); not modified.
+    params: initial parameters (tuple of `Dense`); not modified. Ignored with `resume`.
     train: (x, y) training data, (N, n) floating and (N,) integer.
     optimizer: an optax GradientTransformation.
-    epochs: total number of epochs (counting those before `start_epoch` when resuming).
-    batch_size: minibatch size; the last short batch is kept (masked), see `make_epoch`.
+    epochs: total number of epochs, >= 1 (with `resume`, counting those already done).
+    batch_size: minibatch size in 1..N; the last short batch is kept (masked), see `make_epoch`.
     l2: the penalty lambda of (E6).
-    seed: shuffling seed; epoch e uses `epoch_key(seed, e)`. Same seed, same machine: the same
-      parameters bit for bit.
+    seed: shuffling seed in 0..2**32-1; epoch e uses `epoch_key(seed, e)`. Same seed, same
+      machine: the same parameters bit for bit.
     val: optional (x, y) validation data: loss and accuracy are recorded each epoch.
-    patience: with `val`, stop after this many epochs without a lower validation loss and return
-      the parameters of the best epoch.
-    opt_state, start_epoch, history: to resume (from a checkpoint): the optimizer state, the
-      number of epochs already done, and their history.
-    on_epoch_end: called as `on_epoch_end(epoch, params, opt_state, record)` after each epoch
-      (1-based epoch), e.g. to checkpoint or to draw a progress bar. The arrays it gets are
-      donated to the next epoch: copy them (e.g. to numpy) to keep them.
+    patience: with `val`, stop after this many epochs (>= 1) without a lower validation loss
+      and return the parameters of the best epoch.
+    resume: a `RunState` (`result.state`, or `checkpoint.load_run`) to continue from. Every
+      setting above but `epochs` must be the saved run's, else `ResumeError`; a run that is
+      finished or stopped early trains nothing. The continuation is bit-identical to a run that
+      never stopped (same machine, same optimizer).
+    on_epoch_end: called as `on_epoch_end(state)` with the `RunState` after each epoch, e.g. to
+      checkpoint it or draw progress. Its arrays are donated to the next epoch: copy them (e.g.
+      to numpy) to keep them.
+    should_stop: called after each epoch (after `on_epoch_end`); True ends the run there, with
+      `interrupted` set in the result. E.g. a flag set by a SIGINT handler.
     compute_dtype: optional GEMM dtype, e.g. jnp.bfloat16.
-    track_train_accuracy: also record `train_acc`, the accuracy on the whole training set after
-      each epoch (one more forward pass over it).
-    dp: train with DP-SGD (see `privacy`); each epoch's record then holds `epsilon`, the
-      privacy spent so far at `dp.delta`.
+    dp: train with DP-SGD (see `privacy`); each epoch's record then holds `epsilon`, the privacy
+      spent by the whole run so far at `dp.delta`, from its ledger.
     mesh: data-parallel over this 1-D device mesh (`distributed.make_mesh`), see `make_epoch`;
       the returned parameters are replicated on its devices.
+    track_train_accuracy: also record `train_acc`, the accuracy on the whole training set after
+      each epoch (one more forward pass over it).
 
   Raises:
     NonFiniteError: a step produced a NaN/Inf loss or gradient; it carries `.epoch`, `.step`,
       `.batch_indices` (the rows of the offending batch) and `.params` (the last good ones).
+    ResumeError: `resume` was trained with other settings, or with more epochs than `epochs`.
   """
-  params = checks.check_params(params)
+  params = checks.check_params(params if resume is None else resume.params)
   x, y = checks.check_pair(params, train, "train")
   val = None if val is None else checks.check_pair(params, val, "val")
-  if patience is not None and val is None:
-    raise InputError("patience: early stopping needs validation data (val=...)")
-  checks.check_real(l2, "l2")
-  params = jax.tree.map(jnp.array, params)  # our own buffers: the epoch donates them
-  opt_state = optimizer.init(params) if opt_state is None else jax.tree.map(jnp.array, opt_state)
+  settings = _settings(x.shape[0], val, epochs, batch_size, l2, seed, patience, compute_dtype,
+                       dp, mesh)
+  if resume is None:
+    # Own copies of both (an optimizer state may alias the parameters): the epoch donates them.
+    state = new_run(*_copy_tree((params, optimizer.init(params))), settings)
+  else:
+    check_unchanged(resume.settings, settings, "the resumed run")
+    opt_state = resume.opt_state
+    if isinstance(opt_state, list):  # leaves, as `load_run` returns them
+      opt_state = match_template(opt_state, jax.eval_shape(optimizer.init, params),
+                                 "the resumed run's optimizer state")
+    state = resume._replace(params=_copy_tree(resume.params), opt_state=_copy_tree(opt_state))
+    if check_more_epochs(state, epochs, "the resumed run") is not None:
+      return _result(state, interrupted=False)
   program = build_epoch(optimizer, batch_size, l2, compute_dtype, dp, mesh)
   if mesh is not None:
-    x, y, params, opt_state = distributed.replicate((x, y, params, opt_state), mesh)  # once
-  history = list(history or [])
-  best_loss = min((r.get("val_loss", float("inf")) for r in history), default=float("inf"))
-  best_params, best_epoch, since_best, stopped = params, start_epoch, 0, False
-  for e in range(start_epoch, epochs):
-    start = time.perf_counter()
-    key = epoch_key(seed, e)
-    start_state = _copy_tree((params, opt_state))  # the epoch donates its input
-    params, opt_state, stats = program.epoch(params, opt_state, x, y, key)
-    finite = np.asarray(stats.finite)
-    if not (finite.all() and bool(stats.state_finite)):
-      step, rows, good_params, good_state = _first_bad_step(program.step, program.plan,
-                                                            *start_state, x, y, key)
-      err = NonFiniteError(
-          f"non-finite loss or gradient at epoch {e + 1}, step {step + 1} of {finite.size}; "
-          f"parameters kept from before that step")
-      err.epoch, err.step, err.batch_indices = e + 1, step + 1, rows
-      err.params, err.opt_state = good_params, good_state
-      raise err
-    record = {"epoch": e + 1, "train_loss": float(np.mean(np.asarray(stats.losses))),
-              "epoch_seconds": time.perf_counter() - start}
-    if val is not None:
-      record["val_loss"], record["val_acc"] = evaluate_checked(params, *val, l2)
-    if track_train_accuracy:
-      record["train_acc"] = evaluate_checked(params, x, y, l2)[1]
-    if dp is not None:
-      steps = (e + 1) * steps_per_epoch(x.shape[0], batch_size)
-      record["epsilon"] = privacy.dp_epsilon(dp, x.shape[0], batch_size, steps)
-    history.append(record)
+    x, y, val, params, opt_state, best = distributed.replicate(
+        (x, y, val, state.params, state.opt_state, state.best.params), mesh)  # once
+    state = state._replace(params=params, opt_state=opt_state,
+                           best=state.best._replace(params=best))
+  while state.epochs_done < epochs and not state.stopped_early:
+    state = _train_epoch(program, state, x, y, seed)
+    state = _record_epoch(state, x, y, val, l2, dp, batch_size, patience, track_train_accuracy)
     if on_epoch_end is not None:
-      on_epoch_end(e + 1, params, opt_state, record)
-    if val is not None and patience is not None:
-      if record["val_loss"] < best_loss:
-        # A copy: the next epoch donates (invalidates) the buffers of `params`.
-        best_params = _copy_tree(params)
-        best_loss, best_epoch, since_best = record["val_loss"], e + 1, 0
-      else:
-        since_best += 1
-        if since_best >= patience:
-          stopped = True
-          break
-  if patience is None or val is None:
-    best_params, best_epoch = params, (history[-1]["epoch"] if history else start_epoch)
-  return FitResult(best_params, opt_state, history, best_epoch, stopped)
+      on_epoch_end(state)
+    if should_stop is not None and should_stop() and state.epochs_done < epochs:
+      return _result(state, interrupted=not state.stopped_early)
+  return _result(state, interrupted=False)
+
+
+def _settings(num_train, val, epochs, batch_size, l2, seed, patience, compute_dtype, dp, mesh):
+  """The checked settings that fix a run (all but `epochs` must be kept by a resume)."""
+  checks.check_int(epochs, "epochs")
+  batch_size = checks.check_int(batch_size, "batch_size")
+  if batch_size > num_train:
+    raise InputError(f"batch_size: expected an int in 1..{num_train} (the training set has "
+                     f"{num_train} examples), got {batch_size}")
+  if patience is not None:
+    patience = checks.check_int(patience, "patience")
+    if val is None:
+      raise InputError("patience: early stopping needs validation data (val=...)")
+  dp = None if dp is None else privacy.check_dp_config(dp)
+  return {
+      "train_examples": int(num_train),
+      "val_examples": None if val is None else int(val[0].shape[0]),
+      "batch_size": batch_size,
+      "l2": float(checks.check_real(l2, "l2")),
+      "seed": checks.check_int(seed, "seed", 0, MAX_SEED),
+      "patience": patience,
+      "compute_dtype": None if compute_dtype is None else np.dtype(compute_dtype).name,
+      "dp": None if dp is None else list(dp),
+      "devices": 1 if mesh is None else int(mesh.size),
+  }
+
+
+def _train_epoch(program: EpochProgram, state: RunState, x, y, seed) -> RunState:
+  """One compiled epoch; a non-finite loss or state is replayed to name its first bad step."""
+  start = time.perf_counter()
+  key = epoch_key(seed, state.epochs_done)
+  before = _copy_tree((state.params, state.opt_state))  # the epoch donates its input
+  params, opt_state, stats = program.epoch(state.params, state.opt_state, x, y, key)
+  finite = np.asarray(stats.finite)
+  if not (finite.all() and bool(stats.state_finite)):
+    step, rows, good_params, good_state = _first_bad_step(program.step, program.plan, *before,
+                                                          x, y, key)
+    epoch = state.epochs_done + 1
+    err = NonFiniteError(f"non-finite loss or gradient at epoch {epoch}, step {step + 1} of "
+                         f"{finite.size}; parameters kept from before that step")
+    err.epoch, err.step, err.batch_indices = epoch, step + 1, rows
+    err.params, err.opt_state = good_params, good_state
+    raise err
+  record = {"epoch": state.epochs_done + 1, "train_loss": float(np.mean(np.asarray(stats.losses))),
+            "epoch_seconds": time.perf_counter() - start}
+  return state._replace(params=params, opt_state=opt_state, epochs_done=state.epochs_done + 1,
+                        history=tuple(state.history) + (record,))
+
+
+def _record_epoch(state: RunState, x, y, val, l2, dp, batch_size, patience,
+                  track_train_accuracy) -> RunState:
+  """The epoch's record completed (validation, training accuracy, epsilon), the privacy ledger
+  and the early-stopping state brought up to date."""
+  record = dict(state.history[-1])
+  if val is not None:
+    record["val_loss"], record["val_acc"] = evaluate_checked(state.params, *val, l2)
+  if track_train_accuracy:
+    record["train_acc"] = evaluate_checked(state.params, x, y, l2)[1]
+  steps = steps_per_epoch(x.shape[0], batch_size)
+  ledger = privacy.add_to_ledger(state.ledger,
+                                 privacy.ledger_entry(steps, dp, x.shape[0], batch_size))
+  if dp is not None:
+    record["epsilon"] = privacy.ledger_epsilon(ledger, dp.delta)
+  state = state._replace(history=tuple(state.history[:-1]) + (record,), ledger=ledger)
+  if val is None:
+    return state
+  best = state.best
+  if record["val_loss"] < best.val_loss:
+    # A copy: the next epoch donates (invalidates) the buffers of `params`.
+    kept = None if patience is None else _copy_tree(state.params)
+    best = Best(state.epochs_done, record["val_loss"], kept, 0)
+  else:
+    best = best._replace(epochs_since=best.epochs_since + 1)
+  stopped = patience is not None and best.epochs_since >= patience
+  return state._replace(best=best, stopped_early=stopped)
+
+
+def _result(state: RunState, interrupted: bool) -> FitResult:
+  best_epoch = state.best.epoch if state.best.params is not None else state.epochs_done
+  return FitResult(result_params(state), state.opt_state, [dict(r) for r in state.history],
+                   best_epoch, state.stopped_early, state, interrupted)

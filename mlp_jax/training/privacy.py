@@ -7,6 +7,9 @@ One DP-SGD step, with C the clip norm, sigma the noise multiplier and B = qN the
 The clipped sum costs one forward and one backward pass, (E13)-(E15) (see `per_example`); the
 penalty gradient is added after clipping and noising, since it does not depend on the data.
 
+A run keeps a ledger of its steps (`LedgerEntry`: mechanism and count, non-private steps
+included) and reports epsilon from the whole ledger, so a resumed run accounts for every step.
+
 Batches are drawn by Poisson sampling (each example independently with probability q = B/N),
 truncated to a fixed capacity so that the compiled step has one shape; the privacy accountant
 (Google's `dp-accounting`, PLD) accounts for exactly this mechanism with its
@@ -15,7 +18,7 @@ truncated to a fixed capacity so that the compiled step has one shape; the priva
 
 import functools
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -105,23 +108,65 @@ def _step_pld(num_examples: int, q: float, capacity: int, sigma: float):
       noise_multiplier=sigma, value_discretization_interval=_PLD_INTERVAL)
 
 
-def dp_epsilon(dp: DPConfig, num_examples: int, batch_size: int, steps: int) -> float:
-  """epsilon of (epsilon, dp.delta)-DP after `steps` DP-SGD steps, by dp-accounting's PLD.
+class LedgerEntry(NamedTuple):
+  """`steps` consecutive optimizer steps of one mechanism. `noise_multiplier` None: the steps
+  were not private (plain minibatch SGD), and no (epsilon, delta) holds for a run that has any."""
+  steps: int
+  noise_multiplier: Optional[float] = None  # sigma
+  clip_norm: Optional[float] = None         # C (recorded; epsilon depends on sigma only)
+  dataset_size: int = 0                     # N
+  sampling_probability: float = 0.0         # q = B / N
+  batch_capacity: int = 0                   # the truncation of the Poisson batches
 
-  The event is the Gaussian mechanism with noise multiplier sigma on truncated Poisson samples
-  (probability B/N, capacity `batch_capacity(B, N)`), composed `steps` times: what
-  `pld.PLDAccountant` computes for a `TruncatedSubsampledGaussianDpEvent` self-composed `steps`
-  times, with the one-step distribution cached across calls (one call per epoch in `fit`).
+
+Ledger = Tuple[LedgerEntry, ...]
+
+
+def ledger_entry(steps: int, dp: Optional[DPConfig], num_examples: int,
+                 batch_size: int) -> LedgerEntry:
+  """The entry of `steps` steps trained with `dp` (None: non-private) on N = `num_examples`."""
+  if dp is None:
+    return LedgerEntry(int(steps))
+  return LedgerEntry(int(steps), float(dp.noise_multiplier), float(dp.clip_norm),
+                     int(num_examples), batch_size / num_examples,
+                     batch_capacity(batch_size, num_examples))
+
+
+def add_to_ledger(ledger: Ledger, entry: LedgerEntry) -> Ledger:
+  """The ledger with `entry` appended, merged into the last entry when the mechanism is the
+  same (so a run of one mechanism is one entry, whatever its epochs and resumes)."""
+  ledger = tuple(LedgerEntry(*e) for e in ledger)
+  if ledger and ledger[-1][1:] == entry[1:]:
+    return ledger[:-1] + (ledger[-1]._replace(steps=ledger[-1].steps + entry.steps),)
+  return ledger + (entry,)
+
+
+def ledger_epsilon(ledger: Ledger, delta: float) -> float:
+  """epsilon of (epsilon, delta)-DP for every step in the ledger, by dp-accounting's PLD.
+
+  Each DP entry is the Gaussian mechanism with its sigma on truncated Poisson samples (its q,
+  capacity and N), self-composed `steps` times: what `pld.PLDAccountant` computes for the
+  composition of those `TruncatedSubsampledGaussianDpEvent`s, with each one-step distribution
+  cached. inf when any step was non-private or had sigma = 0; 0 for no steps.
   """
   from dp_accounting import pld
 
-  dp = check_dp_config(dp)
-  if steps == 0:
+  delta = float(checks.check_real(delta, "delta", open_low=True, high=1.0))
+  entries = [LedgerEntry(*e) for e in ledger if e[0] > 0]
+  if not entries:
     return 0.0
-  if dp.noise_multiplier == 0:
+  if any(e.noise_multiplier is None or e.noise_multiplier == 0 for e in entries):
     return float("inf")
-  step = _step_pld(int(num_examples), batch_size / num_examples,
-                   batch_capacity(batch_size, num_examples), dp.noise_multiplier)
-  total = pld.privacy_loss_distribution.identity(
-      value_discretization_interval=_PLD_INTERVAL).compose(step.self_compose(steps))
-  return float(total.get_epsilon_for_delta(dp.delta))
+  total = pld.privacy_loss_distribution.identity(value_discretization_interval=_PLD_INTERVAL)
+  for e in entries:
+    step = _step_pld(e.dataset_size, e.sampling_probability, e.batch_capacity,
+                     e.noise_multiplier)
+    total = total.compose(step.self_compose(e.steps))
+  return float(total.get_epsilon_for_delta(delta))
+
+
+def dp_epsilon(dp: DPConfig, num_examples: int, batch_size: int, steps: int) -> float:
+  """epsilon of (epsilon, dp.delta)-DP after `steps` DP-SGD steps of one setting: the
+  `ledger_epsilon` of a one-entry ledger (see there)."""
+  dp = check_dp_config(dp)
+  return ledger_epsilon((ledger_entry(steps, dp, num_examples, batch_size),), dp.delta)

@@ -1,0 +1,144 @@
+"""A run's output folder, as `mlp-jax train` keeps it: claimed, checkpointed each epoch, resumed.
+
+    folder = RunFolder.open("runs/a", resume=False, overwrite=False)  # checks; writes nothing
+    folder.check_resume(config, epochs)   # exact or refused (a `ResumeError` of one line)
+    folder.start(config)                  # now the folder is created (or cleared with overwrite)
+    fit(..., on_epoch_end=folder.save)    # the whole run state, atomically, after every epoch
+
+Rules: a folder that already holds anything is refused unless the run resumes it (`resume`) or
+replaces it (`overwrite`); a resume keeps every setting of the saved run except the few in
+`MAY_CHANGE` (and `epochs` with a constant schedule); the data must be the same rows
+(by fingerprint), wherever the file now lies.
+"""
+
+import contextlib
+import datetime
+import os
+import pathlib
+import signal
+import sys
+import threading
+from typing import Optional
+
+from mlp_jax.errors import InputError, ResumeError
+from mlp_jax.io import checkpoint
+from mlp_jax.io.atomic_file import make_folder, storage_errors
+from mlp_jax.training.run import RunState, check_more_epochs, check_unchanged
+
+CHECKPOINT = "checkpoint.npz"
+OUTPUTS = (CHECKPOINT, "metrics.json", "metrics.csv", "curves.png", "confusion.png",
+           "nonfinite_batch.json")  # what a run writes, and `overwrite` removes
+# Settings a resume may give anew: where the data file lies (its rows must be the same), how
+# processes find each other, and how progress is shown.
+MAY_CHANGE = ("data", "out", "resume", "overwrite", "no_progress", "coordinator",
+              "num_processes", "process_id", "init_timeout")
+
+
+def flag(key: str) -> str:
+  """A configuration key as the command line spells it."""
+  return {"train_sha256": "training data (sha256)", "layer_sizes": "network"}.get(
+      key, "--" + key.replace("_", "-"))
+
+
+def default_out(dataset: str) -> pathlib.Path:
+  """runs/<dataset>-<date>-<time>, with a suffix if that exists: a new folder for every run."""
+  stem = pathlib.Path("runs") / f"{dataset}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+  path, n = stem, 1
+  while path.exists():
+    n += 1
+    path = stem.with_name(f"{stem.name}-{n}")
+  return path
+
+
+class RunFolder:
+  """The output folder of one run; `saved` is the run found there when resuming."""
+
+  def __init__(self, path: pathlib.Path, saved: Optional[checkpoint.SavedRun], overwrite: bool,
+               primary: bool = True):
+    self.path, self.saved, self.overwrite, self.primary = path, saved, overwrite, primary
+    self.checkpoint = path / CHECKPOINT
+    self.config: dict = {}
+    self.arrays: dict = {}
+
+  @classmethod
+  def open(cls, path, *, resume: bool, overwrite: bool, primary: bool = True) -> "RunFolder":
+    """Checks `path` as the folder of a new (or resumed) run and loads the run to resume.
+    Creates, changes and removes nothing."""
+    if resume and overwrite:
+      raise InputError("--resume and --overwrite: choose one (continue the run in --out, or "
+                        "replace it)")
+    if not str(path):
+      raise InputError("--out: expected a folder name, got ''")
+    path = pathlib.Path(path)
+    with storage_errors(path):
+      exists = path.exists()
+      if exists and not path.is_dir():
+        raise InputError(f"--out {path}: exists and is not a folder")
+      held = sorted(os.listdir(path)) if exists else []
+    saved = None
+    if resume and (path / CHECKPOINT).exists():
+      saved = checkpoint.load_run(path / CHECKPOINT)
+    elif resume and held:
+      raise ResumeError(f"--resume: {path} holds no {CHECKPOINT} to resume (it holds "
+                        f"{', '.join(held[:4])}); use --overwrite to replace it")
+    elif held and not overwrite:
+      raise InputError(
+          f"--out {path} already holds {', '.join(held[:4])}{', ...' if len(held) > 4 else ''}"
+          "; continue that run with --resume, replace it with --overwrite, or choose another "
+          "--out")
+    return cls(path, saved, overwrite, primary)
+
+  def check_resume(self, config: dict, epochs: int) -> Optional[str]:
+    """With a saved run: refuses (`ResumeError`) any change of a setting that must be kept;
+    returns the line that says why nothing is left to train, or None. Without: None."""
+    if self.saved is None:
+      return None
+    where = str(self.checkpoint)
+    saved = self.saved.config
+    asked = {k: v for k, v in config.items() if k not in MAY_CHANGE and k != "epochs"}
+    check_unchanged(saved, asked, where, flag)
+    if config.get("schedule") == "cosine" and saved.get("epochs") != epochs:
+      raise ResumeError(f"{where}: its cosine schedule spans {saved.get('epochs')} epochs; a "
+                        f"resume must keep --epochs {saved.get('epochs')}")
+    return check_more_epochs(self.saved.state, epochs, where)
+
+  def start(self, config: dict, arrays: dict) -> None:
+    """Creates the folder (with `overwrite`, removes the outputs of the run it held) and keeps
+    the configuration and arrays (e.g. the scaler) every checkpoint will hold."""
+    self.config, self.arrays = dict(config), dict(arrays)
+    if not self.primary:
+      return
+    make_folder(self.path)
+    if self.overwrite and self.saved is None:
+      with storage_errors(self.path):
+        for name in OUTPUTS:
+          (self.path / name).unlink(missing_ok=True)
+
+  def save(self, state: RunState) -> None:
+    """Writes the run state after an epoch, atomically (only the primary process writes)."""
+    if self.primary:
+      checkpoint.save_run(self.checkpoint, state, config=self.config, arrays=self.arrays)
+
+
+@contextlib.contextmanager
+def stop_on_sigint():
+  """Within the block, the first Ctrl-C (SIGINT) sets the yielded event instead of raising:
+  training stops after the current epoch, its checkpoint written. A second one raises
+  KeyboardInterrupt at once (a checkpoint being written is then left as it was before)."""
+  event = threading.Event()
+  if threading.current_thread() is not threading.main_thread():
+    yield event  # signals reach the main thread only
+    return
+
+  def handler(signum, frame):
+    if event.is_set():
+      raise KeyboardInterrupt
+    event.set()
+    print("\nmlp-jax: interrupted: stopping after this epoch (Ctrl-C again to stop at once)",
+          file=sys.stderr, flush=True)
+
+  previous = signal.signal(signal.SIGINT, handler)
+  try:
+    yield event
+  finally:
+    signal.signal(signal.SIGINT, previous)

@@ -119,7 +119,7 @@ def test_typed_key_none_state_and_defaults(tmp_path, standard_promotion):
   # A state-less optimizer's template fits a file without state; one with state does not.
   empty = optax.sgd(0.1).init(params)
   assert load_checkpoint(path, empty).opt_state == empty
-  refused(path, "optimizer state does not match: the file holds none",
+  refused(path, "optimizer state does not match: the file holds 0 leaves, 9 expected",
           opt_state_template=optax.adam(0.1).init(params))
   assert load_checkpoint(save_checkpoint(tmp_path / "nokey", params, epoch=1)).rng_key is None
 
@@ -138,31 +138,61 @@ def test_float64_file_needs_x64_to_load(tmp_path):
   refused(path, "float64", "jax.enable_x64(True)")
 
 
+def _sha256(npz, meta) -> str:
+  """The checksum as the format documents it: sha256 of the canonical JSON of [leaves,
+  metadata], then each leaf's name, stored dtype, shape and bytes."""
+  digest = hashlib.sha256(json.dumps([meta["leaves"], meta["metadata"]], sort_keys=True).encode())
+  for entry in meta["leaves"]:
+    a = npz[entry["name"]]
+    digest.update(f"{entry['name']}\0{a.dtype.str}\0{list(a.shape)}\0".encode())
+    digest.update(np.ascontiguousarray(a).tobytes())
+  return digest.hexdigest()
+
+
 def test_file_is_plain_numpy_and_json(tmp_path, standard_promotion):
   _, params, state = trained_state("adam")
   path = save_checkpoint(tmp_path / "c.npz", params, state, epoch=2, step=9,
                          rng_key=jax.random.PRNGKey(0), config={"k": 1})
   with np.load(path, allow_pickle=False) as npz:
     meta = json.loads(npz["__meta__"].tobytes().decode("utf-8"))
-    np.testing.assert_array_equal(npz["params.1.w"], params[1].w)
-    assert npz["opt_state.0"].dtype == np.int32  # adam's step count
-    # The checksum, recomputed as documented: sha256 over each leaf's name, stored dtype, shape
-    # and bytes, params then opt_state then rng.
-    digest = hashlib.sha256()
-    for group in ("params", "opt_state", "rng"):
-      for entry in meta["leaves"][group]:
-        a = npz[entry["name"]]
-        digest.update(f"{entry['name']}\0{a.dtype.str}\0{list(a.shape)}\0".encode())
-        digest.update(np.ascontiguousarray(a).tobytes())
-  assert meta["format"] == "mlp_jax-checkpoint" and meta["version"] == 1
-  assert meta["layer_sizes"] == list(SIZES) and meta["param_dtype"] == "float32"
-  assert (meta["epoch"], meta["step"], meta["config"], meta["extra"]) == (2, 9, {"k": 1}, {})
-  assert [e["name"] for e in meta["leaves"]["params"]] == [
-      "params.0.w", "params.0.b", "params.1.w", "params.1.b"]
-  assert meta["leaves"]["params"][0] == {"name": "params.0.w", "shape": [4, 8], "dtype": "float32"}
-  assert len(meta["leaves"]["opt_state"]) == len(jax.tree.leaves(state))
-  assert meta["leaves"]["rng"] == [{"name": "rng", "shape": [2], "dtype": "uint32"}]
-  assert meta["sha256"] == digest.hexdigest()
+    np.testing.assert_array_equal(npz["['params'][1].w"], params[1].w)
+    assert npz["['opt_state'][0].count"].dtype == np.int32  # adam's step count
+    assert meta["sha256"] == _sha256(npz, meta)
+  assert meta["format"] == "mlp_jax-checkpoint" and meta["version"] == 2
+  assert meta["metadata"] == {"kind": "checkpoint", "epoch": 2, "step": 9, "config": {"k": 1},
+                              "extra": {}, "has_opt_state": True}
+  entries = {e["name"]: e for e in meta["leaves"]}  # in the tree's order: dict keys sorted
+  assert [n for n in entries if n.startswith("['params']")] == [
+      "['params'][0].w", "['params'][0].b", "['params'][1].w", "['params'][1].b"]
+  assert entries["['params'][0].w"] == {"name": "['params'][0].w", "shape": [4, 8],
+                                        "dtype": "float32"}
+  assert len(entries) == 4 + len(jax.tree.leaves(state)) + 1
+  assert entries["['rng']"] == {"name": "['rng']", "shape": [2], "dtype": "uint32"}
+
+
+def test_any_pytree_round_trips_bit_exactly(tmp_path, standard_promotion):
+  """What a flax or equinox user holds: nested dicts, a step counter, a typed key, bfloat16,
+  and an optax state of their own, through save_pytree / load_pytree and save_checkpoint."""
+  params = {"encoder": {"kernel": jnp.arange(6.0).reshape(2, 3), "bias": jnp.ones(3)},
+            "head": [jnp.zeros((3, 2), jnp.bfloat16)]}
+  opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3))
+  tree = {"params": params, "opt_state": opt.init(params), "step": jnp.int32(7),
+          "key": jax.random.key(3)}
+  path = mj.save_pytree(tmp_path / "tree.npz", tree, {"note": "any pytree"})
+  back, meta = mj.load_pytree(path, template=tree)
+  assert meta == {"note": "any pytree"}
+  assert_bits_equal(jax.tree.map(lambda k: k, {k: v for k, v in back.items() if k != "key"}),
+                    {k: v for k, v in tree.items() if k != "key"})
+  assert_bits_equal(jax.random.key_data(back["key"]), jax.random.key_data(tree["key"]))
+  flat, _ = mj.load_pytree(path)  # without a template: leaves by key path
+  np.testing.assert_array_equal(flat["['params']['encoder']['kernel']"],
+                                params["encoder"]["kernel"])
+  ckpt = load_checkpoint(save_checkpoint(tmp_path / "c.npz", params, opt.init(params), epoch=1),
+                         opt.init(params), params_template=params)
+  assert_bits_equal(ckpt.params, params)
+  assert_bits_equal(ckpt.opt_state, opt.init(params))
+  with pytest.raises(mj.CheckpointError, match="tree does not match: the file holds"):
+    mj.load_pytree(path, template={"params": params})
 
 
 def test_new_file_mode_follows_umask(tmp_path):
@@ -181,14 +211,16 @@ def test_new_file_mode_follows_umask(tmp_path):
     ({"epoch": 1, "step": "3"}, mj.InputTypeError, "step: expected an int"),
     ({"epoch": 1, "config": {"f": object()}}, mj.InputTypeError, "config: expected a JSON"),
     ({"epoch": 1, "extra": [1]}, mj.InputTypeError, "extra: expected a dict"),
-    ({"epoch": 1, "rng_key": jnp.ones(2)}, mj.InputTypeError, "rng_key"),
+    ({"epoch": 1, "opt_state": {"f": object()}}, mj.InputTypeError,
+     "['opt_state']['f']: expected an array leaf, got object"),
 ])
 def test_save_rejects_bad_arguments_and_writes_nothing(tmp_path, kwargs, kind, match):
   params = mj.init_params(jax.random.PRNGKey(0), SIZES)
-  with pytest.raises(kind, match=match):
+  with pytest.raises(kind) as info:
     save_checkpoint(tmp_path / "c.npz", params, **kwargs)
-  with pytest.raises(mj.InputTypeError, match="params"):
-    save_checkpoint(tmp_path / "c.npz", [np.ones((2, 2))], epoch=0)
+  assert match in str(info.value)
+  with pytest.raises(mj.InputTypeError, match="params: expected a pytree of arrays"):
+    save_checkpoint(tmp_path / "c.npz", [], epoch=0)
   assert os.listdir(tmp_path) == []
 
 
@@ -201,7 +233,7 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch, where):
   path = save_checkpoint(tmp_path / "c.npz", params, epoch=1)
   before = path.read_bytes()
 
-  def write_half_then_fail(file, arrays):
+  def write_half_then_fail(file, **arrays):
     file.write(before[:len(before) // 2])
     raise KeyboardInterrupt if where == "interrupt" else OSError(28, "No space left on device")
 
@@ -209,13 +241,16 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch, where):
     raise OSError(5, "Input/output error")
 
   if where in ("write", "interrupt"):
-    monkeypatch.setattr(ckpt_lib, "_write_npz", write_half_then_fail)
+    monkeypatch.setattr(ckpt_lib.np, "savez", write_half_then_fail)
   else:
     monkeypatch.setattr(os, where, fail)
   newer = jax.tree.map(lambda a: a + 1, params)
-  with pytest.raises(KeyboardInterrupt if where == "interrupt" else OSError):
+  with pytest.raises(KeyboardInterrupt if where == "interrupt" else mj.StorageError) as info:
     save_checkpoint(path, newer, epoch=2)
   monkeypatch.undo()
+  if where != "interrupt":  # one line naming the file and the reason
+    assert str(info.value).startswith(f"cannot write {path}: ")
+    assert isinstance(info.value, OSError) and "\n" not in str(info.value)
 
   assert os.listdir(tmp_path) == ["c.npz"]  # the temp file is gone
   assert path.read_bytes() == before
@@ -365,35 +400,63 @@ def test_any_flipped_byte_is_refused_or_harmless(tmp_path):
 def test_checksum_catches_edited_data_with_valid_zip(saved, tmp_path):
   path, template, _ = saved
   with np.load(path) as npz:
-    w = npz["params.0.w"].copy()
+    w = npz["['params'][0].w"].copy()
   w.reshape(-1).view(np.uint8)[1000] ^= 0x10  # one flipped bit; the re-packed zip's CRCs are all correct
-  repack(path, tmp_path / "edited.npz", replace={"params.0.w": w})
+  repack(path, tmp_path / "edited.npz", replace={"['params'][0].w": w})
   refused(tmp_path / "edited.npz", "checksum mismatch: file corrupted")
 
 
 def test_other_format_version(saved, tmp_path):
   path, _, _ = saved
   repack(path, tmp_path / "v7.npz", edit_meta=lambda m: m.update(version=7))
-  refused(tmp_path / "v7.npz", "format version 7, this mlp_jax reads version 1")
+  refused(tmp_path / "v7.npz", "format version 7, this mlp_jax reads version 2")
+
+
+@pytest.mark.parametrize("edit", ["epoch", "config", "leaf_shape"])
+def test_edited_metadata_is_a_checksum_mismatch(saved, tmp_path, edit):
+  """The checksum covers the metadata: an epoch edited to 1000 (the zip itself valid) is
+  refused like a flipped bit."""
+  path, _, _ = saved
+
+  def change(meta):
+    if edit == "epoch":
+      meta["metadata"]["epoch"] = 1000
+    elif edit == "config":
+      meta["metadata"]["config"] = {"batch_size": 1}
+    else:
+      meta["leaves"][1]["shape"] = [11]
+
+  refused(repack(path, tmp_path / "edited.npz", edit_meta=change),
+          "checksum mismatch: file corrupted or edited")
+
+
+def forge(src, dst, edit_meta=None, drop=(), add=None):
+  """`repack`, then the checksum recomputed: a file whose damage the checksum cannot see."""
+  repack(src, dst, edit_meta=edit_meta, drop=drop, add=add)
+
+  def fix(meta):
+    with np.load(dst) as npz:
+      meta["sha256"] = _sha256(npz, meta)
+  return repack(dst, dst, edit_meta=fix)
 
 
 @pytest.mark.parametrize("case, needle", [
     ("format", "not a mlp_jax checkpoint (format 'something-else')"),
     ("no_meta", "no __meta__ metadata"),
     ("bad_json", "bad metadata: not valid JSON"),
-    ("no_epoch", "bad metadata: 'epoch' should be an int, got None"),
-    ("missing_leaf", "missing arrays ['opt_state.3']"),
+    ("no_leaves", "bad metadata: expected a leaves list, a metadata object and a sha256"),
+    ("missing_leaf", "missing arrays [\"['opt_state'][0].count\"] listed in the metadata"),
     ("extra_leaf", "arrays ['stowaway'] not listed"),
-    ("shape", "leaf 'params.1.b' has shape (10,) in the data, (11,) in the metadata"),
-    ("dtype", "leaf 'params.1.b' is stored as float32, the metadata says int32"),
-    ("layer_sizes", "the metadata says (64, 128, 11)"),
+    ("shape", "leaf \"['params'][1].b\" is float32[10] in the data, float32[11] in the metadata"),
+    ("dtype", "leaf \"['params'][1].b\" is float32[10] in the data, int32[10] in the metadata"),
+    ("no_kind", "bad metadata (KeyError: 'kind')"),
 ])
 def test_inconsistent_files(saved, tmp_path, case, needle):
   path, _, _ = saved
   bad = tmp_path / "bad.npz"
 
   def leaf(meta, name):
-    return next(e for g in meta["leaves"].values() for e in g if e["name"] == name)
+    return next(e for e in meta["leaves"] if e["name"] == name)
 
   if case == "format":
     repack(path, bad, edit_meta=lambda m: m.update(format="something-else"))
@@ -401,19 +464,39 @@ def test_inconsistent_files(saved, tmp_path, case, needle):
     repack(path, bad, drop=["__meta__"])
   elif case == "bad_json":
     repack(path, bad, replace={"__meta__": np.frombuffer(b"{not json", np.uint8)})
-  elif case == "no_epoch":
-    repack(path, bad, edit_meta=lambda m: m.pop("epoch"))
+  elif case == "no_leaves":
+    repack(path, bad, edit_meta=lambda m: m.pop("leaves"))
   elif case == "missing_leaf":
-    repack(path, bad, drop=["opt_state.3"])
+    repack(path, bad, drop=["['opt_state'][0].count"])
   elif case == "extra_leaf":
-    repack(path, bad, add={"stowaway": np.zeros(2)})
+    forge(path, bad, add={"stowaway": np.zeros(2)})
   elif case == "shape":
-    repack(path, bad, edit_meta=lambda m: leaf(m, "params.1.b").update(shape=[11]))
+    forge(path, bad, edit_meta=lambda m: leaf(m, "['params'][1].b").update(shape=[11]))
   elif case == "dtype":
-    repack(path, bad, edit_meta=lambda m: leaf(m, "params.1.b").update(dtype="int32"))
-  elif case == "layer_sizes":
-    repack(path, bad, edit_meta=lambda m: m.update(layer_sizes=[64, 128, 11]))
+    forge(path, bad, edit_meta=lambda m: leaf(m, "['params'][1].b").update(dtype="int32"))
+  elif case == "no_kind":
+    forge(path, bad, edit_meta=lambda m: m["metadata"].pop("kind"))
   refused(bad, needle)
+
+
+def test_a_run_file_is_not_a_checkpoint_and_the_reverse(saved, tmp_path):
+  path, _, _ = saved
+  with pytest.raises(mj.CheckpointError, match="holds no training run"):
+    mj.load_run(path)
+  params = mj.init_params(jax.random.PRNGKey(0), SIZES)
+  result = mj.fit(params, (np.ones((8, 4), np.float32), np.zeros(8, np.int32)),
+                  optimizer=optax.sgd(0.1), epochs=1, batch_size=4)
+  run = mj.save_run(tmp_path / "run.npz", result.state)
+  refused(run, "holds a run, not a checkpoint of save_checkpoint (use load_run)")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_or_device_is_refused_without_blocking(tmp_path):
+  fifo = tmp_path / "pipe.npz"
+  os.mkfifo(fifo)
+  refused(fifo, "is not a regular file")  # opening it for reading would block forever
+  if os.path.exists("/dev/zero"):
+    refused(pathlib.Path("/dev/zero"), "is not a regular file")
 
 
 def test_mismatched_opt_state_template(saved, standard_promotion):

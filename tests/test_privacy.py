@@ -101,3 +101,47 @@ def test_dp_fit_learns_and_reports_epsilon(standard_promotion):
   eps = [r["epsilon"] for r in result.history]
   assert eps == sorted(eps) and eps[0] > 0
   assert result.history[-1]["val_acc"] > 0.8
+
+
+def test_ledger_epsilon_equals_dp_accounting_composed_by_hand_over_mixed_sigma():
+  """A ledger of three mechanisms (two sigmas, two batch sizes) against PLDAccountant composing
+  the same events one by one."""
+  import dp_accounting
+  from dp_accounting import pld
+  ledger = ()
+  for steps, sigma, batch in ((30, 1.1, 100), (20, 0.8, 100), (10, 1.1, 50), (5, 1.1, 50)):
+    ledger = privacy.add_to_ledger(ledger, privacy.ledger_entry(
+        steps, privacy.DPConfig(1.0, sigma), 3000, batch))
+  assert [e.steps for e in ledger] == [30, 20, 15]  # the last two are one mechanism
+  acc = pld.PLDAccountant()
+  for steps, sigma, batch in ((30, 1.1, 100), (20, 0.8, 100), (15, 1.1, 50)):
+    acc.compose(dp_accounting.TruncatedSubsampledGaussianDpEvent(
+        3000, batch / 3000, privacy.batch_capacity(batch, 3000), sigma), steps)
+  assert privacy.ledger_epsilon(ledger, 1e-5) == pytest.approx(acc.get_epsilon(1e-5), rel=1e-9)
+  assert privacy.ledger_epsilon(ledger, 1e-5) > privacy.ledger_epsilon(ledger[:1], 1e-5)
+
+
+def test_a_ledger_with_non_private_steps_has_no_finite_epsilon():
+  dp = privacy.ledger_entry(10, privacy.DPConfig(1.0, 1.1), 1000, 50)
+  plain = privacy.ledger_entry(10, None, 1000, 50)
+  assert privacy.ledger_epsilon((plain, dp), 1e-5) == float("inf")
+  assert privacy.ledger_epsilon((dp, plain), 1e-5) == float("inf")
+  assert privacy.ledger_epsilon((), 1e-5) == 0.0
+  assert privacy.ledger_epsilon((dp,), 1e-5) == privacy.dp_epsilon(
+      privacy.DPConfig(1.0, 1.1), 1000, 50, 10)
+
+
+def test_resumed_dp_run_reports_the_uninterrupted_epsilon_to_the_last_digit(standard_promotion):
+  data = mj.data.make_synthetic(400, 12, 5, seed=0, noise=0.5)
+  params = mj.init_params(jax.random.PRNGKey(0), SIZES)
+  kwargs = dict(optimizer=optax.adam(1e-2), batch_size=40, dp=privacy.DPConfig(1.0, 0.9))
+  whole = mj.fit(params, data, epochs=4, **kwargs)
+  half = mj.fit(params, data, epochs=2, **kwargs)
+  rest = mj.fit(params, data, epochs=4, resume=half.state, **kwargs)
+  assert [r["epsilon"] for r in rest.history] == [r["epsilon"] for r in whole.history]
+  assert rest.state.ledger == whole.state.ledger and len(whole.state.ledger) == 1
+  with pytest.raises(mj.ResumeError, match="dp 1 0.9 1e-05, this run asks for 1 5 1e-05"):
+    mj.fit(params, data, epochs=4, resume=half.state,
+           **{**kwargs, "dp": privacy.DPConfig(1.0, 5.0)})
+  with pytest.raises(mj.ResumeError, match="dp 1 0.9 1e-05, this run asks for \\(none\\)"):
+    mj.fit(params, data, epochs=4, resume=half.state, **{**kwargs, "dp": None})

@@ -94,7 +94,10 @@ def _stored(name: str, leaf) -> Tuple[dict, np.ndarray]:
   if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
     entry["key_impl"] = str(jax.random.key_impl(leaf))
     leaf = jax.random.key_data(leaf)
-  a = np.asarray(leaf if hasattr(leaf, "dtype") else jnp.asarray(leaf))
+  try:
+    a = np.asarray(leaf if hasattr(leaf, "dtype") else jnp.asarray(leaf))
+  except TypeError:
+    a = np.empty(0, object)
   if a.dtype.hasobject:
     raise InputTypeError(f"{name}: expected an array leaf, got {type(leaf).__name__}")
   entry.update(shape=list(a.shape), dtype=a.dtype.name)
@@ -331,13 +334,14 @@ def load_checkpoint(path, opt_state_template=None, *, params_template=None) -> C
   """
   path = pathlib.Path(path)
   leaves, meta = _read(path)
+  if meta.get("kind", "checkpoint") != "checkpoint":
+    raise _error(path, f"holds a {meta['kind']}, not a checkpoint of save_checkpoint (use "
+                 f"load_{meta['kind']})")
   try:
-    kind, epoch, step = meta["kind"], int(meta["epoch"]), int(meta["step"])
+    _, epoch, step = meta["kind"], int(meta["epoch"]), int(meta["step"])
     config, extra, has_opt_state = dict(meta["config"]), dict(meta["extra"]), meta["has_opt_state"]
   except (KeyError, TypeError, ValueError) as e:
     raise _error(path, f"bad metadata ({describe(e)})") from e
-  if kind != "checkpoint":
-    raise _error(path, f"holds a {kind}, not a checkpoint of save_checkpoint (use load_{kind})")
   opt_leaves = list(_group(leaves, "opt_state").values())
   if opt_state_template is not None:
     opt_state = _matched(path, opt_leaves, opt_state_template, "optimizer state")

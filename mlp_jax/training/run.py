@@ -63,10 +63,16 @@ def match_template(leaves: Sequence[Any], template, what: str):
     if np.shape(leaf) != np.shape(want):
       raise ResumeError(f"{what} does not match: leaf {i} has shape {np.shape(leaf)} in the "
                         f"file, {np.shape(want)} expected")
-    if checks.dtype_of(leaf) != checks.dtype_of(want):
-      raise ResumeError(f"{what} does not match: leaf {i} has dtype {checks.dtype_of(leaf)} in "
-                        f"the file, {checks.dtype_of(want)} expected")
+    have, need = _dtype(leaf), _dtype(want)
+    if have != need:
+      raise ResumeError(f"{what} does not match: leaf {i} has dtype {have} in the file, {need} "
+                        "expected")
   return jax.tree.unflatten(jax.tree.structure(template), list(leaves))
+
+
+def _dtype(leaf):
+  """A leaf's dtype; typed PRNG keys keep theirs (NumPy cannot name it)."""
+  return leaf.dtype if hasattr(leaf, "dtype") else checks.dtype_of(leaf)
 
 
 def check_unchanged(saved: Mapping[str, Any], asked: Mapping[str, Any], where: str,

@@ -2,6 +2,7 @@
 anything is written, resumes that continue exactly or are refused with one line, a folder that
 is never silently replaced, OS faults as one-line errors, Ctrl-C and kill -9 survived."""
 
+import json
 import os
 import pathlib
 import random
@@ -367,6 +368,22 @@ def test_data_in_a_folder_without_permission_is_one_line(tmp_path, capsys, monke
   assert not (tmp_path / "run").exists()
 
 
+def test_a_diverging_run_names_the_batch_and_keeps_the_last_good_epoch(tmp_path, capsys):
+  out = tmp_path / "run"
+  code, _, err = _run(["train", *_with(TINY, optimizer="sgd", lr="1e25", epochs="5",
+                                       out=str(out))], capsys)
+  line = _one_error_line(err)
+  assert code == EXIT_ERROR and "non-finite loss or gradient at epoch" in line
+  assert f"offending batch in {out}/nonfinite_batch.json" in line
+  record = json.loads((out / "nonfinite_batch.json").read_text())
+  assert record["epoch"] >= 1 and len(record["batch_indices"]) >= 1
+  if record["epoch"] > 1:  # the epochs before it are saved, and finite
+    state = mj.load_run(out / "checkpoint.npz").state
+    assert state.epochs_done == record["epoch"] - 1
+  else:
+    assert "no epoch had finished" in line and not (out / "checkpoint.npz").exists()
+
+
 def test_evaluate_refuses_a_library_checkpoint_with_one_line(tmp_path, capsys):
   import jax
   path = mj.save_checkpoint(tmp_path / "lib.npz", mj.init_params(jax.random.PRNGKey(0),
@@ -378,7 +395,7 @@ def test_evaluate_refuses_a_library_checkpoint_with_one_line(tmp_path, capsys):
 # ------------------------------------------------------------- Ctrl-C and kill -9, for real
 
 LONG = ["--dataset", "synthetic", "--num-samples", "2000", "--hidden", "64", "--epochs", "40",
-        "--batch-size", "4", "--val-fraction", "0.1", "--no-progress"]
+        "--batch-size", "4", "--val-fraction", "0.1", "--patience", "30", "--no-progress"]
 
 
 def _start(out: pathlib.Path, *extra) -> subprocess.Popen:

@@ -81,7 +81,7 @@ class RunFolder:
     elif resume and held:
       raise ResumeError(f"--resume: {path} holds no {CHECKPOINT} to resume (it holds "
                         f"{', '.join(held[:4])}); use --overwrite to replace it")
-    elif held and not overwrite:
+    elif held and not overwrite and primary:  # other processes write nothing
       raise InputError(
           f"--out {path} already holds {', '.join(held[:4])}{', ...' if len(held) > 4 else ''}"
           "; continue that run with --resume, replace it with --overwrite, or choose another "

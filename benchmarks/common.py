@@ -9,8 +9,7 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-USPS_DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
-                            "data", "usps", "usps.h5")
+USPS_DEFAULT = None  # the copy bundled with the package; --usps PATH reads a file instead
 # Environment variables that change timings, recorded with every result.
 ENV_VARS = ("XLA_FLAGS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
             "JAX_ENABLE_X64", "JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL")

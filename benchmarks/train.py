@@ -317,7 +317,8 @@ def markdown(main, swept, notes):
 
 def main():
   parser = common.add_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-  parser.add_argument("--usps", default=common.USPS_DEFAULT, help="USPS file (usps.h5)")
+  parser.add_argument("--usps", default=common.USPS_DEFAULT,
+                      help="a USPS file (usps.h5) instead of the bundled copy")
   parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch peer")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
@@ -333,11 +334,7 @@ def main():
   busy = common.busy_note()
   if busy:
     notes.append(busy)
-  datasets = [("digits", dict(dataset="digits"))]
-  if os.path.exists(args.usps):
-    datasets.append(("usps", dict(dataset="usps", path=args.usps)))
-  else:
-    notes.append(f"USPS skipped: {args.usps} not found")
+  datasets = [("digits", dict(dataset="digits")), ("usps", dict(dataset="usps", path=args.usps))]
   epochs = QUICK_EPOCHS if args.quick else EPOCHS
   main_runs, swept = [], []
   for name, spec in datasets:

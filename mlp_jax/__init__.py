@@ -11,6 +11,8 @@ diagnosis); each imports only the ones before it. `import mlp_jax` loads the fir
 `mj.diagnose` loads the diagnosis on first use.
 """
 
+from importlib import metadata as _metadata
+
 from mlp_jax.core.backprop import grads, loss_and_grads
 from mlp_jax.core.checks import value_checks
 from mlp_jax.core.model import Dense, Params, forward, init_params, layer_sizes, predict
@@ -18,7 +20,8 @@ from mlp_jax.core.objective import loss
 from mlp_jax.core.per_example import (LayerNorms, clipped_mean_grads, per_sample_grad_norms,
                                       per_sample_grads, per_sample_layer_norms)
 from mlp_jax.errors import (CheckpointError, DataFileError, InputError, InputTypeError,
-                            MLPJaxError, NonFiniteError, ResumeError, StorageError)
+                            MissingDependencyError, MLPJaxError, NonFiniteError, ResumeError,
+                            StorageError)
 from mlp_jax.io import data
 from mlp_jax.io.checkpoint import (Checkpoint, SavedRun, load_checkpoint, load_pytree, load_run,
                                    save_checkpoint, save_pytree, save_run)
@@ -35,7 +38,25 @@ from mlp_jax.training.privacy import DPConfig, LedgerEntry, dp_epsilon, ledger_e
 from mlp_jax.training.run import RunState
 from mlp_jax.training.step import make_data_parallel_step, make_train_step
 
-__version__ = "0.1.0"
+try:
+  __version__ = _metadata.version("mlp_jax")  # pyproject.toml's version, the one source
+except _metadata.PackageNotFoundError:  # run from a source tree that was never installed
+  __version__ = "0+unknown"
+
+__all__ = [  # the public API; `diagnose` and `Diagnosis` load on first use
+    "__version__", "autodiff_grads", "autodiff_per_sample_grads", "check_gradients", "Checkpoint",
+    "CheckpointError", "clipped_mean_grads", "confusion_matrix", "data", "DataFileError", "Dense",
+    "diagnose", "Diagnosis", "distributed", "DistributedError", "dp_epsilon", "DPConfig",
+    "evaluate", "fit", "FitResult", "forward", "GradientReport", "grads", "init_params",
+    "initialize_distributed", "InputError", "InputTypeError", "is_primary", "layer_sizes",
+    "LayerNorms", "ledger_epsilon", "LedgerEntry", "load_checkpoint", "load_pytree", "load_run",
+    "loss", "loss_and_grads", "make_data_parallel_step", "make_epoch", "make_mesh",
+    "make_optimizer", "make_train_step", "MissingDependencyError", "MLPJaxError", "NonFiniteError",
+    "Params", "per_sample_grad_norms", "per_sample_grads", "per_sample_layer_norms", "predict",
+    "process_shard", "relative_error", "replicate", "ResumeError", "RunState", "save_checkpoint",
+    "save_pytree", "save_run", "SavedRun", "shard_batch", "steps_per_epoch", "StorageError",
+    "value_checks",
+]
 
 _LAZY = {"diagnose": "mlp_jax.tools.diagnosis", "Diagnosis": "mlp_jax.tools.diagnosis"}
 

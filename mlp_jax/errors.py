@@ -5,6 +5,12 @@ them all at once; each also derives from the built-in type a Python user would e
 (`ValueError`, `TypeError`, ...), so ordinary `except ValueError` code keeps working.
 """
 
+import types
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+  import numpy as np
+
 
 class MLPJaxError(Exception):
   """Base class of every error mlp_jax raises on purpose."""
@@ -28,6 +34,27 @@ class CheckpointError(MLPJaxError, ValueError):
 
 class NonFiniteError(MLPJaxError, FloatingPointError):
   """Training produced a NaN or Inf loss or gradient."""
+  # Set by `fit` on the error it raises:
+  epoch: int                     # 1-based epoch of the bad step
+  step: int                      # 1-based step within that epoch
+  batch_indices: "np.ndarray"    # rows of the training set in the offending batch
+  params: Any                    # the last good parameters, from before that step
+  opt_state: Any                 # the optimizer state that goes with them
+
+
+class MissingDependencyError(MLPJaxError, ImportError):
+  """A feature needs an optional dependency that is not installed (the message says which extra
+  installs it)."""
+
+
+def optional_import(module: str, extra: str, feature: str) -> types.ModuleType:
+  """`import module`, or `MissingDependencyError` saying `pip install 'mlp_jax[extra]'`."""
+  import importlib
+  try:
+    return importlib.import_module(module)
+  except ImportError as e:
+    raise MissingDependencyError(f"{feature} needs {module.split('.')[0]}, which is not "
+                                 f"installed: pip install 'mlp_jax[{extra}]'") from e
 
 
 class ResumeError(MLPJaxError, ValueError):
@@ -39,7 +66,7 @@ class StorageError(MLPJaxError, OSError):
   regular file); nothing was half-written and earlier files are intact."""
 
 
-def one_line(text, limit: int = 200) -> str:
+def one_line(text: object, limit: int = 200) -> str:
   """`text` with whitespace runs collapsed to single spaces, cut to `limit` characters."""
   text = " ".join(str(text).split())
   return text if len(text) <= limit else text[:limit - 3] + "..."

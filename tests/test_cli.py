@@ -29,8 +29,8 @@ def test_train_writes_every_output(tmp_path, capsys):
   code, text, _ = _run(["train", *TINY, "--out", str(out)], capsys)
   assert code == 0
   assert "test accuracy" in text
-  assert sorted(os.listdir(out)) == ["checkpoint.npz", "confusion.png", "curves.png",
-                                     "metrics.csv", "metrics.json"]
+  assert sorted(os.listdir(out)) == ["checkpoint.npz", "config.json", "confusion.png",
+                                     "curves.png", "metrics.csv", "metrics.json"]
   for png in ("curves.png", "confusion.png"):
     data = (out / png).read_bytes()
     assert data.startswith(PNG_MAGIC) and len(data) > 2000
@@ -156,3 +156,58 @@ def test_check_diagnoses_a_user_gradient_file(tmp_path, capsys):
   assert "b1" in text and "m/n" in text
   code, _, err = _run(["check", "--grads", f"{user}:nothing"], capsys)
   assert code == 2 and "no function 'nothing'" in err
+
+
+def test_config_replays_a_recorded_run_and_options_override_it(tmp_path, capsys):
+  first = tmp_path / "first"
+  assert _run(["train", *TINY, "--l2", "0.3", "--out", str(first)], capsys)[0] == 0
+  recorded = json.loads((first / "config.json").read_text())
+  for source in ("config.json", "metrics.json"):
+    again = tmp_path / f"again-{source}"
+    code, _, _ = _run(["train", "--config", str(first / source), "--seed", "3", "--out",
+                       str(again)], capsys)
+    assert code == 0
+    replayed = json.loads((again / "config.json").read_text())
+    differ = {k for k in recorded if recorded[k] != replayed.get(k)}
+    # the synthetic rows are drawn from the seed, so their fingerprint changes with it
+    assert differ == {"seed", "out", "config", "train_sha256"}, differ
+    assert replayed["seed"] == 3 and replayed["l2"] == 0.3
+  bad = tmp_path / "bad.json"
+  bad.write_text('{"l2": 0.1, "learning_rate": 3}')
+  code, _, err = _run(["train", "--config", str(bad), "--out", str(tmp_path / "x")], capsys)
+  assert code == 2 and "--config" in err and "unknown settings learning_rate" in err
+  bad.write_text("not json")
+  code, _, err = _run(["train", "--config", str(bad), "--out", str(tmp_path / "x")], capsys)
+  assert code == 2 and "cannot read a JSON file" in err
+  assert not (tmp_path / "x").exists()
+
+
+def test_a_missing_optional_dependency_names_its_extra(tmp_path, capsys, monkeypatch):
+  import importlib
+  real = importlib.import_module
+
+  def without_sklearn(name, *args):
+    if name.startswith("sklearn"):
+      raise ImportError("No module named 'sklearn'")
+    return real(name, *args)
+
+  monkeypatch.setattr(importlib, "import_module", without_sklearn)
+  code, _, err = _run(["train", "--dataset", "digits", "--out", str(tmp_path / "run")], capsys)
+  assert code == 2
+  assert "the 8x8 digits needs sklearn, which is not installed: pip install 'mlp_jax[digits]'" \
+      in err
+  assert not (tmp_path / "run").exists()
+
+
+def test_version_and_help_defaults(capsys):
+  import mlp_jax
+  with pytest.raises(SystemExit) as info:
+    cli.main(["--version"])
+  assert info.value.code == 0 and capsys.readouterr().out.strip() == \
+      f"mlp-jax {mlp_jax.__version__}"
+  with pytest.raises(SystemExit):
+    cli.main(["train", "--help"])
+  text = " ".join(capsys.readouterr().out.split())
+  for default in ("(default: usps)", "(default: 200)", "(default: 128)", "(default: momentum)",
+                  "(default: 0.1)", "(default: cosine)", "(default: 256)", "(default: 0)"):
+    assert default in text, default

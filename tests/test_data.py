@@ -2,6 +2,8 @@
 one DataFileError naming the file, and splits, scaling and shift augmentation do what they say."""
 
 import gzip
+import hashlib
+import io
 import pathlib
 
 import h5py
@@ -80,14 +82,13 @@ def assert_proper_usps(splits):
     assert np.isfinite(part.x).all() and part.y.min() >= 0 and part.y.max() <= 9
 
 
-# --- the real USPS file ------------------------------------------------------------------------
+# --- the real USPS: bundled with the package, and the shared HDF5 copy when present ----------
 
 
 @pytest.fixture(scope="module")
 def usps():
-  if not USPS_H5.is_file():
-    pytest.skip(f"the shared USPS copy is absent (expected {USPS_H5}, see shared/data/README.md)")
-  return data.load_usps(USPS_H5)
+  """The USPS copy inside the package: no file or download needed."""
+  return data.load_usps()
 
 
 def test_real_usps_sizes_labels_and_range(usps):
@@ -97,9 +98,30 @@ def test_real_usps_sizes_labels_and_range(usps):
   assert np.bincount(usps.test.y, minlength=10).tolist() == TEST_COUNTS
   for part in usps:
     assert part.x.min() >= 0.0 and part.x.max() <= 1.0
+    k = part.x.astype(np.float64) * 2000  # every pixel one of the 2001 ESL levels
+    assert np.abs(k - np.rint(k)).max() < 1e-3
 
 
-def test_real_usps_from_its_directory(usps):
+def test_bundled_usps_file_is_the_recorded_one():
+  """Provenance: docs/data.md records this sha256 of the package's usps.npz."""
+  from importlib import resources
+  raw = resources.files("mlp_jax.io").joinpath(data.BUNDLED_USPS).read_bytes()
+  assert hashlib.sha256(raw).hexdigest() == data.BUNDLED_USPS_SHA256
+  assert len(raw) < 1_800_000  # uint16 levels, compressed
+  with np.load(io.BytesIO(raw)) as npz:
+    assert {n: (npz[n].dtype.name, npz[n].shape) for n in npz.files} == {
+        "train_x": ("uint16", (7291, 256)), "train_y": ("uint8", (7291,)),
+        "test_x": ("uint16", (2007, 256)), "test_y": ("uint8", (2007,))}
+
+
+def test_bundled_usps_decodes_bit_for_bit_to_the_hdf5_copy(usps):
+  if not USPS_H5.is_file():
+    pytest.skip(f"the shared USPS copy is absent (expected {USPS_H5}, see shared/data/README.md)")
+  from_h5 = data.load_usps(USPS_H5)
+  for ours, theirs in zip(usps, from_h5):
+    assert ours.x.dtype == theirs.x.dtype == np.float32
+    assert ours.x.tobytes() == theirs.x.tobytes()  # every bit of every pixel
+    assert np.array_equal(ours.y, theirs.y) and ours.y.dtype == theirs.y.dtype
   assert_splits_equal(data.load_usps(str(USPS_H5.parent)), usps)
 
 

@@ -363,5 +363,5 @@ def test_cli_on_two_processes_writes_once(tmp_path):
   assert "test accuracy" in results[0][1] and "test accuracy" not in results[1][1]
   metrics = json.loads((out / "metrics.json").read_text())
   assert metrics["num_devices"] == 4 and metrics["num_processes"] == 2
-  assert sorted(os.listdir(out)) == ["checkpoint.npz", "confusion.png", "curves.png",
-                                     "metrics.csv", "metrics.json"]
+  assert sorted(os.listdir(out)) == ["checkpoint.npz", "config.json", "confusion.png",
+                                     "curves.png", "metrics.csv", "metrics.json"]

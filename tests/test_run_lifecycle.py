@@ -21,7 +21,7 @@ from mlp_jax.tools import cli
 
 pytestmark = pytest.mark.usefixtures("standard_promotion")  # optax inside the CLI
 TINY = ["--dataset", "synthetic", "--num-samples", "300", "--hidden", "8", "--epochs", "3",
-        "--batch-size", "32", "--val-fraction", "0.2", "--no-progress"]
+        "--batch-size", "32", "--val-fraction", "0.2", "--schedule", "constant", "--no-progress"]
 EXIT_ERROR, EXIT_STORAGE, EXIT_INTERRUPTED = 2, 74, 130
 
 
@@ -87,9 +87,9 @@ def finished_runs(tmp_path_factory):
     ("plain", dict(num_samples="400"), "--num-samples 300, this run asks for 400"),
     ("plain", dict(scaling="feature"), "--scaling global, this run asks for feature"),
     ("plain", dict(augment=True), "--augment off, this run asks for on"),
-    ("plain", dict(l2="0.5"), "--l2 0.0001, this run asks for 0.5"),
-    ("plain", dict(optimizer="sgd"), "--optimizer adam, this run asks for sgd"),
-    ("plain", dict(lr="0.01"), "--lr 0.001, this run asks for 0.01"),
+    ("plain", dict(l2="0.5"), "--l2 0.1, this run asks for 0.5"),
+    ("plain", dict(optimizer="sgd"), "--optimizer momentum, this run asks for sgd"),
+    ("plain", dict(lr="0.01"), "--lr 0.1, this run asks for 0.01"),
     ("plain", dict(seed="1"), "--seed 0, this run asks for 1"),
     ("plain", dict(val_fraction="0.3"), "--val-fraction 0.2, this run asks for 0.3"),
     ("plain", dict(patience="2"), "--patience (none), this run asks for 2"),
@@ -187,7 +187,8 @@ def test_the_data_must_be_the_same_rows_wherever_the_file_lies(tmp_path, capsys)
 
   write(tmp_path / "a.h5", 0)
   write(tmp_path / "other.h5", 1)
-  args = ["--dataset", "usps", "--hidden", "8", "--batch-size", "16", "--no-progress"]
+  args = ["--dataset", "usps", "--hidden", "8", "--batch-size", "16", "--schedule", "constant",
+          "--no-progress"]
   out = tmp_path / "run"
   assert _run(["train", *args, "--epochs", "1", "--data", tmp_path / "a.h5", "--out", out],
               capsys)[0] == 0
@@ -220,7 +221,6 @@ def test_the_data_must_be_the_same_rows_wherever_the_file_lies(tmp_path, capsys)
     (dict(patience="-2"), "--patience: expected an int >= 1, got -2"),
     (dict(patience="2", val_fraction="0"), "--patience: early stopping needs a validation set"),
     (dict(data="usps.h5"), "--data usps.h5: only used with --dataset usps"),
-    (dict(dataset="usps", num_samples=None), "--dataset usps: give the data file with --data"),
     (dict(dataset="digits"), "--num-samples 300: only used with --dataset synthetic"),
     (dict(shifts="8"), "--shifts 8: only used with --augment"),
     (dict(noise_multiplier="2"), "--noise-multiplier 2.0: only used with --dp"),
@@ -324,7 +324,7 @@ def test_a_full_disk_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
   monkeypatch.undo()
   line = _one_error_line(err)
   assert code == EXIT_STORAGE and "No space left on device [ENOSPC]" in line
-  assert sorted(os.listdir(out)) == ["checkpoint.npz"]  # no temporary file left
+  assert sorted(os.listdir(out)) == ["checkpoint.npz", "config.json"]  # no temporary file
   assert mj.load_run(out / "checkpoint.npz").state.epochs_done == 1
   assert _run(["train", *_with(TINY, out=str(out), resume=True)], capsys)[0] == 0
 
@@ -395,7 +395,8 @@ def test_evaluate_refuses_a_library_checkpoint_with_one_line(tmp_path, capsys):
 # ------------------------------------------------------------- Ctrl-C and kill -9, for real
 
 LONG = ["--dataset", "synthetic", "--num-samples", "2000", "--hidden", "64", "--epochs", "40",
-        "--batch-size", "4", "--val-fraction", "0.1", "--patience", "30", "--no-progress"]
+        "--batch-size", "4", "--val-fraction", "0.1", "--patience", "30", "--optimizer", "adam",
+        "--lr", "0.001", "--l2", "0.0001", "--no-progress"]
 
 
 def _start(out: pathlib.Path, *extra) -> subprocess.Popen:

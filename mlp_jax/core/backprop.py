@@ -12,12 +12,13 @@ with A_0 = X. The ReLU mask uses a_l > 0, which equals h_l > 0, so the derivativ
 as in the derivation. One forward pass serves both the loss and the gradients.
 """
 
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import functools
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike, DTypeLike
 
 from mlp_jax.core import checks
 from mlp_jax.core.model import Dense, Params, forward_activations, matmul
@@ -35,7 +36,8 @@ def relu_masks(activations: Sequence[jax.Array]) -> Tuple[jax.Array, ...]:
 
 
 def backprop_errors(params: Params, activations: Sequence[jax.Array], top: jax.Array,
-                    compute_dtype=None, masks=None) -> Tuple[jax.Array, ...]:
+                    compute_dtype: Optional[DTypeLike] = None,
+                    masks: Optional[Sequence[jax.Array]] = None) -> Tuple[jax.Array, ...]:
   """The error signal of every layer, (E10) and its recursion for deeper nets.
 
   Args:
@@ -58,7 +60,8 @@ def backprop_errors(params: Params, activations: Sequence[jax.Array], top: jax.A
 
 
 def layer_grads(params: Params, activations: Sequence[jax.Array],
-                deltas: Sequence[jax.Array], l2, m, compute_dtype=None) -> Params:
+                deltas: Sequence[jax.Array], l2: ArrayLike, m: ArrayLike,
+                compute_dtype: Optional[DTypeLike] = None) -> Params:
   """dL/dW_l = A_{l-1}^T Delta_l + (lambda/m) W_l and dL/db_l = 1^T Delta_l, (E8)-(E12)."""
   dtype = params[0].w.dtype
   decay = jnp.asarray(l2, dtype) / m
@@ -67,7 +70,7 @@ def layer_grads(params: Params, activations: Sequence[jax.Array],
       for layer, a, delta in zip(params, activations, deltas))
 
 
-def mean_with_penalty(sums: Params, params: Params, l2, m) -> Params:
+def mean_with_penalty(sums: Params, params: Params, l2: ArrayLike, m: ArrayLike) -> Params:
   """sums / m + (lambda / m) W per layer, (E8)-(E12): a gradient from its data-term sums.
 
   For sums that are formed before the division, e.g. clipped (and noised) per-example sums.
@@ -76,8 +79,9 @@ def mean_with_penalty(sums: Params, params: Params, l2, m) -> Params:
   return tuple(Dense(w=g.w / m + decay * p.w, b=g.b / m) for g, p in zip(sums, params))
 
 
-def objective_and_grads(params: Params, x: jax.Array, y: jax.Array, l2,
-                        compute_dtype=None, mask=None) -> Tuple[jax.Array, Params]:
+def objective_and_grads(params: Params, x: jax.Array, y: jax.Array, l2: ArrayLike,
+                        compute_dtype: Optional[DTypeLike] = None,
+                        mask: Optional[jax.Array] = None) -> Tuple[jax.Array, Params]:
   """The loss (E6) and its analytic gradient without input checks: traceable, the training core.
 
   `mask`, optional (m,) of 0/1 in the parameters' dtype, marks padding rows with 0: loss and
@@ -89,7 +93,7 @@ def objective_and_grads(params: Params, x: jax.Array, y: jax.Array, l2,
   per_example = cross_entropy(log_probs, y)
   error = output_error(log_probs, y)  # (E7)
   if mask is None:
-    m = x.shape[0]
+    m: Union[int, jax.Array] = x.shape[0]
     top = error / m
   else:
     m = mask.sum()
@@ -119,8 +123,8 @@ def _loss_and_grads_flagged(params, x, y, l2, compute_dtype=None):
 _LOSS_AND_GRADS = checks.Compiled(objective_and_grads_jit, _loss_and_grads_flagged)
 
 
-def loss_and_grads(params: Params, x, y, l2=0.0, *,
-                   compute_dtype: Optional[jnp.dtype] = None) -> Tuple[jax.Array, Params]:
+def loss_and_grads(params: Params, x: ArrayLike, y: ArrayLike, l2: ArrayLike = 0.0, *,
+                   compute_dtype: Optional[DTypeLike] = None) -> Tuple[jax.Array, Params]:
   """The loss (E6) and its analytic gradient (E7)-(E12), from one shared forward pass.
 
   Args:
@@ -138,6 +142,7 @@ def loss_and_grads(params: Params, x, y, l2=0.0, *,
                              compute_dtype=compute_dtype)
 
 
-def grads(params: Params, x, y, l2=0.0, *, compute_dtype=None) -> Params:
+def grads(params: Params, x: ArrayLike, y: ArrayLike, l2: ArrayLike = 0.0, *,
+          compute_dtype: Optional[DTypeLike] = None) -> Params:
   """The analytic gradient of (E6), (E7)-(E12); see `loss_and_grads`."""
   return loss_and_grads(params, x, y, l2, compute_dtype=compute_dtype)[1]

@@ -19,11 +19,12 @@ import contextvars
 import math
 import numbers
 import operator
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from mlp_jax.core.model import Dense, Params
 from mlp_jax.errors import InputError, InputTypeError
@@ -33,7 +34,7 @@ _VALUE_CHECKS = contextvars.ContextVar("mlp_jax_value_checks", default=True)
 
 
 @contextlib.contextmanager
-def value_checks(enabled: bool):
+def value_checks(enabled: bool) -> Iterator[None]:
   """Within the block, the value checks of the eager public calls run (True, the default) or not.
 
   Off, a call does only the static checks (shapes, dtypes, lambda) and never waits for the
@@ -52,18 +53,18 @@ def value_checks_enabled() -> bool:
   return _VALUE_CHECKS.get()
 
 
-def is_concrete(x) -> bool:
+def is_concrete(x: Any) -> bool:
   """True when x holds values (not a tracer inside jit/grad/vmap)."""
   return not isinstance(x, jax.core.Tracer)
 
 
-def dtype_of(leaf) -> np.dtype:
+def dtype_of(leaf: Any) -> np.dtype:
   """A leaf's own dtype (NumPy, JAX, tracer, `jax.ShapeDtypeStruct`); Python scalars and lists
   as JAX would store them."""
   return np.dtype(leaf.dtype if hasattr(leaf, "dtype") else jnp.asarray(leaf).dtype)
 
 
-def check_params(params) -> Params:
+def check_params(params: Sequence[Dense]) -> Params:
   """A non-empty tuple of `Dense` with chained, floating, same-dtype weights; returns it."""
   if isinstance(params, list):
     params = tuple(params)
@@ -103,7 +104,7 @@ def check_params(params) -> Params:
   return params
 
 
-def _features_static(params: Params, x, name: str):
+def _features_static(params: Params, x: Any, name: str) -> Union[np.ndarray, jax.Array]:
   n = params[0].w.shape[0]
   if not hasattr(x, "dtype"):
     x = np.asarray(x)
@@ -114,7 +115,7 @@ def _features_static(params: Params, x, name: str):
   return x
 
 
-def _labels_static(params: Params, y, m: int, name: str):
+def _labels_static(params: Params, y: Any, m: int, name: str) -> Union[np.ndarray, jax.Array]:
   k = params[-1].w.shape[1]
   if not hasattr(y, "dtype"):
     y = np.asarray(y)
@@ -153,7 +154,8 @@ def _check_values(params: Params, x, y, x_name: str = "x", y_name: str = "y") ->
     raise InputError(f"{y_name}: expected labels in 0..{k - 1}, got values in {lo}..{hi}")
 
 
-def check_pair(params: Params, data, name: str):
+def check_pair(params: Params, data: Tuple[ArrayLike, ArrayLike],
+               name: str) -> Tuple[jax.Array, jax.Array]:
   """A dataset given as a pair (x, y) (a tuple or a `data.Dataset`): shapes, dtypes, finite
   features and labels in 0..K-1 (one read-back for both); x in the parameters' dtype."""
   if not (isinstance(data, (tuple, list)) and len(data) == 2):
@@ -164,7 +166,7 @@ def check_pair(params: Params, data, name: str):
   return jnp.asarray(x, params[0].w.dtype), jnp.asarray(y)
 
 
-def all_finite(tree) -> jax.Array:
+def all_finite(tree: Any) -> jax.Array:
   """A scalar bool: every entry of every leaf of `tree` is finite (traceable)."""
   finite = jnp.asarray(True)
   for leaf in jax.tree.leaves(tree):
@@ -172,7 +174,7 @@ def all_finite(tree) -> jax.Array:
   return finite
 
 
-def input_flag(params: Params, x, y) -> jax.Array:
+def input_flag(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
   """Traceable: True when x has a NaN or Inf or a label lies outside 0..K-1."""
   k = params[-1].w.shape[1]
   return ~jnp.isfinite(x).all() | (y.min() < 0) | (y.max() >= k)
@@ -184,7 +186,8 @@ class Compiled(NamedTuple):
   flagged: Callable  # -> (result, flag): flag raised by bad input or a non-finite result
 
 
-def checked_call(compiled: Compiled, params, x, y, *args, l2=0.0, **kwargs):
+def checked_call(compiled: Compiled, params: Sequence[Dense], x: ArrayLike, y: ArrayLike,
+                 *args: Any, l2: ArrayLike = 0.0, **kwargs: Any) -> Any:
   """An eager public call: the static checks, then `compiled.plain` when value checks are off,
   else `compiled.flagged` and one read of its flag (a wait for the device). A raised flag runs
   the detailed checks that name the problem; when they find none (finite inputs, an overflow in
@@ -211,7 +214,7 @@ def check_finite_params(params: Params) -> None:
           raise InputError(f"params[{i}].{name}: expected finite values, got {bad} NaN or Inf")
 
 
-def check_int(value, name: str, minimum: int = 1, maximum: Optional[int] = None) -> int:
+def check_int(value: Any, name: str, minimum: int = 1, maximum: Optional[int] = None) -> int:
   """An integer >= `minimum` (and <= `maximum` when given), a Python or NumPy int, not a bool:
   e.g. a batch size, a count or a seed."""
   wanted = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
@@ -232,8 +235,8 @@ def _range_text(low: float, high: float, open_low: bool, open_high: bool) -> str
   return f"in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
 
 
-def check_real(value, name: str, *, low: float = 0.0, high: float = math.inf,
-               open_low: bool = False, open_high: bool = True):
+def check_real(value: Any, name: str, *, low: float = 0.0, high: float = math.inf,
+               open_low: bool = False, open_high: bool = True) -> Any:
   """A real scalar, finite and in the range [low, high) (ends as given) when concrete.
 
   Python, NumPy and JAX numbers pass (not bools or complex); a tracer gets the static checks
@@ -258,7 +261,8 @@ def check_real(value, name: str, *, low: float = 0.0, high: float = math.inf,
   return value
 
 
-def check_batch(params, x, y, l2=0.0, *, values: bool = True):
+def check_batch(params: Sequence[Dense], x: ArrayLike, y: ArrayLike, l2: ArrayLike = 0.0, *,
+                values: bool = True) -> Tuple[Params, jax.Array, jax.Array, Any]:
   """All of the above for one call; returns (params, x, y, l2) ready for the compiled core.
 
   With `values=False` only the static checks run (and lambda's): for callers that check the

@@ -6,10 +6,11 @@ checkpointing handle with no glue. Inputs are rows: `x` has shape (m, n), layer 
 the last layer's output are the logits `z` of shape (m, K).
 """
 
-from typing import NamedTuple, Sequence, Tuple
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple, overload
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike, DTypeLike
 
 from mlp_jax.errors import InputError, InputTypeError
 
@@ -28,7 +29,7 @@ SOURCE_LAYER_SIZES = (256, 256, 10)  # the source's network: 256 pixels, 256 hid
 def init_params(
     key: jax.Array,
     layer_sizes: Sequence[int] = SOURCE_LAYER_SIZES,
-    dtype=jnp.float32,
+    dtype: DTypeLike = jnp.float32,
 ) -> Params:
   """He-normal initialisation: w ~ N(0, 2 / fan_in), b = 0.
 
@@ -60,7 +61,7 @@ def layer_sizes(params: Params) -> Tuple[int, ...]:
   return (params[0].w.shape[0],) + tuple(layer.w.shape[1] for layer in params)
 
 
-def affine(layer: Dense, x: jax.Array, compute_dtype=None) -> jax.Array:
+def affine(layer: Dense, x: jax.Array, compute_dtype: Optional[DTypeLike] = None) -> jax.Array:
   """`x @ w + b` for rows of x, (E1)/(E3); GEMM inputs optionally cast to `compute_dtype`.
 
   With `compute_dtype` (e.g. bfloat16) the product is accumulated and returned in the
@@ -69,7 +70,7 @@ def affine(layer: Dense, x: jax.Array, compute_dtype=None) -> jax.Array:
   return matmul(x, layer.w, compute_dtype) + layer.b[None, :]
 
 
-def matmul(a: jax.Array, b: jax.Array, compute_dtype=None) -> jax.Array:
+def matmul(a: jax.Array, b: jax.Array, compute_dtype: Optional[DTypeLike] = None) -> jax.Array:
   """`a @ b`, optionally with inputs cast to `compute_dtype` and the result in `a`'s dtype."""
   if compute_dtype is None:
     return a @ b
@@ -78,24 +79,39 @@ def matmul(a: jax.Array, b: jax.Array, compute_dtype=None) -> jax.Array:
                     preferred_element_type=out_dtype)
 
 
-def forward_activations(params: Params, x: jax.Array, compute_dtype=None):
+# The activations begin with x as passed: all `jax.Array`s for an array x.
+@overload
+def forward_activations(
+    params: Params, x: jax.Array, compute_dtype: Optional[DTypeLike] = None,
+) -> Tuple[jax.Array, Tuple[jax.Array, ...]]: ...
+
+
+@overload
+def forward_activations(
+    params: Params, x: ArrayLike, compute_dtype: Optional[DTypeLike] = None,
+) -> Tuple[jax.Array, Tuple[ArrayLike, ...]]: ...
+
+
+def forward_activations(
+    params: Params, x: ArrayLike, compute_dtype: Optional[DTypeLike] = None,
+) -> Tuple[jax.Array, Tuple[ArrayLike, ...]]:
   """Forward pass keeping what the backward pass needs.
 
   Returns:
     (logits, activations): logits (m, K), (E3); activations is a tuple with the input of every
     layer, `(x, a_1, ..., a_{L-1})`, where a_l = ReLU(h_l), (E1)-(E2).
   """
-  activations = [x]
+  activations: List[Any] = [x]
   for layer in params[:-1]:
     activations.append(jax.nn.relu(affine(layer, activations[-1], compute_dtype)))
   return affine(params[-1], activations[-1], compute_dtype), tuple(activations)
 
 
-def forward(params: Params, x: jax.Array) -> jax.Array:
+def forward(params: Params, x: ArrayLike) -> jax.Array:
   """Logits of shape (m, K) for inputs of shape (m, n), (E1)-(E3)."""
   return forward_activations(params, x)[0]
 
 
-def predict(params: Params, x: jax.Array) -> jax.Array:
+def predict(params: Params, x: ArrayLike) -> jax.Array:
   """Predicted class index of each row of x, shape (m,)."""
   return jnp.argmax(forward(params, x), axis=-1)

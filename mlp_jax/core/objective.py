@@ -6,8 +6,11 @@ Biases are not penalised. Softmax is evaluated through a log-sum-exp shifted by 
 maximum, so logits of +-1e4 give finite values.
 """
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike, DTypeLike
 
 from mlp_jax.core import checks
 from mlp_jax.core.model import Params, forward_activations
@@ -24,14 +27,15 @@ def cross_entropy(log_probs: jax.Array, y: jax.Array) -> jax.Array:
   return -jnp.take_along_axis(log_probs, y[:, None], axis=1)[:, 0]
 
 
-def l2_penalty(params: Params, l2, m: int) -> jax.Array:
+def l2_penalty(params: Params, l2: ArrayLike, m: ArrayLike) -> jax.Array:
   """(lambda / 2m) sum_l ||W_l||_F^2, the penalty of (E6); biases excluded."""
   dtype = params[0].w.dtype
   total = sum(jnp.sum(jnp.square(layer.w)) for layer in params)
   return jnp.asarray(l2, dtype) / (2 * m) * total
 
 
-def penalised_mean(per_example: jax.Array, params: Params, l2, m, weights=None) -> jax.Array:
+def penalised_mean(per_example: jax.Array, params: Params, l2: ArrayLike, m: ArrayLike,
+                   weights: Optional[jax.Array] = None) -> jax.Array:
   """(1/m) sum_i w_i l_i + (lambda / 2m) sum_l ||W_l||^2: (E6) from the per-example losses.
 
   `weights` (m,) default to 1; m is the divisor (the batch size, the count of unmasked rows, or
@@ -41,8 +45,8 @@ def penalised_mean(per_example: jax.Array, params: Params, l2, m, weights=None) 
   return total / m + l2_penalty(params, l2, m)
 
 
-def objective(params: Params, x: jax.Array, y: jax.Array, l2=0.0,
-              compute_dtype=None) -> jax.Array:
+def objective(params: Params, x: jax.Array, y: jax.Array, l2: ArrayLike = 0.0,
+              compute_dtype: Optional[DTypeLike] = None) -> jax.Array:
   """(E6) without input checks: the function the oracle differentiates.
 
   `compute_dtype` (e.g. bfloat16) casts the forward GEMMs' inputs as `loss_and_grads` does.
@@ -51,7 +55,7 @@ def objective(params: Params, x: jax.Array, y: jax.Array, l2=0.0,
   return penalised_mean(cross_entropy(log_softmax(logits), y), params, l2, x.shape[0])
 
 
-def loss(params: Params, x, y, l2=0.0) -> jax.Array:
+def loss(params: Params, x: ArrayLike, y: ArrayLike, l2: ArrayLike = 0.0) -> jax.Array:
   """The training objective L of (E6): mean cross-entropy plus lambda/(2m) sum ||W||^2.
 
   Args:

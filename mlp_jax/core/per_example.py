@@ -15,10 +15,11 @@ sum_i c_i dl_i/dW_l = A_{l-1}^T (c * Delta_l). Norms and clipped means therefore
 and one backward pass and never materialise an (m, n, d) tensor.
 """
 
-from typing import NamedTuple, Optional, Tuple
+from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike, DTypeLike
 
 from mlp_jax.core import checks
 from mlp_jax.core.backprop import backprop_errors, layer_grads, mean_with_penalty, output_error
@@ -53,9 +54,10 @@ def _per_sample_grads(params: Params, x: jax.Array, y: jax.Array) -> Params:
       for a, delta in zip(activations, deltas))
 
 
-def _compile(fn, **jit_kwargs) -> checks.Compiled:
+def _compile(fn: Callable, **jit_kwargs: Any) -> checks.Compiled:
   """`fn(params, x, y, ...)` jitted as is, and with `checks.input_flag(params, x, y)` beside."""
-  def with_flag(params, x, y, *args, **kwargs):
+  def with_flag(params: Params, x: jax.Array, y: jax.Array, *args: Any,
+                **kwargs: Any) -> Tuple[Any, jax.Array]:
     return fn(params, x, y, *args, **kwargs), checks.input_flag(params, x, y)
   return checks.Compiled(jax.jit(fn, **jit_kwargs), jax.jit(with_flag, **jit_kwargs))
 
@@ -63,7 +65,8 @@ def _compile(fn, **jit_kwargs) -> checks.Compiled:
 _PER_SAMPLE_GRADS = _compile(_per_sample_grads)
 
 
-def per_sample_grads(params: Params, x, y, *, chunk_size: Optional[int] = None) -> Params:
+def per_sample_grads(params: Params, x: ArrayLike, y: ArrayLike, *,
+                     chunk_size: Optional[int] = None) -> Params:
   """Gradients of each l_i alone, (E13): every leaf gains a leading axis of size m.
 
   Args:
@@ -90,7 +93,7 @@ def _per_sample_grads_chunked(params, x, y, chunk_size: int):
 _PER_SAMPLE_GRADS_CHUNKED = _compile(_per_sample_grads_chunked, static_argnames="chunk_size")
 
 
-def _layer_sq_norms(activations, deltas) -> Tuple[jax.Array, ...]:
+def _layer_sq_norms(activations, deltas) -> Tuple[Tuple[jax.Array, jax.Array], ...]:
   """Per layer: (||a_i||^2 ||delta_i||^2, ||delta_i||^2), each (m,), (E15)."""
   return tuple(
       (jnp.sum(a * a, axis=1) * jnp.sum(d * d, axis=1), jnp.sum(d * d, axis=1))
@@ -103,7 +106,7 @@ def _layer_norms(params, x, y):
                for w2, b2 in _layer_sq_norms(activations, deltas))
 
 
-def per_sample_layer_norms(params: Params, x, y) -> Tuple[LayerNorms, ...]:
+def per_sample_layer_norms(params: Params, x: ArrayLike, y: ArrayLike) -> Tuple[LayerNorms, ...]:
   """Each example's gradient norm per leaf, (E15): a tuple of `LayerNorms(w=(m,), b=(m,))`.
 
   `w` holds ||dl_i/dW_l||_F = ||a_{l-1,i}|| ||delta_{l,i}|| and `b` holds ||delta_{l,i}||,
@@ -127,7 +130,7 @@ def _global_norms_of(params, x, y):
 GLOBAL_NORMS = _compile(_global_norms_of)  # .plain: the unchecked core the benchmarks time
 
 
-def per_sample_grad_norms(params: Params, x, y) -> jax.Array:
+def per_sample_grad_norms(params: Params, x: ArrayLike, y: ArrayLike) -> jax.Array:
   """The global L2 norm, over all parameters, of each example's gradient of l_i, (E15); (m,).
 
   Equals `optax.global_norm` of each slice of `per_sample_grads`, at the cost of one forward and
@@ -136,14 +139,15 @@ def per_sample_grad_norms(params: Params, x, y) -> jax.Array:
   return checks.checked_call(GLOBAL_NORMS, params, x, y)
 
 
-def clip_factors(norms: jax.Array, clip_norm) -> jax.Array:
+def clip_factors(norms: jax.Array, clip_norm: ArrayLike) -> jax.Array:
   """min(1, C / ||g_i||), with 1 where ||g_i|| <= C (so a zero gradient stays untouched)."""
   clip_norm = jnp.asarray(clip_norm, norms.dtype)
   return jnp.where(norms > clip_norm, clip_norm / jnp.where(norms > 0, norms, 1), 1)
 
 
-def clipped_grad_sum(params: Params, x: jax.Array, y: jax.Array, clip_norm, mask=None,
-                     compute_dtype=None):
+def clipped_grad_sum(params: Params, x: jax.Array, y: jax.Array, clip_norm: ArrayLike,
+                     mask: Optional[jax.Array] = None, compute_dtype: Optional[DTypeLike] = None,
+                     ) -> Tuple[Params, jax.Array, jax.Array]:
   """sum_i w_i min(1, C/||g_i||) g_i, with the norms and losses; no checks, traceable.
 
   The sum is A_{l-1}^T (c * Delta_l) per layer: the per-example weights c_i scale the rows of the
@@ -172,7 +176,8 @@ def _clipped_mean(params, x, y, clip_norm, l2):
 CLIPPED_MEAN = _compile(_clipped_mean)  # .plain: the unchecked core the benchmarks time
 
 
-def clipped_mean_grads(params: Params, x, y, clip_norm, l2=0.0) -> Params:
+def clipped_mean_grads(params: Params, x: ArrayLike, y: ArrayLike, clip_norm: ArrayLike,
+                       l2: ArrayLike = 0.0) -> Params:
   """Mean of per-example gradients clipped to norm C, plus the penalty gradient of (E6).
 
       (1/m) sum_i min(1, C/||g_i||) g_i + (lambda/m) W,   g_i = dl_i/dtheta, (E13)-(E15)

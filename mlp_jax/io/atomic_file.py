@@ -16,12 +16,13 @@ import errno
 import os
 import pathlib
 import tempfile
+from typing import IO, Any, Iterator, Union
 
 from mlp_jax.errors import StorageError, describe
 
 
 @contextlib.contextmanager
-def atomic_write(path, mode: str = "wb"):
+def atomic_write(path: Union[str, os.PathLike], mode: str = "wb") -> Iterator[IO[Any]]:
   """Yields a file object (binary "wb" or text "w") that replaces `path` when the block ends.
 
   Raises:
@@ -49,7 +50,7 @@ def atomic_write(path, mode: str = "wb"):
     _fsync_dir(path.parent)
 
 
-def make_folder(path) -> pathlib.Path:
+def make_folder(path: Union[str, os.PathLike]) -> pathlib.Path:
   """`path` as a folder, created with its parents if missing; `StorageError` if it cannot be."""
   path = pathlib.Path(path)
   with storage_errors(path):
@@ -60,7 +61,7 @@ def make_folder(path) -> pathlib.Path:
 
 
 @contextlib.contextmanager
-def storage_errors(path):
+def storage_errors(path: Union[str, os.PathLike]) -> Iterator[None]:
   """Turns an `OSError` in the block into one `StorageError` naming `path` and the reason."""
   try:
     yield

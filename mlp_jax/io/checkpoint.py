@@ -24,16 +24,18 @@ previous file or the new one; a refused write (permission, disk full, name too l
 
 import hashlib
 import json
+import os
 import pathlib
 import stat
 import struct
 import zipfile
 import zlib
-from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from mlp_jax.core import checks, model
 from mlp_jax.core.model import Dense, Params
@@ -56,7 +58,8 @@ _READ_ERRORS = (OSError, ValueError, KeyError, EOFError, MemoryError, OverflowEr
 # ----------------------------------------------------------------------------- any pytree
 
 
-def save_pytree(path, tree, metadata: Optional[dict] = None) -> pathlib.Path:
+def save_pytree(path: Union[str, os.PathLike], tree: Any,
+                metadata: Optional[dict] = None) -> pathlib.Path:
   """Writes the array leaves of `tree` and the JSON-serialisable dict `metadata` to `path`
   atomically (parent folders created; no suffix added). Returns `path` as a `pathlib.Path`."""
   path = pathlib.Path(path)
@@ -74,7 +77,7 @@ def save_pytree(path, tree, metadata: Optional[dict] = None) -> pathlib.Path:
   return path
 
 
-def load_pytree(path, template=None) -> Tuple[Any, dict]:
+def load_pytree(path: Union[str, os.PathLike], template: Any = None) -> Tuple[Any, dict]:
   """Reads and verifies a file of `save_pytree`: (tree, metadata).
 
   With `template` (a pytree of arrays or `jax.ShapeDtypeStruct`s) the leaves come back in its
@@ -90,7 +93,7 @@ def load_pytree(path, template=None) -> Tuple[Any, dict]:
 
 def _stored(name: str, leaf) -> Tuple[dict, np.ndarray]:
   """(metadata entry, array as `.npy` stores it) of one leaf."""
-  entry = {"name": name}
+  entry: Dict[str, Any] = {"name": name}
   if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
     entry["key_impl"] = str(jax.random.key_impl(leaf))
     leaf = jax.random.key_data(leaf)
@@ -288,7 +291,9 @@ class Checkpoint(NamedTuple):
   extra: dict
 
 
-def save_checkpoint(path, params, opt_state=None, *, epoch: int, config: Optional[dict] = None,
+def save_checkpoint(path: Union[str, os.PathLike], params: Any,
+                    opt_state: Optional[optax.OptState] = None, *,
+                    epoch: int, config: Optional[dict] = None,
                     rng_key: Optional[jax.Array] = None, step: int = 0,
                     extra: Optional[dict] = None) -> pathlib.Path:
   """Writes parameters, optimizer state and metadata to `path` atomically (see the module doc).
@@ -318,7 +323,8 @@ def save_checkpoint(path, params, opt_state=None, *, epoch: int, config: Optiona
   })
 
 
-def load_checkpoint(path, opt_state_template=None, *, params_template=None) -> Checkpoint:
+def load_checkpoint(path: Union[str, os.PathLike], opt_state_template: Any = None, *,
+                    params_template: Any = None) -> Checkpoint:
   """Reads and verifies a checkpoint written by `save_checkpoint`.
 
   Args:
@@ -352,14 +358,16 @@ def load_checkpoint(path, opt_state_template=None, *, params_template=None) -> C
                     config, rng[0] if rng else None, step, extra)
 
 
-def restore_opt_state(ckpt: Checkpoint, template, path) -> Any:
+def restore_opt_state(ckpt: Checkpoint, template: Any,
+                      path: Union[str, os.PathLike]) -> Any:
   """The optimizer state of a checkpoint loaded without a template, in `template`'s structure
   (leaf count, shapes and dtypes checked); `CheckpointError` naming `path` if it differs."""
   leaves = [] if ckpt.opt_state is None else list(ckpt.opt_state)
   return _matched(pathlib.Path(path), leaves, template, "optimizer state")
 
 
-def check_compatible(ckpt: Checkpoint, layer_sizes: Sequence[int], *, path=None) -> None:
+def check_compatible(ckpt: Checkpoint, layer_sizes: Sequence[int], *,
+                     path: Optional[Union[str, os.PathLike]] = None) -> None:
   """Raises `CheckpointError` unless the checkpoint's layer sizes are `layer_sizes`.
 
   Args:
@@ -389,7 +397,7 @@ class SavedRun(NamedTuple):
   arrays: dict      # the caller's extra arrays, {name: array} (e.g. the input scaler)
 
 
-def save_run(path, state: RunState, *, config: Optional[dict] = None,
+def save_run(path: Union[str, os.PathLike], state: RunState, *, config: Optional[dict] = None,
              arrays: Optional[Dict[str, Any]] = None) -> pathlib.Path:
   """Writes a whole `RunState` (parameters, optimizer state, best epoch's parameters, history,
   early-stopping state, privacy ledger, settings), with a caller's `config` dict and named
@@ -406,7 +414,7 @@ def save_run(path, state: RunState, *, config: Optional[dict] = None,
                                   "config": _json_copy("config", config)})
 
 
-def load_run(path, *, params_template=None) -> SavedRun:
+def load_run(path: Union[str, os.PathLike], *, params_template: Any = None) -> SavedRun:
   """Reads and verifies a file of `save_run`. Parameters come back as for `load_checkpoint`;
   the optimizer state as a list of leaves, put in the optimizer's structure by `fit`.
 

@@ -5,7 +5,8 @@ what it read (2-D finite features of the expected width, integral labels in 0..9
 non-zero row counts) and turns every failure -- a missing, empty, truncated, corrupt or malformed
 file -- into one `DataFileError` whose one-line message names the file and the problem.
 
-    splits = load_usps("../shared/data/usps/usps.h5")   # or zip.train[.gz], or their folder
+    splits = load_usps()                    # the copy bundled with the package; or a path:
+    splits = load_usps("usps.h5")           # HDF5, zip.train[.gz], or their folder
     train, val = train_val_split(splits.train, val_fraction=0.1)
     scaler = fit_scaler(train.x)                         # statistics of the training part only
     x_train, x_val = scaler.apply(train.x), scaler.apply(val.x)
@@ -28,7 +29,7 @@ import numpy as np
 
 from mlp_jax.core import checks
 from mlp_jax.errors import (DataFileError, InputError, InputTypeError, MLPJaxError, describe,
-                            one_line)
+                            one_line, optional_import)
 
 USPS_FEATURES = 256      # 16x16 images, flattened row-major
 NUM_CLASSES = 10         # digits 0..9
@@ -170,7 +171,7 @@ def _read_hdf5_part(path, f, part: str) -> Dataset:
 
 def _read_hdf5(path: pathlib.Path) -> Splits:
   """Groups train and test, each with datasets data (N, 256) and target (N,)."""
-  import h5py
+  h5py = optional_import("h5py", "hdf5", "reading an HDF5 file")
   try:
     f = h5py.File(path, "r", locking=False)
   except Exception as e:
@@ -331,15 +332,39 @@ def _resolve(path) -> pathlib.Path:
   raise _error(path, "directory holds none of usps.h5, zip.train, zip.train.gz")
 
 
-def load_usps(path) -> Splits:
-  """USPS digits (7291 train / 2007 test, 256 features in [0, 1], labels 0..9) from `path`.
+# The USPS copy inside the package: pixel k / 2000 of the ESL values (2v - 1) * 1000 + 1000 as
+# uint16, labels as uint8 (docs/data.md: provenance, sha256, how it was made).
+BUNDLED_USPS = "usps.npz"
+BUNDLED_USPS_SHA256 = "1c7bdaf547f2b03055c2d162727b396c0cd4c5f89f9932e82f68847ffd774f5b"
 
-  The format is told from the content, not the name: HDF5 with groups train/test, each holding
-  datasets data (N, 256) and target (N,); or ESL text (plain or gzip), where `path` is
-  zip.train and zip.test lies beside it, each line `label v1 ... v256` with v in [-1, 1],
-  returned as (v + 1) / 2. `path` may also be a directory holding usps.h5 or zip.train[.gz].
-  Every failure is a `DataFileError` naming the file and the problem.
+
+def _bundled_usps() -> Splits:
+  """The bundled USPS, decoded bit for bit to the float32 values of the usual HDF5 copy."""
+  from importlib import resources
+  with resources.files(__package__).joinpath(BUNDLED_USPS).open("rb") as f:
+    with np.load(f, allow_pickle=False) as npz:
+      arrays = {name: npz[name] for name in npz.files}
+
+  def part(name):
+    k = arrays[f"{name}_x"].astype(np.int32)
+    x = (((k - 1000) / 1000).astype(np.float32) + np.float32(1)) / np.float32(2)
+    return _dataset(x, arrays[f"{name}_y"])
+
+  return Splits(part("train"), part("test"))
+
+
+def load_usps(path=None) -> Splits:
+  """USPS digits (7291 train / 2007 test, 256 features in [0, 1], labels 0..9).
+
+  Without `path`, the copy bundled with the package (no file or download needed). With one,
+  the format is told from the content, not the name: HDF5 with groups train/test, each holding
+  datasets data (N, 256) and target (N,) (needs h5py: the `hdf5` extra); or ESL text (plain or
+  gzip), where `path` is zip.train and zip.test lies beside it, each line `label v1 ... v256`
+  with v in [-1, 1], returned as (v + 1) / 2. `path` may also be a directory holding usps.h5 or
+  zip.train[.gz]. Every failure is a `DataFileError` naming the file and the problem.
   """
+  if path is None:
+    return _bundled_usps()
   path = _resolve(path)
   try:
     if _head(path).startswith(HDF5_MAGIC):
@@ -395,7 +420,8 @@ def load_digits(test_fraction: float = 0.2, seed=0) -> Splits:
   Features are the raw values as float32: scale them with `fit_scaler` on the training part.
   """
   test_fraction = _fraction(test_fraction, "test_fraction")
-  from sklearn import datasets  # imported here: scikit-learn is slow to import
+  # imported here: scikit-learn is slow to import, and optional
+  datasets = optional_import("sklearn.datasets", "digits", "the 8x8 digits")
   bunch = datasets.load_digits()
   x, y = np.asarray(bunch.data), np.asarray(bunch.target)
   _check_arrays("sklearn.datasets.load_digits", x, y, "data", "target", 64)
@@ -567,8 +593,6 @@ def load_splits(dataset: str = "digits", path=None, *, seed=0, num_samples: int 
   if dataset == "digits":
     return load_digits(seed=seed), (8, 8)
   if dataset == "usps":
-    if path is None:
-      raise InputError("usps: give the data file with --data / path (usps.h5 or zip.train[.gz])")
     return load_usps(path), (16, 16)
   if dataset == "synthetic":
     full = make_synthetic(num_samples, seed=seed)

@@ -12,6 +12,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from mlp_jax.core import checks
 from mlp_jax.core.backprop import grads as analytic_grads
@@ -28,7 +29,7 @@ FD_EPS = 1e-6   # truncation O(eps^2), roundoff O(1e-16 / eps): both far below t
 FD_RTOL = 1e-6
 
 
-def relative_error(actual, reference) -> float:
+def relative_error(actual: ArrayLike, reference: ArrayLike) -> float:
   """||actual - reference|| / ||reference||, taken over the whole array (0 when both are 0)."""
   actual = np.asarray(actual, np.float64)
   reference = np.asarray(reference, np.float64)
@@ -57,7 +58,7 @@ def _directional_fd(params, x, y, l2, key, eps, num_directions):
     norms = jnp.sqrt(jnp.sum(directions.reshape(num_directions, -1) ** 2, axis=1))
     directions = directions / norms.reshape((-1,) + (1,) * leaf.ndim)
 
-    def at(v, sign, index=index):
+    def at(v: jax.Array, sign: int, index: int = index) -> jax.Array:
       moved = list(leaves)
       moved[index] = leaves[index] + sign * eps * v
       return objective(jax.tree.unflatten(treedef, moved), x, y, l2)
@@ -109,7 +110,7 @@ class GradientReport:
     return head + "\n".join(text_table(rows)) + f"\n{verdict}"
 
 
-def check_gradients(params: Params, x, y, l2=0.0, *,
+def check_gradients(params: Params, x: ArrayLike, y: ArrayLike, l2: float = 0.0, *,
                     grad_fn: Optional[Callable] = None,
                     num_directions: int = 8,
                     key: Optional[jax.Array] = None) -> GradientReport:

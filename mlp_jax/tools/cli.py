@@ -15,16 +15,18 @@ import time
 from typing import List, Optional
 
 EXAMPLES_TRAIN = """examples:
-  mlp-jax train                                  # 64-256-10 on the bundled 8x8 digits
-  mlp-jax train --dataset usps --data ../shared/data/usps/usps.h5 --epochs 40
-  mlp-jax train --dataset usps --data zip.train.gz --augment --shifts 8 --schedule cosine
-  mlp-jax train --hidden 512 128 --l2 1e-4 --out runs/deep --resume
+  mlp-jax train                       # 256-256-10 on the bundled USPS digits (about 15 s)
+  mlp-jax train --augment --shifts 8 --epochs 60
+  mlp-jax train --dataset digits --epochs 300
+  mlp-jax train --data zip.train.gz --out runs/esl    # USPS from the ESL text files
+  mlp-jax train --hidden 512 128 --out runs/deep      # ... then, after Ctrl-C: add --resume
+  mlp-jax train --config runs/deep/config.json --seed 1   # the same settings, another seed
   mlp-jax train --devices all --batch-size 256      # data-parallel over every local device
   mlp-jax train --devices all --coordinator host0:1234 --num-processes 2 --process-id 0
 """
 EXAMPLES_EVALUATE = """examples:
-  mlp-jax evaluate runs/digits/checkpoint.npz
-  mlp-jax evaluate runs/usps/checkpoint.npz --dataset usps --data usps.h5
+  mlp-jax evaluate runs/deep/checkpoint.npz
+  mlp-jax evaluate runs/esl/checkpoint.npz --data zip.train.gz
 """
 EXAMPLES_CHECK = """examples:
   mlp-jax check                                  # the 256-256-10 network, float64
@@ -64,7 +66,7 @@ EXIT_ERROR, EXIT_STORAGE, EXIT_INTERRUPTED = 2, 74, 130  # 74: EX_IOERR of sysex
 def train_config(args) -> dict:
   """The run's configuration from the command line, every value checked; raises `InputError`
   naming the option. Options a run does not use are None (and refused if given)."""
-  from mlp_jax.errors import InputError
+  from mlp_jax.errors import InputError, optional_import
   from mlp_jax.training.fit import MAX_SEED
 
   def need(ok, message):
@@ -83,8 +85,6 @@ def train_config(args) -> dict:
     need(used or config[key] is None, f"{flag} {config[key]}: only used with {needs[key]}")
     if used and config[key] is None:
       config[key] = DEFAULTS.get(key)
-  need(args.dataset != "usps" or args.data is not None,
-       "--dataset usps: give the data file with --data (usps.h5 or zip.train[.gz])")
   need(args.epochs >= 1, f"--epochs: expected an int >= 1, got {args.epochs}")
   need(args.batch_size >= 1, f"--batch-size: expected an int >= 1, got {args.batch_size}")
   need(0 <= args.seed <= MAX_SEED, f"--seed: expected an int in 0..{MAX_SEED}, got {args.seed}")
@@ -100,12 +100,37 @@ def train_config(args) -> dict:
   need(config["num_samples"] is None or config["num_samples"] >= 10,
        f"--num-samples: expected an int >= 10, got {config['num_samples']}")
   if args.dp:
+    optional_import("dp_accounting", "dp", "--dp")  # before a run starts, not after an epoch
     need(0 < config["clip_norm"] < float("inf"),
          f"--clip-norm: expected a finite value > 0, got {config['clip_norm']:g}")
     need(0 <= config["noise_multiplier"] < float("inf"),
          f"--noise-multiplier: expected a finite value >= 0, got {config['noise_multiplier']:g}")
     need(0 < config["delta"] < 1, f"--delta: expected a value in (0, 1), got {config['delta']:g}")
   return config
+
+
+# Keys of a recorded configuration that are not replayed: where and how the run was kept, and
+# what was derived from the data.
+NOT_REPLAYED = ("out", "resume", "overwrite", "config", "layer_sizes", "train_sha256", "devices")
+
+
+def replayed_config(path, train_parser) -> dict:
+  """The settings recorded in a run's config.json or metrics.json, as `train` defaults."""
+  from mlp_jax.errors import InputError
+  try:
+    with open(path, encoding="utf-8") as f:
+      recorded = json.load(f)
+  except (OSError, ValueError) as e:
+    raise InputError(f"--config {path}: cannot read a JSON file ({e})") from e
+  if isinstance(recorded, dict) and isinstance(recorded.get("config"), dict):
+    recorded = recorded["config"]  # a metrics.json: its settings are under "config"
+  if not isinstance(recorded, dict):
+    raise InputError(f"--config {path}: expected a JSON object of settings")
+  known = {a.dest for a in train_parser._actions}
+  unknown = sorted(set(recorded) - known - set(NOT_REPLAYED))
+  if unknown:
+    raise InputError(f"--config {path}: unknown settings {', '.join(unknown)}")
+  return {k: v for k, v in recorded.items() if k not in NOT_REPLAYED}
 
 
 def cmd_train(args) -> int:
@@ -186,7 +211,7 @@ def _mesh(args):
 def _progress(args, folder, primary):
   """The `on_epoch_end` of a run: save the run state, then advance the progress bar."""
   bar = None
-  if not args.no_progress and primary:
+  if not args.no_progress and primary and sys.stderr.isatty():  # no \r frames in log files
     from tqdm import tqdm
     done = 0 if folder.saved is None else folder.saved.state.epochs_done
     bar = tqdm(total=args.epochs, initial=done, unit="epoch", desc="train", file=sys.stderr)
@@ -241,8 +266,11 @@ def _report(args, config, splits, result, seconds, folder, mesh) -> None:
              "num_processes": jax.process_count()}
   write_atomic(out / "metrics.json", json.dumps(metrics, indent=1))
   write_atomic(out / "metrics.csv", _history_csv(history))
-  plots.plot_curves(history, out / "curves.png")
-  plots.plot_confusion(counts, out / "confusion.png")
+  try:
+    plots.plot_curves(history, out / "curves.png")
+    plots.plot_confusion(counts, out / "confusion.png")
+  except mj.MissingDependencyError as e:
+    print(f"mlp-jax: no plots: {e}", file=sys.stderr)
   last = history[-1]
   print(_table([
       ["dataset", f"{args.dataset} ({splits.train.x.shape[0]} train, "
@@ -345,32 +373,53 @@ def load_function(spec: str):
   return fn
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+  """Examples kept as written; each option's help ends with its default, when it has one."""
+
+  def _get_help_string(self, action):
+    text = action.help or ""
+    default = action.default
+    if not (default is None or default is False or default == argparse.SUPPRESS
+            or "%(default)" in text):
+      shown = " ".join(map(str, default)) if isinstance(default, list) else "%(default)s"
+      text += f" (default: {shown})"
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
+  import mlp_jax
   from mlp_jax.io import data  # the choices below are the library's own lists
   from mlp_jax.training import optimizers
   parser = argparse.ArgumentParser(
       prog="mlp-jax", description="Train and check MLPs with hand-derived gradients in JAX.")
+  parser.add_argument("--version", action="version", version=f"mlp-jax {mlp_jax.__version__}")
   sub = parser.add_subparsers(dest="command", required=True)
-  fmt = argparse.RawDescriptionHelpFormatter
+  fmt = _HelpFormatter
 
   t = sub.add_parser("train", help="train a network and evaluate it on the test set",
                      epilog=EXAMPLES_TRAIN, formatter_class=fmt)
-  t.add_argument("--dataset", choices=data.DATASETS, default="digits",
-                 help="digits: scikit-learn's bundled 8x8 digits (default); usps: the 16x16 "
-                      "USPS digits from --data; synthetic: Gaussian clusters")
-  t.add_argument("--data", help="USPS file: HDF5 (usps.h5) or ESL text (zip.train[.gz])")
-  t.add_argument("--hidden", type=int, nargs="+", default=[256], help="hidden widths (256)")
-  t.add_argument("--l2", type=float, default=1e-4, help="penalty lambda of (E6) (1e-4)")
-  t.add_argument("--optimizer", choices=optimizers.OPTIMIZERS, default="adam")
-  t.add_argument("--lr", type=float, default=1e-3, help="learning rate (1e-3)")
-  t.add_argument("--schedule", choices=optimizers.SCHEDULES, default="constant",
-                 help="learning rate: constant (default), or cosine decay from --lr to 0 over "
-                      "--epochs")
-  t.add_argument("--batch-size", type=int, default=128)
-  t.add_argument("--epochs", type=int, default=30)
-  t.add_argument("--seed", type=int, default=0)
-  t.add_argument("--val-fraction", type=float, default=0.1,
-                 help="fraction of the training set held out for validation (0.1)")
+  parser.train_parser = t  # for --config, which sets its defaults
+  t.add_argument("--config", metavar="RUN.json",
+                 help="replay the settings a run recorded (its config.json or metrics.json); "
+                      "options given here override them")
+  t.add_argument("--dataset", choices=data.DATASETS, default="usps",
+                 help="usps: the 16x16 USPS digits bundled with the package, or the file of "
+                      "--data; digits: scikit-learn's 8x8 digits; synthetic: Gaussian clusters")
+  t.add_argument("--data", help="a USPS file instead of the bundled copy: HDF5 (usps.h5) or "
+                                "ESL text (zip.train[.gz])")
+  t.add_argument("--hidden", type=int, nargs="+", default=[256], help="hidden widths")
+  t.add_argument("--l2", type=float, default=0.1, help="penalty lambda of (E6)")
+  t.add_argument("--optimizer", choices=optimizers.OPTIMIZERS, default="momentum",
+                 help="momentum: Nesterov, 0.9")
+  t.add_argument("--lr", type=float, default=0.1, help="learning rate")
+  t.add_argument("--schedule", choices=optimizers.SCHEDULES, default="cosine",
+                 help="learning rate: constant, or cosine decay from --lr to 0 over --epochs")
+  t.add_argument("--batch-size", type=int, default=128, help="minibatch size")
+  t.add_argument("--epochs", type=int, default=200, help="epochs in all")
+  t.add_argument("--seed", type=int, default=0,
+                 help="initialisation, shuffling and splits (0..2**32-1)")
+  t.add_argument("--val-fraction", type=float, default=0.0,
+                 help="fraction of the training set held out for validation")
   t.add_argument("--patience", type=int, help="early stopping after N epochs without a "
                                               "lower validation loss")
   t.add_argument("--augment", action="store_true",
@@ -378,17 +427,18 @@ def build_parser() -> argparse.ArgumentParser:
                       "with --shifts 8)")
   t.add_argument("--shifts", type=int, choices=[4, 8],
                  help="with --augment: 4 shifts (up/down/left/right, x5 data) or 8 (also the "
-                      "diagonals, x9)")
+                      "diagonals, x9); 4 by default")
   t.add_argument("--scaling", choices=data.SCALINGS, default="global",
                  help="input scaling fitted on the training part: one mean/std for all pixels "
-                      "(global, default), per feature, or none")
-  t.add_argument("--num-samples", type=int, help="synthetic dataset size (2000)")
+                      "(global), per feature, or none")
+  t.add_argument("--num-samples", type=int, help="synthetic dataset size; 2000 by default")
   t.add_argument("--dp", action="store_true",
                  help="DP-SGD: Poisson-sampled batches, per-example clipping, Gaussian noise; "
                       "reports epsilon each epoch")
-  t.add_argument("--clip-norm", type=float, help="with --dp: clip norm C (1.0)")
-  t.add_argument("--noise-multiplier", type=float, help="with --dp: noise sigma (1.1)")
-  t.add_argument("--delta", type=float, help="with --dp: delta (1e-5)")
+  t.add_argument("--clip-norm", type=float, help="with --dp: clip norm C; 1.0 by default")
+  t.add_argument("--noise-multiplier", type=float,
+                 help="with --dp: noise sigma; 1.1 by default")
+  t.add_argument("--delta", type=float, help="with --dp: delta; 1e-5 by default")
   t.add_argument("--out", help="output folder, which must be new or empty (default: a new "
                                "runs/DATASET-DATE-TIME)")
   t.add_argument("--resume", action="store_true",
@@ -400,7 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--bf16", action="store_true",
                  help="mixed precision: bfloat16 GEMM inputs, float32 parameters, "
                       "accumulation and softmax")
-  t.add_argument("--no-progress", action="store_true", help="no progress bar")
+  t.add_argument("--no-progress", action="store_true",
+                 help="no progress bar (there is none when stderr is not a terminal)")
   t.add_argument("--devices", metavar="N|all",
                  help="data-parallel over N devices, or all (the batch size must divide "
                       "across them); several processes: all of theirs by default")
@@ -413,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="multi-process: this one's index; 0 writes the outputs "
                       "(or MLP_JAX_PROCESS_ID)")
   t.add_argument("--init-timeout", type=float, default=300,
-                 help="multi-process: seconds to wait for the coordinator and the others (300)")
+                 help="multi-process: seconds to wait for the coordinator and the others")
   t.set_defaults(func=cmd_train)
 
   e = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix",
@@ -427,13 +478,14 @@ def build_parser() -> argparse.ArgumentParser:
   c = sub.add_parser("check", help="analytic gradients vs jax.grad vs finite differences; "
                                    "exit status 1 if a bar is missed",
                      epilog=EXAMPLES_CHECK, formatter_class=fmt)
-  c.add_argument("--features", type=int, default=256)
-  c.add_argument("--hidden", type=int, nargs="+", default=[256])
-  c.add_argument("--classes", type=int, default=10)
-  c.add_argument("--m", type=int, default=37, help="batch size (37: differs from the widths)")
-  c.add_argument("--l2", type=float, default=0.1)
-  c.add_argument("--dtype", choices=["float32", "float64"], default="float64")
-  c.add_argument("--seed", type=int, default=0)
+  c.add_argument("--features", type=int, default=256, help="input width n")
+  c.add_argument("--hidden", type=int, nargs="+", default=[256], help="hidden widths")
+  c.add_argument("--classes", type=int, default=10, help="classes K")
+  c.add_argument("--m", type=int, default=37, help="batch size (differs from the widths)")
+  c.add_argument("--l2", type=float, default=0.1, help="penalty lambda of (E6)")
+  c.add_argument("--dtype", choices=["float32", "float64"], default="float64",
+                 help="dtype of the check")
+  c.add_argument("--seed", type=int, default=0, help="of the parameters and data")
   c.add_argument("--grads", metavar="MODULE:FUNCTION",
                  help="diagnose your own gradient function grad_fn(params, x, y, l2) -> tuple "
                       "of Dense (float64, several draws): which parameter is wrong, where, and "
@@ -447,9 +499,13 @@ def main(argv: Optional[List[str]] = None) -> int:
   (arguments, data, checkpoint, resume) or training produced NaN/Inf; 74 a file could not be
   written (permission, disk full, ...); 130 interrupted (Ctrl-C). Errors are one line on
   stderr."""
-  args = build_parser().parse_args(argv)
   from mlp_jax.errors import MLPJaxError, StorageError
+  parser = build_parser()
   try:
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None):  # the recorded settings become defaults, then reparse
+      parser.train_parser.set_defaults(**replayed_config(args.config, parser.train_parser))
+      args = parser.parse_args(argv)
     return args.func(args)
   except StorageError as err:
     print(f"mlp-jax: error: {err}", file=sys.stderr)

@@ -4,11 +4,12 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from mlp_jax.errors import optional_import
 from mlp_jax.io.atomic_file import atomic_write
 
 
 def _figure():
-  import matplotlib
+  matplotlib = optional_import("matplotlib", "plots", "drawing curves.png and confusion.png")
   matplotlib.use("Agg")  # files only; no display needed
   import matplotlib.pyplot as plt
   return plt

@@ -13,6 +13,7 @@ replaces it (`overwrite`); a resume keeps every setting of the saved run except 
 
 import contextlib
 import datetime
+import json
 import os
 import pathlib
 import signal
@@ -22,15 +23,16 @@ from typing import Optional
 
 from mlp_jax.errors import InputError, ResumeError
 from mlp_jax.io import checkpoint
-from mlp_jax.io.atomic_file import make_folder, storage_errors
+from mlp_jax.io.atomic_file import atomic_write, make_folder, storage_errors
 from mlp_jax.training.run import RunState, check_more_epochs, check_unchanged
 
 CHECKPOINT = "checkpoint.npz"
-OUTPUTS = (CHECKPOINT, "metrics.json", "metrics.csv", "curves.png", "confusion.png",
+CONFIG = "config.json"  # the settings, for `mlp-jax train --config` to replay
+OUTPUTS = (CHECKPOINT, CONFIG, "metrics.json", "metrics.csv", "curves.png", "confusion.png",
            "nonfinite_batch.json")  # what a run writes, and `overwrite` removes
 # Settings a resume may give anew: where the data file lies (its rows must be the same), how
 # processes find each other, and how progress is shown.
-MAY_CHANGE = ("data", "out", "resume", "overwrite", "no_progress", "coordinator",
+MAY_CHANGE = ("data", "out", "resume", "overwrite", "config", "no_progress", "coordinator",
               "num_processes", "process_id", "init_timeout")
 
 
@@ -113,6 +115,8 @@ class RunFolder:
       with storage_errors(self.path):
         for name in OUTPUTS:
           (self.path / name).unlink(missing_ok=True)
+    with atomic_write(self.path / CONFIG, "w") as f:
+      json.dump(self.config, f, indent=1)
 
   def save(self, state: RunState) -> None:
     """Writes the run state after an epoch, atomically (only the primary process writes)."""

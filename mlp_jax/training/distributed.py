@@ -21,12 +21,13 @@ import math
 import os
 import socket
 import time
-from typing import Optional, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, TypeVar, Union, overload
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding
+from jax.typing import ArrayLike
 
 from mlp_jax.errors import InputError, MLPJaxError
 
@@ -34,6 +35,8 @@ AXIS = "data"
 ENV_COORDINATOR = "MLP_JAX_COORDINATOR"
 ENV_NUM_PROCESSES = "MLP_JAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "MLP_JAX_PROCESS_ID"
+
+T = TypeVar("T")
 
 
 class DistributedError(MLPJaxError, RuntimeError):
@@ -82,7 +85,7 @@ def check_divisible(batch_size: int, mesh: Mesh) -> None:
                      f"use a multiple of {mesh.size}")
 
 
-def replicate(tree, mesh: Mesh):
+def replicate(tree: T, mesh: Mesh) -> T:
   """`tree` with every leaf replicated over `mesh` (leaves already replicated there are kept).
 
   With several processes every process must pass the same values (e.g. the same initial
@@ -92,7 +95,7 @@ def replicate(tree, mesh: Mesh):
   return jax.tree.map(lambda leaf: place(leaf, target), tree)
 
 
-def place(leaf, sharding):
+def place(leaf: ArrayLike, sharding: Sharding) -> jax.Array:
   """`leaf` on `sharding`: kept when it is already laid out so, else put there (from the host
   when the sharding spans other processes, whose values must be the same)."""
   if isinstance(leaf, jax.Array):
@@ -103,7 +106,16 @@ def place(leaf, sharding):
   return jax.device_put(leaf, sharding)
 
 
-def shard_batch(mesh: Mesh, *arrays):
+@overload
+def shard_batch(mesh: Mesh, array: ArrayLike, /) -> jax.Array: ...
+
+
+@overload
+def shard_batch(mesh: Mesh, first: ArrayLike, second: ArrayLike, /,
+                *arrays: ArrayLike) -> Tuple[jax.Array, ...]: ...
+
+
+def shard_batch(mesh: Mesh, *arrays: ArrayLike) -> Union[jax.Array, Tuple[jax.Array, ...]]:
   """Global arrays sharded along "data" from each process's rows of a batch.
 
   Every process passes its own rows (e.g. `process_shard` of the global batch), all of the same
@@ -115,17 +127,17 @@ def shard_batch(mesh: Mesh, *arrays):
   return out[0] if len(out) == 1 else out
 
 
-def constrain_rows(tree, mesh: Mesh):
+def constrain_rows(tree: T, mesh: Mesh) -> T:
   """Inside traced code: constrain every leaf of `tree` to be sharded by rows along "data"."""
   return jax.lax.with_sharding_constraint(tree, rows_sharding(mesh))
 
 
-def constrain_replicated(tree, mesh: Mesh):
+def constrain_replicated(tree: T, mesh: Mesh) -> T:
   """Inside traced code: constrain every leaf of `tree` to be replicated."""
   return jax.lax.with_sharding_constraint(tree, replicated_sharding(mesh))
 
 
-def pad_batches(indices: jax.Array, mask: jax.Array, mesh: Mesh):
+def pad_batches(indices: jax.Array, mask: jax.Array, mesh: Mesh) -> Tuple[jax.Array, jax.Array]:
   """Pads (num_batches, capacity) batch indices and mask with masked-out columns so that the
   capacity divides across the devices (DP's Poisson batches have capacity B + 4 sqrt(B) + 1)."""
   pad = -indices.shape[1] % mesh.size
@@ -135,16 +147,16 @@ def pad_batches(indices: jax.Array, mask: jax.Array, mesh: Mesh):
           jnp.pad(mask, ((0, 0), (0, pad)), constant_values=False))
 
 
-def with_replicated_args(fn, mesh: Mesh):
+def with_replicated_args(fn: Callable, mesh: Mesh) -> Any:
   """`fn(*args)` with every argument first replicated over `mesh` (see `replicate`)."""
-  def wrapped(*args):
+  def wrapped(*args: Any) -> Any:
     return fn(*replicate(args, mesh))
   wrapped.__wrapped__ = fn
   return wrapped
 
 
-def process_shard(data, process_index: Optional[int] = None,
-                  process_count: Optional[int] = None):
+def process_shard(data: Any, process_index: Optional[int] = None,
+                  process_count: Optional[int] = None) -> Any:
   """This process's contiguous block of rows of `data`: an array, or a tuple/NamedTuple of
   arrays with the same number of rows (e.g. `(x, y)` or a `data.Dataset`).
 
@@ -229,7 +241,8 @@ def wait_for_coordinator(address: str, timeout_s: float) -> float:
 def initialize_distributed(coordinator_address: Optional[str] = None,
                            num_processes: Optional[int] = None,
                            process_id: Optional[int] = None, *,
-                           local_device_ids=None, timeout_s: float = 300) -> None:
+                           local_device_ids: Optional[Union[int, Sequence[int]]] = None,
+                           timeout_s: float = 300) -> None:
   """Joins this process to a multi-process JAX run (`jax.distributed.initialize`).
 
   Call it in every process before any other JAX call. Arguments left None are read from
@@ -258,7 +271,7 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
     raise DistributedError("initialize_distributed: the distributed runtime is already running")
   given = {"coordinator_address": coordinator_address, "num_processes": num_processes,
            "process_id": process_id}
-  kwargs = {}
+  kwargs: Dict[str, Any] = {}
   if any(v is not None for v in given.values()):
     env = {"coordinator_address": ENV_COORDINATOR, "num_processes": ENV_NUM_PROCESSES,
            "process_id": ENV_PROCESS_ID}

@@ -14,19 +14,23 @@ gradient are those of (E6) with m = r), no data is dropped, and the same compile
 """
 
 import functools
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
+from jax.typing import ArrayLike, DTypeLike
 
 from mlp_jax.core import checks
 from mlp_jax.core.backprop import objective_and_grads
+from mlp_jax.core.model import Params
 from mlp_jax.training import distributed, privacy
 from mlp_jax.training.optimizers import steps_per_epoch
 
 
-def epoch_batches(key: jax.Array, num_examples: int, batch_size: int):
+def epoch_batches(key: jax.Array, num_examples: int,
+                  batch_size: int) -> Tuple[jax.Array, jax.Array]:
   """The shuffled minibatch indices and padding mask of one epoch.
 
   Returns:
@@ -43,7 +47,7 @@ def epoch_batches(key: jax.Array, num_examples: int, batch_size: int):
 
 
 def epoch_plan(key: jax.Array, num_examples: int, batch_size: int,
-               dp: Optional[privacy.DPConfig] = None):
+               dp: Optional[privacy.DPConfig] = None) -> Tuple[jax.Array, jax.Array, jax.Array]:
   """(indices, mask, step_keys) of the epoch drawn from `key`: the shuffled minibatches of
   `epoch_batches`, or with `dp` the Poisson-sampled ones of `privacy.poisson_batches`, and one
   PRNG key per step for the DP noise."""
@@ -71,7 +75,9 @@ class EpochProgram(NamedTuple):
   plan: Callable   # plan(key, num_examples) -> (indices, mask, step_keys) of the epoch
 
 
-def build_epoch(optimizer, batch_size, l2, compute_dtype, dp, mesh) -> EpochProgram:
+def build_epoch(optimizer: optax.GradientTransformation, batch_size: int, l2: ArrayLike,
+                compute_dtype: Optional[DTypeLike], dp: Optional[privacy.DPConfig],
+                mesh: Optional[Mesh]) -> EpochProgram:
   """The compiled epoch of `make_epoch` with its step and batch plan; see `EpochProgram`."""
   batch_size = checks.check_int(batch_size, "batch_size")
   checks.check_real(l2, "l2")
@@ -81,7 +87,9 @@ def build_epoch(optimizer, batch_size, l2, compute_dtype, dp, mesh) -> EpochProg
     distributed.check_divisible(batch_size, mesh)
     jit_kwargs["out_shardings"] = distributed.replicated_sharding(mesh)
 
-  def step(params, opt_state, x, y, idx, keep, step_key):
+  def step(params: Params, opt_state: optax.OptState, x: jax.Array, y: jax.Array,
+           idx: jax.Array, keep: jax.Array, step_key: jax.Array,
+           ) -> Tuple[Params, optax.OptState, jax.Array, Params]:
     xb, yb, keep = x[idx], y[idx], keep.astype(params[0].w.dtype)
     if mesh is not None:
       xb, yb, keep = distributed.constrain_rows((xb, yb, keep), mesh)
@@ -96,15 +104,17 @@ def build_epoch(optimizer, batch_size, l2, compute_dtype, dp, mesh) -> EpochProg
       params, opt_state = distributed.constrain_replicated((params, opt_state), mesh)
     return params, opt_state, loss, grads
 
-  def plan(key, num_examples):
+  def plan(key: jax.Array, num_examples: int) -> Tuple[jax.Array, jax.Array, jax.Array]:
     indices, mask, step_keys = epoch_plan(key, num_examples, batch_size, dp)
     if mesh is not None:
       indices, mask = distributed.pad_batches(indices, mask, mesh)
     return indices, mask, step_keys
 
   @functools.partial(jax.jit, donate_argnums=(0, 1), **jit_kwargs)
-  def epoch(params, opt_state, x, y, key):
-    def body(carry, batch):
+  def epoch(params: Params, opt_state: optax.OptState, x: jax.Array, y: jax.Array,
+            key: jax.Array) -> Tuple[Params, optax.OptState, EpochStats]:
+    def body(carry: Tuple[Params, optax.OptState], batch: Tuple[jax.Array, jax.Array, jax.Array]
+             ) -> Tuple[Tuple[Params, optax.OptState], jax.Array]:
       params, opt_state, loss, _ = step(*carry, x, y, *batch)
       return (params, opt_state), loss
 
@@ -116,9 +126,9 @@ def build_epoch(optimizer, batch_size, l2, compute_dtype, dp, mesh) -> EpochProg
   return EpochProgram(epoch, step, plan)
 
 
-def make_epoch(optimizer: optax.GradientTransformation, batch_size: int, l2=0.0, *,
-               compute_dtype=None, dp: Optional[privacy.DPConfig] = None,
-               mesh=None) -> Callable:
+def make_epoch(optimizer: optax.GradientTransformation, batch_size: int, l2: ArrayLike = 0.0, *,
+               compute_dtype: Optional[DTypeLike] = None, dp: Optional[privacy.DPConfig] = None,
+               mesh: Optional[Mesh] = None) -> Callable:
   """A jitted `epoch(params, opt_state, x, y, key) -> (params, opt_state, EpochStats)`.
 
   One `lax.scan` over the minibatches of a permutation drawn from `key`. The short last batch

@@ -6,6 +6,7 @@ from typing import Optional, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from mlp_jax.core import checks
 from mlp_jax.core.model import Params, forward, predict
@@ -21,7 +22,8 @@ def _sums(params, x, y, chunk=8192):
   ys = jnp.pad(y, (0, pad)).reshape(-1, chunk)
   keep = (jnp.arange(n + pad) < n).reshape(-1, chunk)
 
-  def body(total, batch):
+  def body(total: Tuple[jax.Array, jax.Array], batch: Tuple[jax.Array, jax.Array, jax.Array]
+           ) -> Tuple[Tuple[jax.Array, jax.Array], None]:
     xb, yb, kb = batch
     logits = forward(params, xb)
     ce = jnp.where(kb, cross_entropy(log_softmax(logits), yb), 0).sum()
@@ -33,12 +35,14 @@ def _sums(params, x, y, chunk=8192):
   return ce, correct
 
 
-def evaluate(params: Params, x, y, l2=0.0) -> Tuple[float, float]:
+def evaluate(params: Params, x: ArrayLike, y: ArrayLike,
+             l2: ArrayLike = 0.0) -> Tuple[float, float]:
   """(loss (E6), accuracy) on a whole dataset, evaluated in fixed-size chunks."""
   return evaluate_checked(*checks.check_batch(params, x, y, l2))
 
 
-def evaluate_checked(params: Params, x: jax.Array, y: jax.Array, l2) -> Tuple[float, float]:
+def evaluate_checked(params: Params, x: jax.Array, y: jax.Array,
+                     l2: ArrayLike) -> Tuple[float, float]:
   """`evaluate` on arrays already checked (and on the device): no pass over x for checks."""
   ce, correct = _sums(params, x, y, chunk=min(8192, x.shape[0]))
   m = x.shape[0]
@@ -48,7 +52,8 @@ def evaluate_checked(params: Params, x: jax.Array, y: jax.Array, l2) -> Tuple[fl
 _predict_jit = jax.jit(predict)  # one compiled program per shape, reused across calls
 
 
-def confusion_matrix(params: Params, x, y, num_classes: Optional[int] = None) -> np.ndarray:
+def confusion_matrix(params: Params, x: ArrayLike, y: ArrayLike,
+                     num_classes: Optional[int] = None) -> np.ndarray:
   """counts[true, predicted] over a dataset, int64 (K, K)."""
   params, x, y, _ = checks.check_batch(params, x, y)
   k = params[-1].w.shape[1] if num_classes is None else num_classes

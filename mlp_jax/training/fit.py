@@ -11,12 +11,14 @@ and the privacy ledger, hand the `RunState` to the caller, and stop when asked.
 
 import dataclasses
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
+from jax.typing import ArrayLike, DTypeLike
 
 from mlp_jax.core import checks
 from mlp_jax.core.model import Params
@@ -59,13 +61,14 @@ class FitResult:
   interrupted: bool = False         # `should_stop` ended the run before `epochs`
 
 
-def fit(params: Params, train, *, optimizer: optax.GradientTransformation, epochs: int,
-        batch_size: int = 128, l2=0.0, seed: int = 0, val=None,
+def fit(params: Params, train: Tuple[ArrayLike, ArrayLike], *,
+        optimizer: optax.GradientTransformation, epochs: int, batch_size: int = 128,
+        l2: ArrayLike = 0.0, seed: int = 0, val: Optional[Tuple[ArrayLike, ArrayLike]] = None,
         patience: Optional[int] = None, resume: Optional[RunState] = None,
         on_epoch_end: Optional[Callable[[RunState], None]] = None,
         should_stop: Optional[Callable[[], bool]] = None,
-        compute_dtype=None, dp: Optional[privacy.DPConfig] = None, mesh=None,
-        track_train_accuracy: bool = False) -> FitResult:
+        compute_dtype: Optional[DTypeLike] = None, dp: Optional[privacy.DPConfig] = None,
+        mesh: Optional[Mesh] = None, track_train_accuracy: bool = False) -> FitResult:
   """Trains with the compiled epoch: shuffling, validation each epoch, optional early stopping.
 
   Args:

@@ -22,12 +22,14 @@ from typing import NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike, DTypeLike
 
 from mlp_jax.core import checks
 from mlp_jax.core.backprop import mean_with_penalty
 from mlp_jax.core.model import Params
 from mlp_jax.core.objective import penalised_mean
 from mlp_jax.core.per_example import clipped_grad_sum
+from mlp_jax.errors import optional_import
 
 
 class DPConfig(NamedTuple):
@@ -52,7 +54,8 @@ def batch_capacity(batch_size: int, num_examples: Optional[int] = None) -> int:
   return capacity if num_examples is None else min(capacity, int(num_examples))
 
 
-def poisson_batches(key: jax.Array, num_examples: int, batch_size: int, num_steps: int):
+def poisson_batches(key: jax.Array, num_examples: int, batch_size: int,
+                    num_steps: int) -> Tuple[jax.Array, jax.Array]:
   """Truncated Poisson-sampled batches for `num_steps` steps.
 
   Each example enters each step's batch independently with probability q = batch_size / N; a
@@ -66,7 +69,7 @@ def poisson_batches(key: jax.Array, num_examples: int, batch_size: int, num_step
   q = batch_size / num_examples
   capacity = batch_capacity(batch_size, num_examples)
 
-  def one(k):
+  def one(k: jax.Array) -> Tuple[jax.Array, jax.Array]:
     k_in, k_order = jax.random.split(k)
     chosen = jax.random.uniform(k_in, (num_examples,)) < q
     priority = jnp.where(chosen, jax.random.uniform(k_order, (num_examples,)), 2.0)
@@ -76,8 +79,9 @@ def poisson_batches(key: jax.Array, num_examples: int, batch_size: int, num_step
   return jax.vmap(one)(jax.random.split(key, num_steps))
 
 
-def noisy_clipped_grads(params: Params, x, y, mask, key, l2, dp: DPConfig, batch_size: int,
-                        compute_dtype=None):
+def noisy_clipped_grads(params: Params, x: jax.Array, y: jax.Array, mask: jax.Array,
+                        key: jax.Array, l2: ArrayLike, dp: DPConfig, batch_size: int,
+                        compute_dtype: Optional[DTypeLike] = None) -> Tuple[jax.Array, Params]:
   """(loss, g~): the DP-SGD gradient of the module docstring on one padded batch.
 
   `mask` (m,) in the parameters' dtype marks the batch's members; the sum is divided by the
@@ -94,6 +98,11 @@ def noisy_clipped_grads(params: Params, x, y, mask, key, l2, dp: DPConfig, batch
           mean_with_penalty(noisy, params, l2, batch_size))
 
 
+def _accounting():
+  """dp-accounting's PLD module (the `dp` extra), or `MissingDependencyError` saying so."""
+  return optional_import("dp_accounting.pld", "dp", "privacy accounting (--dp, dp_epsilon)")
+
+
 # dp-accounting's PLDAccountant defaults, which `dp_epsilon` reproduces step for step.
 _PLD_INTERVAL = 1e-4
 
@@ -102,7 +111,7 @@ _PLD_INTERVAL = 1e-4
 def _step_pld(num_examples: int, q: float, capacity: int, sigma: float):
   """The privacy loss distribution of one truncated-subsampled Gaussian step: the costly part of
   the accounting (about 1.5 s), the same for every epoch of a run, so built once."""
-  from dp_accounting import pld
+  pld = _accounting()
   return pld.privacy_loss_distribution.from_truncated_subsampled_gaussian_mechanism(
       dataset_size=num_examples, sampling_probability=q, truncated_batch_size=capacity,
       noise_multiplier=sigma, value_discretization_interval=_PLD_INTERVAL)
@@ -149,7 +158,7 @@ def ledger_epsilon(ledger: Ledger, delta: float) -> float:
   composition of those `TruncatedSubsampledGaussianDpEvent`s, with each one-step distribution
   cached. inf when any step was non-private or had sigma = 0; 0 for no steps.
   """
-  from dp_accounting import pld
+  pld = _accounting()
 
   delta = float(checks.check_real(delta, "delta", open_low=True, high=1.0))
   entries = [LedgerEntry(*e) for e in ledger if e[0] > 0]

@@ -11,12 +11,14 @@ is refused with a `ResumeError` naming the setting, the saved value and the aske
 """
 
 import math
-from typing import Any, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
+import optax
 
 from mlp_jax.core import checks
+from mlp_jax.core.model import Params
 from mlp_jax.errors import ResumeError
 from mlp_jax.training.privacy import Ledger
 
@@ -41,18 +43,18 @@ class RunState(NamedTuple):
   settings: Mapping[str, Any]    # what `fit` was called with that a resume must keep
 
 
-def new_run(params, opt_state, settings: Mapping[str, Any]) -> RunState:
+def new_run(params: Params, opt_state: optax.OptState, settings: Mapping[str, Any]) -> RunState:
   """The state of a run before its first epoch."""
   return RunState(params, opt_state, 0, (), Best(), False, (), dict(settings))
 
 
-def result_params(state: RunState):
+def result_params(state: RunState) -> Any:
   """The parameters a run stands for: the best epoch's when early stopping kept them, else the
   latest."""
   return state.params if state.best.params is None else state.best.params
 
 
-def match_template(leaves: Sequence[Any], template, what: str):
+def match_template(leaves: Sequence[Any], template: Any, what: str) -> Any:
   """`leaves` (a flat list) in `template`'s structure, after checking their number, shapes and
   dtypes against its leaves (arrays or `jax.ShapeDtypeStruct`s); else `ResumeError`."""
   expected = jax.tree.leaves(template)
@@ -76,7 +78,7 @@ def _dtype(leaf):
 
 
 def check_unchanged(saved: Mapping[str, Any], asked: Mapping[str, Any], where: str,
-                    spell=lambda key: key) -> None:
+                    spell: Callable[[str], str] = lambda key: key) -> None:
   """Raises `ResumeError` at the first setting of `asked` whose value differs from `saved`.
 
   `where` names the saved run in the message; `spell(key)` names a setting as the caller's user

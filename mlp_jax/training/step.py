@@ -5,19 +5,23 @@
 """
 
 import functools
-from typing import Callable
+from typing import Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
+from jax.typing import ArrayLike, DTypeLike
 
 from mlp_jax.core import checks
 from mlp_jax.core.backprop import objective_and_grads
+from mlp_jax.core.model import Params
 from mlp_jax.training import distributed
 
 
-def make_train_step(optimizer: optax.GradientTransformation, l2=0.0, *,
-                    compute_dtype=None, mesh=None) -> Callable:
+def make_train_step(optimizer: optax.GradientTransformation, l2: ArrayLike = 0.0, *,
+                    compute_dtype: Optional[DTypeLike] = None,
+                    mesh: Optional[Mesh] = None) -> Callable:
   """A jitted `step(params, opt_state, x, y) -> (params, opt_state, loss)`.
 
   The gradient is the analytic one, (E7)-(E12). The step compiles once per batch shape (lambda is
@@ -35,7 +39,8 @@ def make_train_step(optimizer: optax.GradientTransformation, l2=0.0, *,
   jit_kwargs = {} if mesh is None else {"out_shardings": distributed.replicated_sharding(mesh)}
 
   @functools.partial(jax.jit, donate_argnums=(0, 1), **jit_kwargs)
-  def step(params, opt_state, x, y):
+  def step(params: Params, opt_state: optax.OptState, x: ArrayLike,
+           y: ArrayLike) -> Tuple[Params, optax.OptState, jax.Array]:
     params, x, y, _ = checks.check_batch(params, x, y)
     if mesh is not None:
       x, y = distributed.constrain_rows((x, y), mesh)
@@ -46,7 +51,9 @@ def make_train_step(optimizer: optax.GradientTransformation, l2=0.0, *,
   return step
 
 
-def make_data_parallel_step(optimizer, mesh, l2=0.0, *, compute_dtype=None):
+def make_data_parallel_step(optimizer: optax.GradientTransformation, mesh: Mesh,
+                            l2: ArrayLike = 0.0, *,
+                            compute_dtype: Optional[DTypeLike] = None) -> Callable:
   """A `step(params, opt_state, x, y) -> (params, opt_state, loss)` sharded over `mesh`.
 
   Like `make_train_step`, on the global batch (x, y): its rows are split along "data"
@@ -61,7 +68,8 @@ def make_data_parallel_step(optimizer, mesh, l2=0.0, *, compute_dtype=None):
   compiled = make_train_step(optimizer, l2, compute_dtype=compute_dtype, mesh=mesh)
   rows = distributed.rows_sharding(mesh)
 
-  def step(params, opt_state, x, y):
+  def step(params: Params, opt_state: optax.OptState, x: ArrayLike,
+           y: ArrayLike) -> Tuple[Params, optax.OptState, jax.Array]:
     distributed.check_divisible(jnp.shape(x)[0], mesh)
     params, opt_state = distributed.replicate((params, opt_state), mesh)
     return compiled(params, opt_state, distributed.place(x, rows), distributed.place(y, rows))

@@ -243,7 +243,10 @@ def _non_finite(err, folder, primary):
          "message": str(err)}))
   kept = (f"; last good checkpoint kept at {folder.checkpoint}" if folder.checkpoint.exists()
           else "; no epoch had finished, so no checkpoint was written")
-  return mj.NonFiniteError(f"{err} (offending batch in {folder.path}/nonfinite_batch.json{kept})")
+  shown = mj.NonFiniteError(f"{err} (offending batch in {folder.path}/nonfinite_batch.json{kept})")
+  shown.epoch, shown.step, shown.batch_indices = err.epoch, err.step, err.batch_indices
+  shown.params, shown.opt_state = err.params, err.opt_state
+  return shown
 
 
 def _report(args, config, splits, result, seconds, folder, mesh) -> None:

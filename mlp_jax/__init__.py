@@ -51,18 +51,21 @@ __all__ = [  # the public API; `diagnose` and `Diagnosis` load on first use
     "initialize_distributed", "InputError", "InputTypeError", "is_primary", "layer_sizes",
     "LayerNorms", "ledger_epsilon", "LedgerEntry", "load_checkpoint", "load_pytree", "load_run",
     "loss", "loss_and_grads", "make_data_parallel_step", "make_epoch", "make_mesh",
-    "make_optimizer", "make_train_step", "MissingDependencyError", "MLPJaxError", "NonFiniteError",
+    "make_optimizer", "make_train_step", "MissingDependencyError", "MLPClassifier",
+    "MLPJaxError", "NonFiniteError",
     "Params", "per_sample_grad_norms", "per_sample_grads", "per_sample_layer_norms", "predict",
     "process_shard", "relative_error", "replicate", "ResumeError", "RunState", "save_checkpoint",
     "save_pytree", "save_run", "SavedRun", "shard_batch", "steps_per_epoch", "StorageError",
     "value_checks",
 ]
 
-_LAZY = {"diagnose": "mlp_jax.tools.diagnosis", "Diagnosis": "mlp_jax.tools.diagnosis"}
+_LAZY = {"diagnose": "mlp_jax.tools.diagnosis", "Diagnosis": "mlp_jax.tools.diagnosis",
+         "MLPClassifier": "mlp_jax.tools.estimator"}
 
 
 def __getattr__(name):
-  """`mj.diagnose` and `mj.Diagnosis`, imported on first use (the tools layer stays unloaded)."""
+  """`mj.diagnose`, `mj.Diagnosis` and `mj.MLPClassifier`, imported on first use (the tools layer
+  and scikit-learn stay unloaded until then)."""
   if name in _LAZY:
     import importlib
     return getattr(importlib.import_module(_LAZY[name]), name)

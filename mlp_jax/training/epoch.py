@@ -25,13 +25,15 @@ from jax.typing import ArrayLike, DTypeLike
 from mlp_jax.core import checks
 from mlp_jax.core.backprop import objective_and_grads
 from mlp_jax.core.model import Params
+from mlp_jax.errors import InputError
 from mlp_jax.training import distributed, privacy
 from mlp_jax.training.optimizers import steps_per_epoch
 
 
-def epoch_batches(key: jax.Array, num_examples: int,
-                  batch_size: int) -> Tuple[jax.Array, jax.Array]:
-  """The shuffled minibatch indices and padding mask of one epoch.
+def epoch_batches(key: jax.Array, num_examples: int, batch_size: int,
+                  shuffle: bool = True) -> Tuple[jax.Array, jax.Array]:
+  """The shuffled (or, with `shuffle=False`, in-order) minibatch indices and padding mask of one
+  epoch.
 
   Returns:
     (indices, mask): int32 (num_batches, batch_size) and bool (num_batches, batch_size), with
@@ -39,7 +41,8 @@ def epoch_batches(key: jax.Array, num_examples: int,
     fills the last batch.
   """
   num_batches = steps_per_epoch(num_examples, batch_size)
-  perm = jax.random.permutation(key, num_examples)
+  perm = (jax.random.permutation(key, num_examples) if shuffle
+          else jnp.arange(num_examples, dtype=jnp.int32))
   pad = num_batches * batch_size - num_examples
   indices = jnp.concatenate([perm, perm[:pad]]) if pad else perm
   mask = jnp.arange(num_batches * batch_size) < num_examples
@@ -47,13 +50,14 @@ def epoch_batches(key: jax.Array, num_examples: int,
 
 
 def epoch_plan(key: jax.Array, num_examples: int, batch_size: int,
-               dp: Optional[privacy.DPConfig] = None) -> Tuple[jax.Array, jax.Array, jax.Array]:
+               dp: Optional[privacy.DPConfig] = None,
+               shuffle: bool = True) -> Tuple[jax.Array, jax.Array, jax.Array]:
   """(indices, mask, step_keys) of the epoch drawn from `key`: the shuffled minibatches of
   `epoch_batches`, or with `dp` the Poisson-sampled ones of `privacy.poisson_batches`, and one
   PRNG key per step for the DP noise."""
   batch_key, noise_key = jax.random.split(key)
   if dp is None:
-    indices, mask = epoch_batches(batch_key, num_examples, batch_size)
+    indices, mask = epoch_batches(batch_key, num_examples, batch_size, shuffle)
   else:
     indices, mask = privacy.poisson_batches(
         batch_key, num_examples, batch_size, steps_per_epoch(num_examples, batch_size))
@@ -77,9 +81,11 @@ class EpochProgram(NamedTuple):
 
 def build_epoch(optimizer: optax.GradientTransformation, batch_size: int, l2: ArrayLike,
                 compute_dtype: Optional[DTypeLike], dp: Optional[privacy.DPConfig],
-                mesh: Optional[Mesh]) -> EpochProgram:
+                mesh: Optional[Mesh], shuffle: bool = True) -> EpochProgram:
   """The compiled epoch of `make_epoch` with its step and batch plan; see `EpochProgram`."""
   batch_size = checks.check_int(batch_size, "batch_size")
+  if dp is not None and not shuffle:
+    raise InputError("shuffle=False: DP-SGD draws its batches by Poisson sampling")
   checks.check_real(l2, "l2")
   dp = None if dp is None else privacy.check_dp_config(dp)
   jit_kwargs = {}
@@ -105,7 +111,7 @@ def build_epoch(optimizer: optax.GradientTransformation, batch_size: int, l2: Ar
     return params, opt_state, loss, grads
 
   def plan(key: jax.Array, num_examples: int) -> Tuple[jax.Array, jax.Array, jax.Array]:
-    indices, mask, step_keys = epoch_plan(key, num_examples, batch_size, dp)
+    indices, mask, step_keys = epoch_plan(key, num_examples, batch_size, dp, shuffle)
     if mesh is not None:
       indices, mask = distributed.pad_batches(indices, mask, mesh)
     return indices, mask, step_keys
@@ -128,10 +134,11 @@ def build_epoch(optimizer: optax.GradientTransformation, batch_size: int, l2: Ar
 
 def make_epoch(optimizer: optax.GradientTransformation, batch_size: int, l2: ArrayLike = 0.0, *,
                compute_dtype: Optional[DTypeLike] = None, dp: Optional[privacy.DPConfig] = None,
-               mesh: Optional[Mesh] = None) -> Callable:
+               mesh: Optional[Mesh] = None, shuffle: bool = True) -> Callable:
   """A jitted `epoch(params, opt_state, x, y, key) -> (params, opt_state, EpochStats)`.
 
-  One `lax.scan` over the minibatches of a permutation drawn from `key`. The short last batch
+  One `lax.scan` over the minibatches of a permutation drawn from `key` (with `shuffle=False`,
+  of the rows in order). The short last batch
   is masked (see the module docstring), so one compilation serves any epoch of the same data
   shape. The scan checks nothing per step beyond its loss (a per-step guard over the parameters
   cost 10-25% at small batches); `EpochStats` says whether each loss and the final state are
@@ -145,7 +152,7 @@ def make_epoch(optimizer: optax.GradientTransformation, batch_size: int, l2: Arr
   along "data" (`batch_size` must divide across the devices; DP batches are padded with masked
   rows to do so), and XLA all-reduces the gradient; the same batches and math as without it.
   """
-  return build_epoch(optimizer, batch_size, l2, compute_dtype, dp, mesh).epoch
+  return build_epoch(optimizer, batch_size, l2, compute_dtype, dp, mesh, shuffle).epoch
 
 
 def epoch_key(seed: int, epoch: int) -> jax.Array:

@@ -10,6 +10,7 @@ and the privacy ledger, hand the `RunState` to the caller, and stop when asked.
 """
 
 import dataclasses
+import functools
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -68,7 +69,8 @@ def fit(params: Params, train: Tuple[ArrayLike, ArrayLike], *,
         on_epoch_end: Optional[Callable[[RunState], None]] = None,
         should_stop: Optional[Callable[[], bool]] = None,
         compute_dtype: Optional[DTypeLike] = None, dp: Optional[privacy.DPConfig] = None,
-        mesh: Optional[Mesh] = None, track_train_accuracy: bool = False) -> FitResult:
+        mesh: Optional[Mesh] = None, track_train_accuracy: bool = False,
+        shuffle: bool = True) -> FitResult:
   """Trains with the compiled epoch: shuffling, validation each epoch, optional early stopping.
 
   Args:
@@ -99,6 +101,7 @@ def fit(params: Params, train: Tuple[ArrayLike, ArrayLike], *,
       the returned parameters are replicated on its devices.
     track_train_accuracy: also record `train_acc`, the accuracy on the whole training set after
       each epoch (one more forward pass over it).
+    shuffle: False takes the rows in order every epoch (not with `dp`).
 
   Raises:
     NonFiniteError: a step produced a NaN/Inf loss or gradient; it carries `.epoch`, `.step`,
@@ -110,6 +113,7 @@ def fit(params: Params, train: Tuple[ArrayLike, ArrayLike], *,
   val = None if val is None else checks.check_pair(params, val, "val")
   settings = _settings(x.shape[0], val, epochs, batch_size, l2, seed, patience, compute_dtype,
                        dp, mesh)
+  settings["shuffle"] = bool(shuffle)
   if resume is None:
     # Own copies of both (an optimizer state may alias the parameters): the epoch donates them.
     state = new_run(*_copy_tree((params, optimizer.init(params))), settings)
@@ -122,7 +126,7 @@ def fit(params: Params, train: Tuple[ArrayLike, ArrayLike], *,
     state = resume._replace(params=_copy_tree(resume.params), opt_state=_copy_tree(opt_state))
     if check_more_epochs(state, epochs, "the resumed run") is not None:
       return _result(state, interrupted=False)
-  program = build_epoch(optimizer, batch_size, l2, compute_dtype, dp, mesh)
+  program = _epoch_program(optimizer, batch_size, l2, compute_dtype, dp, mesh, shuffle)
   if mesh is not None:
     x, y, val, params, opt_state, best = distributed.replicate(
         (x, y, val, state.params, state.opt_state, state.best.params), mesh)  # once
@@ -136,6 +140,19 @@ def fit(params: Params, train: Tuple[ArrayLike, ArrayLike], *,
     if should_stop is not None and should_stop() and state.epochs_done < epochs:
       return _result(state, interrupted=not state.stopped_early)
   return _result(state, interrupted=False)
+
+
+_cached_build_epoch = functools.lru_cache(maxsize=32)(build_epoch)
+
+
+def _epoch_program(*settings) -> EpochProgram:
+  """`build_epoch(*settings)`, the same program for the same (hashable) settings: a later fit
+  with the same optimizer object and data shapes then runs without compiling again."""
+  try:
+    hash(settings)
+  except TypeError:  # e.g. l2 given as an array
+    return build_epoch(*settings)
+  return _cached_build_epoch(*settings)
 
 
 def _settings(num_train, val, epochs, batch_size, l2, seed, patience, compute_dtype, dp, mesh):

@@ -1,5 +1,6 @@
 """Optimizers by name, with a constant or cosine-decayed learning rate, and steps per epoch."""
 
+import functools
 from typing import Optional
 
 import optax
@@ -28,7 +29,17 @@ def make_optimizer(name: str = "adam", lr: float = 1e-3, *, schedule: str = "con
   if schedule == "cosine":
     if total_steps is None:
       raise InputError("total_steps: the cosine schedule needs a step count >= 1, got None")
-    lr = optax.cosine_decay_schedule(lr, checks.check_int(total_steps, "total_steps"))
+    total_steps = checks.check_int(total_steps, "total_steps")
+  return _optimizer(name, lr, schedule, total_steps if schedule == "cosine" else None)
+
+
+@functools.lru_cache(maxsize=64)
+def _optimizer(name: str, lr: float, schedule: str,
+               total_steps: Optional[int]) -> optax.GradientTransformation:
+  """The same (immutable) optax object for the same arguments, so that a compiled epoch built
+  on it is reused by the next `fit` with the same settings (e.g. every fold of a grid search)."""
+  if schedule == "cosine":
+    lr = optax.cosine_decay_schedule(lr, total_steps)
   if name == "sgd":
     return optax.sgd(lr)
   if name == "momentum":

@@ -106,3 +106,11 @@ def test_alpha_is_the_library_lambda():
   grads = mj.grads(params, X.astype(np.float32), y.astype(np.int32), 0.7)
   for layer, g, w in zip(params, grads, clf.coefs_):
     np.testing.assert_allclose(w, layer.w - 0.1 * g.w, rtol=1e-5, atol=1e-6)
+
+
+def test_probabilities_sum_to_one_in_float64():
+  """scikit-learn's log_loss wants rows that sum to 1 within float64 precision."""
+  X, y = _blobs()
+  proba = mj.MLPClassifier(**SMALL).fit(X, y).predict_proba(X)
+  assert proba.dtype == np.float64
+  np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=0, atol=1e-12)

@@ -155,8 +155,9 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
 
   def predict_log_proba(self, X) -> np.ndarray:
     """log p(class | x) for each row: (n_samples, n_classes), columns in `classes_` order."""
-    X = self._checked(X)
-    return np.asarray(_log_proba(self._params(), X), np.float64)
+    logits = np.asarray(_logits(self._params(), self._checked(X)), np.float64)
+    shifted = logits - logits.max(axis=1, keepdims=True)  # log-softmax in float64, so that
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))  # rows sum to 1
 
   def predict_proba(self, X) -> np.ndarray:
     """p(class | x) for each row: (n_samples, n_classes), columns in `classes_` order."""
@@ -269,6 +270,6 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
 
 
 # One compiled program per input shape for each, shared by every fitted estimator.
-_log_proba = jax.jit(lambda params, x: jax.nn.log_softmax(mj.forward(params, x), axis=-1))
+_logits = jax.jit(mj.forward)
 _predict = jax.jit(mj.predict)
 

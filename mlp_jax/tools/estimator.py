@@ -155,7 +155,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
 
   def predict_log_proba(self, X) -> np.ndarray:
     """log p(class | x) for each row: (n_samples, n_classes), columns in `classes_` order."""
-    logits = np.asarray(_logits(self._params(), self._checked(X)), np.float64)
+    X = self._checked(X)  # before anything else: an unfitted estimator says so
+    logits = np.asarray(_logits(self._params(), X), np.float64)
     shifted = logits - logits.max(axis=1, keepdims=True)  # log-softmax in float64, so that
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))  # rows sum to 1
 

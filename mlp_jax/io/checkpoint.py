@@ -38,7 +38,7 @@ import numpy as np
 import optax
 
 from mlp_jax.core import checks, model
-from mlp_jax.core.model import Dense, Params
+from mlp_jax.core.model import Dense
 from mlp_jax.errors import CheckpointError, InputTypeError, ResumeError, describe
 from mlp_jax.io.atomic_file import atomic_write
 from mlp_jax.training import privacy

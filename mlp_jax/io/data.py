@@ -23,14 +23,17 @@ import pathlib
 import re
 import stat
 import zlib
-from typing import NamedTuple
+from typing import NamedTuple, Optional, Tuple, Union
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from mlp_jax.core import checks
 from mlp_jax.errors import (DataFileError, InputError, InputTypeError, MLPJaxError, describe,
                             one_line, optional_import)
 
+PathLike = Union[str, "os.PathLike[str]"]  # a file or folder
+Seed = Union[int, np.integer]              # a split seed
 USPS_FEATURES = 256      # 16x16 images, flattened row-major
 NUM_CLASSES = 10         # digits 0..9
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -62,7 +65,7 @@ class Scaler(NamedTuple):
   mean: np.ndarray
   scale: np.ndarray
 
-  def apply(self, x) -> np.ndarray:
+  def apply(self, x: ArrayLike) -> np.ndarray:
     """x standardised feature by feature, as float32."""
     return apply_scaler(self, x)
 
@@ -353,7 +356,7 @@ def _bundled_usps() -> Splits:
   return Splits(part("train"), part("test"))
 
 
-def load_usps(path=None) -> Splits:
+def load_usps(path: Optional[PathLike] = None) -> Splits:
   """USPS digits (7291 train / 2007 test, 256 features in [0, 1], labels 0..9).
 
   Without `path`, the copy bundled with the package (no file or download needed). With one,
@@ -413,7 +416,7 @@ def _stratified_indices(y: np.ndarray, fraction: float, seed):
   return rng.permutation(order[~is_held]), rng.permutation(order[is_held])
 
 
-def load_digits(test_fraction: float = 0.2, seed=0) -> Splits:
+def load_digits(test_fraction: float = 0.2, seed: Seed = 0) -> Splits:
   """scikit-learn's bundled 8x8 digits (1797 x 64, values 0..16), split stratified by class.
 
   `test_fraction` of each class (ceil over the whole set) is held out, chosen by `seed`.
@@ -429,8 +432,8 @@ def load_digits(test_fraction: float = 0.2, seed=0) -> Splits:
   return Splits(_dataset(x[train], y[train]), _dataset(x[test], y[test]))
 
 
-def make_synthetic(num_samples: int, num_features: int = 256, num_classes: int = 10, seed=0,
-                   noise: float = 1.0) -> Dataset:
+def make_synthetic(num_samples: int, num_features: int = 256, num_classes: int = 10,
+                   seed: Seed = 0, noise: float = 1.0) -> Dataset:
   """Gaussian class clusters, float32, deterministic from `seed`, for benchmarks of any size.
 
   Class centres are drawn N(0, 1) per feature; each row is its centre plus `noise` * N(0, 1).
@@ -467,7 +470,8 @@ def _as_dataset(ds, name: str = "ds") -> Dataset:
   return Dataset(x, y)
 
 
-def train_val_split(ds: Dataset, val_fraction: float = 0.1, seed=0) -> tuple[Dataset, Dataset]:
+def train_val_split(ds: Dataset, val_fraction: float = 0.1,
+                    seed: Seed = 0) -> Tuple[Dataset, Dataset]:
   """(train, val): `val_fraction` of each class held out, deterministic from `seed`.
 
   The parts are disjoint and cover ds; every class with >= 2 samples appears in both.
@@ -484,7 +488,7 @@ def train_val_split(ds: Dataset, val_fraction: float = 0.1, seed=0) -> tuple[Dat
 SCALINGS = ("global", "feature", "none")
 
 
-def fit_scaler(x, mode: str = "feature") -> Scaler:
+def fit_scaler(x: ArrayLike, mode: str = "feature") -> Scaler:
   """Mean and std of (training) rows x; a std below `MIN_STD` becomes 1.
 
   mode: "feature" standardises each feature on its own; "global" uses one mean and std over all
@@ -512,7 +516,7 @@ def fit_scaler(x, mode: str = "feature") -> Scaler:
   return Scaler(mean.astype(np.float32), scale.astype(np.float32))
 
 
-def apply_scaler(scaler: Scaler, x) -> np.ndarray:
+def apply_scaler(scaler: Scaler, x: ArrayLike) -> np.ndarray:
   """(x - mean) / scale as float32, feature by feature."""
   mean, scale = np.asarray(scaler.mean, np.float32), np.asarray(scaler.scale, np.float32)
   x = np.asarray(x)
@@ -531,7 +535,7 @@ def _span(d: int, size: int):
   return slice(max(d, 0), size + min(d, 0)), slice(max(-d, 0), size + min(-d, 0))
 
 
-def shift_augment(ds: Dataset, image_shape, neighbours: int = 4) -> Dataset:
+def shift_augment(ds: Dataset, image_shape: Tuple[int, int], neighbours: int = 4) -> Dataset:
   """ds plus its images shifted by one pixel: (1 + neighbours)x the rows, originals first.
 
   neighbours: 4 shifts each image up, down, left and right; 8 adds the four diagonal shifts
@@ -588,7 +592,8 @@ class Prepared(NamedTuple):
   image_shape: tuple        # (height, width) of the images
 
 
-def load_splits(dataset: str = "digits", path=None, *, seed=0, num_samples: int = 2000):
+def load_splits(dataset: str = "digits", path: Optional[PathLike] = None, *, seed: Seed = 0,
+                num_samples: int = 2000) -> Tuple[Splits, Tuple[int, int]]:
   """(Splits, (height, width)): a dataset by name, unscaled; see `prepare` for the names."""
   if dataset == "digits":
     return load_digits(seed=seed), (8, 8)
@@ -601,7 +606,8 @@ def load_splits(dataset: str = "digits", path=None, *, seed=0, num_samples: int 
   raise InputError(f"dataset: expected one of {', '.join(DATASETS)}, got {dataset!r}")
 
 
-def prepare(dataset: str = "digits", path=None, *, val_fraction: float = 0.1, seed=0,
+def prepare(dataset: str = "digits", path: Optional[PathLike] = None, *,
+            val_fraction: float = 0.1, seed: Seed = 0,
             augment: bool = False, num_samples: int = 2000, scaling: str = "global",
             shifts: int = 4) -> Prepared:
   """Loads a dataset, carves the validation part from its training set, fits the scaler on

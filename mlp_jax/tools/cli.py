@@ -67,6 +67,7 @@ def train_config(args) -> dict:
   """The run's configuration from the command line, every value checked; raises `InputError`
   naming the option. Options a run does not use are None (and refused if given)."""
   from mlp_jax.errors import InputError, optional_import
+  from mlp_jax.tools import run_folder
   from mlp_jax.training.fit import MAX_SEED
 
   def need(ok, message):
@@ -81,7 +82,7 @@ def train_config(args) -> dict:
            "delta": "--dp"}
   config = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
   for key, used in uses.items():
-    flag = "--" + key.replace("_", "-")
+    flag = run_folder.flag(key)
     need(used or config[key] is None, f"{flag} {config[key]}: only used with {needs[key]}")
     if used and config[key] is None:
       config[key] = DEFAULTS.get(key)

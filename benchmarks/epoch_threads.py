@@ -4,6 +4,7 @@ Run it three ways and compare the medians (one line each):
 
     python benchmarks/epoch_threads.py                      # as JAX sets itself up
     taskset -c 0 python benchmarks/epoch_threads.py         # pinned to one core
+    NPROC=1 python benchmarks/epoch_threads.py              # XLA's CPU pool of one thread
     XLA_FLAGS=--xla_force_host_platform_device_count=2 python benchmarks/epoch_threads.py --mesh
                                                             # two CPU devices, data-parallel
 """
@@ -28,11 +29,7 @@ def main():
   parser.add_argument("--mesh", action="store_true", help="data-parallel over every CPU device")
   parser.add_argument("--repeats", type=int, default=9)
   args = parser.parse_args()
-  if os.path.exists(args.usps):
-    train = mj.data.prepare("usps", args.usps, val_fraction=0.0).train
-  else:
-    print(f"{args.usps} not found: synthetic data of the same shape instead")
-    train = mj.data.make_synthetic(7291, 256, 10)
+  train = mj.data.prepare("usps", args.usps, val_fraction=0.0).train
   x, y = jnp.asarray(train.x), jnp.asarray(train.y)
   opt = optax.adam(1e-3)
   mesh = mj.make_mesh("all") if args.mesh else None

@@ -23,6 +23,7 @@ from mlp_jax.errors import (CheckpointError, DataFileError, InputError, InputTyp
                             MissingDependencyError, MLPJaxError, NonFiniteError, ResumeError,
                             StorageError)
 from mlp_jax.io import data
+from mlp_jax.io.compilation_cache import enable_compilation_cache
 from mlp_jax.io.checkpoint import (Checkpoint, SavedRun, load_checkpoint, load_pytree, load_run,
                                    save_checkpoint, save_pytree, save_run)
 from mlp_jax.oracle.autodiff import autodiff_grads, autodiff_per_sample_grads
@@ -47,7 +48,8 @@ __all__ = [  # the public API; `diagnose` and `Diagnosis` load on first use
     "__version__", "autodiff_grads", "autodiff_per_sample_grads", "check_gradients", "Checkpoint",
     "CheckpointError", "clipped_mean_grads", "confusion_matrix", "data", "DataFileError", "Dense",
     "diagnose", "Diagnosis", "distributed", "DistributedError", "dp_epsilon", "DPConfig",
-    "evaluate", "fit", "FitResult", "forward", "GradientReport", "grads", "init_params",
+    "enable_compilation_cache", "evaluate", "fit", "FitResult", "forward", "GradientReport",
+    "grads", "init_params",
     "initialize_distributed", "InputError", "InputTypeError", "is_primary", "layer_sizes",
     "LayerNorms", "ledger_epsilon", "LedgerEntry", "load_checkpoint", "load_pytree", "load_run",
     "loss", "loss_and_grads", "make_data_parallel_step", "make_epoch", "make_mesh",

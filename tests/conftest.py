@@ -1,11 +1,16 @@
 """Shared test setup: strict JAX numerics, tolerances by dtype, dtype and jit-mode fixtures."""
 
 import contextlib
+import os
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import pytest
+# The CLI keeps compiled programs in the user's cache folder; tests (and the processes they
+# start) do not, except test_compilation_cache.py, which gives it a folder of its own.
+os.environ["MLP_JAX_COMPILATION_CACHE"] = "off"
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 # Catch accidental broadcasts (a bias gradient of the wrong rank) and silent dtype promotion.
 jax.config.update("jax_numpy_rank_promotion", "raise")

@@ -26,6 +26,17 @@ def test_init_params_shapes_dtype_and_he_scale(sizes, dtype):
       assert abs(float(big.mean())) < 0.01
 
 
+@pytest.mark.parametrize("sizes", [(256, 256, 10), (784, 1024, 1024, 10), (3, 2)])
+def test_init_params_is_the_op_by_op_he_normal_bit_for_bit(sizes, dtype):
+  # One compiled program, the same weights as sampling and scaling each layer op by op.
+  for seed in (0, 7):
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(sizes) - 1)
+    params = mj.init_params(jax.random.PRNGKey(seed), sizes, dtype)
+    for layer, k, fan_in, fan_out in zip(params, keys, sizes[:-1], sizes[1:]):
+      w = jax.random.normal(k, (fan_in, fan_out), dtype) * jnp.sqrt(2.0 / fan_in).astype(dtype)
+      assert np.asarray(layer.w).tobytes() == np.asarray(w).tobytes()
+
+
 def test_init_params_default_is_the_source_network():
   assert mj.layer_sizes(mj.init_params(jax.random.PRNGKey(0))) == (256, 256, 10)
   assert mj.init_params(jax.random.PRNGKey(0))[0].w.dtype == jnp.float32

@@ -6,6 +6,7 @@ checkpointing handle with no glue. Inputs are rows: `x` has shape (m, n), layer 
 the last layer's output are the logits `z` of shape (m, K).
 """
 
+import functools
 from typing import Any, List, NamedTuple, Optional, Sequence, Tuple, overload
 
 import jax
@@ -47,10 +48,19 @@ def init_params(
         f"layer_sizes must hold at least two positive widths, got {tuple(layer_sizes)!r}")
   if not jnp.issubdtype(dtype, jnp.floating):
     raise InputTypeError(f"dtype must be a floating dtype, got {jnp.dtype(dtype)}")
+  return _init_params(key, sizes, jnp.dtype(dtype))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _init_params(key: jax.Array, sizes: Tuple[int, ...], dtype: jnp.dtype) -> Params:
+  """`init_params` as one compiled program per network: one compile instead of one per op and
+  shape. The barrier keeps the scaling out of the sampler's fusion, so the weights are bit for
+  bit those of `jax.random.normal(k, shape) * scale` run op by op (tests/test_model.py)."""
   keys = jax.random.split(key, len(sizes) - 1)
   return tuple(
       Dense(
-          w=jax.random.normal(k, (fan_in, fan_out), dtype) * jnp.sqrt(2.0 / fan_in).astype(dtype),
+          w=jax.lax.optimization_barrier(jax.random.normal(k, (fan_in, fan_out), dtype))
+          * jnp.sqrt(2.0 / fan_in).astype(dtype),
           b=jnp.zeros((fan_out,), dtype),
       )
       for k, fan_in, fan_out in zip(keys, sizes[:-1], sizes[1:]))

@@ -504,12 +504,14 @@ def main(argv: Optional[List[str]] = None) -> int:
   written (permission, disk full, ...); 130 interrupted (Ctrl-C). Errors are one line on
   stderr."""
   from mlp_jax.errors import MLPJaxError, StorageError
+  from mlp_jax.io.compilation_cache import enable_compilation_cache
   parser = build_parser()
   try:
     args = parser.parse_args(argv)
     if getattr(args, "config", None):  # the recorded settings become defaults, then reparse
       parser.train_parser.set_defaults(**replayed_config(args.config, parser.train_parser))
       args = parser.parse_args(argv)
+    enable_compilation_cache()  # a second run compiles nothing (MLP_JAX_COMPILATION_CACHE=off)
     return args.func(args)
   except StorageError as err:
     print(f"mlp-jax: error: {err}", file=sys.stderr)

@@ -28,6 +28,7 @@ from mlp_jax.core.model import Params
 from mlp_jax.errors import InputError
 from mlp_jax.training import distributed, privacy
 from mlp_jax.training.optimizers import steps_per_epoch
+from mlp_jax.training.permutation import permutation
 
 
 def epoch_batches(key: jax.Array, num_examples: int, batch_size: int,
@@ -41,7 +42,7 @@ def epoch_batches(key: jax.Array, num_examples: int, batch_size: int,
     fills the last batch.
   """
   num_batches = steps_per_epoch(num_examples, batch_size)
-  perm = (jax.random.permutation(key, num_examples) if shuffle
+  perm = (permutation(key, num_examples) if shuffle
           else jnp.arange(num_examples, dtype=jnp.int32))
   pad = num_batches * batch_size - num_examples
   indices = jnp.concatenate([perm, perm[:pad]]) if pad else perm
@@ -62,6 +63,20 @@ def epoch_plan(key: jax.Array, num_examples: int, batch_size: int,
     indices, mask = privacy.poisson_batches(
         batch_key, num_examples, batch_size, steps_per_epoch(num_examples, batch_size))
   return indices, mask, jax.random.split(noise_key, indices.shape[0])
+
+
+# XLA's CPU copy insertion, left to itself, copies the (256, 256) weight matrix on every step of
+# the scanned epoch, because the loop body reads W before the update overwrites it. With
+# region analysis it sees that no read follows the write and updates W in place (a trace at
+# B = 128 showed that copy at 33 us per step; docs/benchmarks.md has the epoch's before/after).
+# It moves buffers only, never values: results are bit-identical.
+CPU_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
+
+
+def compiler_options(mesh: Optional[Mesh] = None) -> Optional[dict]:
+  """The XLA options the epoch is compiled with: `CPU_COMPILER_OPTIONS` on CPU, else none."""
+  platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+  return dict(CPU_COMPILER_OPTIONS) if platform == "cpu" else None
 
 
 class EpochStats(NamedTuple):
@@ -96,27 +111,32 @@ def build_epoch(optimizer: optax.GradientTransformation, batch_size: int, l2: Ar
   def step(params: Params, opt_state: optax.OptState, x: jax.Array, y: jax.Array,
            idx: jax.Array, keep: jax.Array, step_key: jax.Array,
            ) -> Tuple[Params, optax.OptState, jax.Array, Params]:
-    xb, yb, keep = x[idx], y[idx], keep.astype(params[0].w.dtype)
+    with jax.named_scope("batch"):
+      xb, yb, keep = x[idx], y[idx], keep.astype(params[0].w.dtype)
     if mesh is not None:
       xb, yb, keep = distributed.constrain_rows((xb, yb, keep), mesh)
-    if dp is None:
-      loss, grads = objective_and_grads(params, xb, yb, l2, compute_dtype, keep)
-    else:
-      loss, grads = privacy.noisy_clipped_grads(params, xb, yb, keep, step_key, l2, dp,
-                                                batch_size, compute_dtype)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
+    with jax.named_scope("gradients"):
+      if dp is None:
+        loss, grads = objective_and_grads(params, xb, yb, l2, compute_dtype, keep)
+      else:
+        loss, grads = privacy.noisy_clipped_grads(params, xb, yb, keep, step_key, l2, dp,
+                                                  batch_size, compute_dtype)
+    with jax.named_scope("optimizer"):
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      params = optax.apply_updates(params, updates)
     if mesh is not None:
       params, opt_state = distributed.constrain_replicated((params, opt_state), mesh)
     return params, opt_state, loss, grads
 
+  @jax.named_scope("plan")
   def plan(key: jax.Array, num_examples: int) -> Tuple[jax.Array, jax.Array, jax.Array]:
     indices, mask, step_keys = epoch_plan(key, num_examples, batch_size, dp, shuffle)
     if mesh is not None:
       indices, mask = distributed.pad_batches(indices, mask, mesh)
     return indices, mask, step_keys
 
-  @functools.partial(jax.jit, donate_argnums=(0, 1), **jit_kwargs)
+  @functools.partial(jax.jit, donate_argnums=(0, 1), compiler_options=compiler_options(mesh),
+                     **jit_kwargs)
   def epoch(params: Params, opt_state: optax.OptState, x: jax.Array, y: jax.Array,
             key: jax.Array) -> Tuple[Params, optax.OptState, EpochStats]:
     def body(carry: Tuple[Params, optax.OptState], batch: Tuple[jax.Array, jax.Array, jax.Array]

@@ -1,0 +1,377 @@
+"""One training epoch on USPS against its peers and its GEMM floor, and where its time goes.
+
+    python benchmarks/epoch.py [--quick] [--no-profile] [--no-widths]
+
+Every column trains the same network (256 -> hidden -> 10, float32) for one epoch over the same
+7291 training images with SGD, momentum 0.9, learning rate 0.1 and lambda = 1e-4:
+
+  mlp_jax        `mj.make_epoch`: the shuffled epoch as one compiled `lax.scan`
+  NumPy loop     numpy_backprop.py's hand-written backprop and a NumPy momentum update, the
+                 same kind of shuffled batches (short last batch included)
+  scikit-learn   `MLPClassifier(solver="sgd")`, one `partial_fit` (one epoch)
+  GEMM floor     the epoch's GEMMs alone through NumPy/OpenBLAS: `numpy_backprop.gemms_alone`
+                 for every batch of the epoch, on preallocated outputs
+
+The columns are timed in turns (one epoch of each per round; medians), so a slow spell of the
+shared machine hits them all. Tables:
+
+  1. ms per epoch at B = 32, 128, 512 and the ratios against mlp_jax;
+  2. the same at B = 128 for hidden widths 256, 1024, 4096 (GEMM-bound as it grows);
+  3. with --profile (default), where the compiled epoch's time goes, per step, at B = 32, 128,
+     512: a `jax.profiler` trace of XLA's CPU thunks, each thunk classed by the HLO it runs
+     (GEMMs, the minibatch gather, the rest of the gradient, the optimizer, the shuffle) and the
+     time the epoch's wall clock spends in no thunk at all (hand-offs between XLA's threads).
+
+Writes results/epoch[_quick].json and .md, and results/epoch[_quick].png (time per epoch vs
+batch size, a line per column) when matplotlib is installed.
+"""
+
+import argparse
+import collections
+import gzip
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+import warnings
+from typing import Dict, List, Sequence
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+import numpy_backprop as nb  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+import mlp_jax as mj  # noqa: E402
+from mlp_jax.training import epoch as training  # noqa: E402
+
+LR, MOMENTUM, L2 = 0.1, 0.9, 1e-4
+BATCHES = (32, 128, 512)
+WIDTHS = (256, 1024, 4096)
+COLUMNS = ("mlp_jax", "numpy", "sklearn", "floor")
+LABELS = {"mlp_jax": "mlp_jax scanned epoch", "numpy": "NumPy backprop loop",
+          "sklearn": "scikit-learn MLPClassifier", "floor": "GEMMs alone, NumPy (floor)"}
+CATEGORIES = ("GEMMs", "gather", "elementwise", "optimizer", "shuffle", "other",
+              "no thunk (hand-offs)")
+
+
+def optimizer():
+  return optax.sgd(LR, momentum=MOMENTUM)
+
+
+class MlpJax:
+  """`mj.make_epoch` on device-resident data; the parameters carry over from epoch to epoch."""
+
+  def __init__(self, init, x, y, batch):
+    self.opt = optimizer()
+    self.epoch_fn = mj.make_epoch(self.opt, batch, L2)
+    self.x, self.y = jnp.asarray(x), jnp.asarray(y)
+    self.params = jax.tree.map(jnp.asarray, init)
+    self.state = self.opt.init(self.params)
+    self.e = 0
+
+  def __call__(self):
+    self.params, self.state, stats = self.epoch_fn(self.params, self.state, self.x, self.y,
+                                                   training.epoch_key(0, self.e))
+    self.e += 1
+    jax.block_until_ready((self.params, stats))
+
+
+class NumpyLoop:
+  """The hand-written NumPy backprop with SGD + momentum (optax.sgd's trace form), in place."""
+
+  def __init__(self, init, x, y, batch):
+    self.x, self.y, self.batch = x, y, batch
+    self.params = nb.from_jax(init)
+    self.trace = [np.zeros_like(p) for layer in self.params for p in layer]
+    self.rng = np.random.default_rng(0)
+
+  def __call__(self):
+    perm = self.rng.permutation(self.x.shape[0])
+    for start in range(0, len(perm), self.batch):
+      idx = perm[start:start + self.batch]
+      _, grads = nb.loss_and_grads(self.params, self.x[idx], self.y[idx], L2)
+      leaves = [p for layer in self.params for p in layer]
+      for p, g, t in zip(leaves, [g for layer in grads for g in layer], self.trace):
+        t *= MOMENTUM
+        t += g
+        p -= LR * t
+
+
+class Sklearn:
+  """scikit-learn's MLPClassifier: SGD with (non-Nesterov) momentum, one partial_fit = one epoch
+  of shuffled minibatches."""
+
+  def __init__(self, init, x, y, batch):
+    from sklearn.neural_network import MLPClassifier
+    self.x, self.y = x, y
+    self.clf = MLPClassifier(
+        hidden_layer_sizes=(init[0].w.shape[1],), solver="sgd", momentum=MOMENTUM,
+        nesterovs_momentum=False, learning_rate_init=LR, alpha=L2, batch_size=batch,
+        shuffle=True, random_state=0)
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      self.clf.partial_fit(x[:batch], y[:batch], classes=np.arange(10))
+
+  def __call__(self):
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      self.clf.partial_fit(self.x, self.y)
+
+
+class Floor:
+  """The epoch's GEMMs alone: those of every full batch and of the short last one."""
+
+  def __init__(self, init, x, y, batch):
+    sizes = mj.layer_sizes(init)
+    full, rest = divmod(x.shape[0], batch)
+    self.calls = [nb.gemms_alone(sizes, batch)] * full + (
+        [nb.gemms_alone(sizes, rest)] if rest else [])
+
+  def __call__(self):
+    for call in self.calls:
+      call()
+
+
+RUNNERS = {"mlp_jax": MlpJax, "numpy": NumpyLoop, "sklearn": Sklearn, "floor": Floor}
+
+
+def time_columns(x, y, hidden: int, batch: int, rounds: int, columns=COLUMNS) -> Dict:
+  """{column: timing dict (seconds)} of one epoch each, the columns timed in turns."""
+  init = mj.init_params(jax.random.PRNGKey(0), (x.shape[1], hidden, 10))
+  runners = {c: RUNNERS[c](init, x, y, batch) for c in columns}
+  for run in runners.values():  # compile, warm caches
+    run()
+  times = collections.defaultdict(list)
+  for _ in range(rounds):
+    for c, run in runners.items():
+      t0 = time.perf_counter()
+      run()
+      times[c].append(time.perf_counter() - t0)
+  return {c: common.summarize(t) for c, t in times.items()}
+
+
+# ---- where the compiled epoch's time goes ------------------------------------------------------
+
+def _hlo_classes(hlo_text: str) -> Dict[str, str]:
+  """{instruction name: category} for the compiled module, from each instruction's opcode (a
+  dot, or a fusion whose computation holds one, is a GEMM) and the named scope in its metadata
+  (`plan`, `batch`, `gradients`, `optimizer`: see training/epoch.py)."""
+  computations, current = {}, None
+  for line in hlo_text.splitlines():
+    head = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+    if head:
+      current = computations.setdefault(head.group(1), [])
+    elif current is not None:
+      current.append(line)
+  has_dot = {name for name, lines in computations.items() if any(" dot(" in l for l in lines)}
+  classes = {}
+  for lines in computations.values():
+    for line in lines:
+      m = re.match(r"^\s*(?:ROOT )?%([\w.\-]+) = .*? ([\w\-]+)\(", line)
+      if not m:
+        continue
+      name, opcode = m.groups()
+      calls = re.search(r"calls=%([\w.\-]+)", line)
+      scope = re.search(r'op_name="([^"]*)"', line)
+      scope = scope.group(1) if scope else ""
+      if opcode in ("dot", "convolution") or (calls and calls.group(1) in has_dot):
+        classes[name] = "GEMMs"
+      elif "/plan/" in scope:
+        classes[name] = "shuffle"
+      elif "/batch/" in scope:
+        classes[name] = "gather"
+      elif "/optimizer/" in scope:
+        classes[name] = "optimizer"
+      elif "/gradients/" in scope:
+        classes[name] = "elementwise"
+      else:
+        classes[name] = "other"
+  return classes
+
+
+def _op_spans(events: List[Dict], classes: Dict[str, str]) -> List[tuple]:
+  """(category, start, end) in microseconds of every thunk that runs an HLO instruction.
+
+  A thunk's own event can end before its work does (XLA runs Eigen's GEMMs asynchronously on its
+  thread pool); its work ends at the thunk's "end: NAME" event, so a span runs from the thunk's
+  start to that marker.
+  """
+  events = sorted(events, key=lambda e: e["ts"])
+  open_spans = collections.defaultdict(collections.deque)
+  spans = []
+  for e in events:
+    name = e["name"]
+    if name in classes:
+      span = [classes[name], e["ts"], e["ts"] + e["dur"]]
+      spans.append(span)
+      open_spans[name].append(span)
+    elif name.startswith("end: ") and open_spans[name[5:]]:
+      span = open_spans[name[5:]].popleft()
+      span[2] = max(span[2], e["ts"] + e["dur"])
+  return [tuple(s) for s in spans]
+
+
+def _union_length(spans: List[tuple]) -> float:
+  total, reach = 0.0, -float("inf")
+  for _, start, end in sorted(spans, key=lambda s: s[1]):
+    if end > reach:
+      total += end - max(start, reach)
+      reach = end
+  return total
+
+
+def profile(x, y, batch: int, epochs: int = 5) -> Dict:
+  """Per-step microseconds by category of `epochs` traced epochs, and the traced and untraced
+  wall time per epoch."""
+  opt = optimizer()
+  epoch_fn = mj.make_epoch(opt, batch, L2)
+  params = mj.init_params(jax.random.PRNGKey(0))
+  state = opt.init(params)
+  x, y, key = jnp.asarray(x), jnp.asarray(y), training.epoch_key(0, 0)
+  options = dict(training.compiler_options() or {}, xla_cpu_enable_xprof_traceme=True)
+  compiled = epoch_fn.lower(params, state, x, y, key).compile(options)
+  classes = _hlo_classes(compiled.as_text())
+
+  def run(n):
+    nonlocal params, state
+    t0 = time.perf_counter()
+    for _ in range(n):
+      params, state, stats = compiled(params, state, x, y, key)
+      jax.block_until_ready((params, stats))
+    return (time.perf_counter() - t0) / n
+
+  run(2)
+  untraced = run(epochs)
+  with tempfile.TemporaryDirectory() as folder:
+    with jax.profiler.trace(folder, create_perfetto_trace=True):
+      traced = run(epochs)
+    path = next(os.path.join(d, f) for d, _, files in os.walk(folder) for f in files
+                if f.endswith(".trace.json.gz"))
+    with gzip.open(path) as f:
+      events = [e for e in json.load(f)["traceEvents"]
+                if e.get("ph") == "X" and not e["name"].startswith("$")]
+  spans = _op_spans(events, classes)
+  totals = collections.Counter()
+  for category, start, end in spans:
+    totals[category] += end - start
+  steps = training.steps_per_epoch(x.shape[0], batch) * epochs
+  totals["no thunk (hand-offs)"] = max(0.0, traced * epochs * 1e6 - _union_length(spans))
+  return {"batch_size": batch, "steps_per_epoch": steps // epochs,
+          "us_per_step": {c: totals[c] / steps for c in CATEGORIES},
+          "traced_ms_per_epoch": 1e3 * traced, "untraced_ms_per_epoch": 1e3 * untraced}
+
+
+# ---- output --------------------------------------------------------------------------------------
+
+def _ratio(a, b):
+  return f"{a / b:.2f}x"
+
+
+def epoch_rows(results: Sequence[Dict], key: str) -> List[List]:
+  rows = []
+  for r in results:
+    t = {c: r["timings"][c]["median"] for c in r["timings"]}
+    row = [r[key]] + [common.ms(t[c]) for c in COLUMNS if c in t]
+    row.append(_ratio(t["mlp_jax"], t["floor"]) if "floor" in t else "")
+    row.append(_ratio(t["sklearn"], t["mlp_jax"]) if "sklearn" in t else "")
+    row.append(_ratio(t["numpy"], t["mlp_jax"]) if "numpy" in t else "")
+    rows.append(row)
+  return rows
+
+
+def markdown(payload: Dict) -> str:
+  m = payload["machine"]
+  out = [f"# One USPS epoch ({m['date']}, {m['processor']}, {m['cpu_count']} cores, "
+         f"jax {m['jax']}, {payload['rounds']} rounds, medians, ms)", ""]
+  header = ["mlp_jax", "NumPy loop", "scikit-learn", "GEMM floor", "mlp_jax / floor",
+            "sklearn / mlp_jax", "NumPy / mlp_jax"]
+  out.append(common.markdown_table(["batch"] + header, epoch_rows(payload["batches"], "batch")))
+  if payload.get("widths"):
+    out += ["", "Hidden width at B = 128:", ""]
+    out.append(common.markdown_table(["hidden"] + header,
+                                     epoch_rows(payload["widths"], "hidden")))
+  if payload.get("profile"):
+    out += ["", "Where the compiled epoch's time goes (us per step, in a jax.profiler trace; "
+            "the trace slows the epoch, see the last two columns):", ""]
+    rows = [[p["batch_size"]] + [f"{p['us_per_step'][c]:.1f}" for c in CATEGORIES]
+            + [f"{p['traced_ms_per_epoch']:.1f}", f"{p['untraced_ms_per_epoch']:.1f}"]
+            for p in payload["profile"]]
+    out.append(common.markdown_table(["batch"] + list(CATEGORIES)
+                                     + ["traced ms/epoch", "untraced ms/epoch"], rows))
+  return "\n".join(out)
+
+
+def plot(payload: Dict, path: str) -> None:
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    print("matplotlib not installed: no plot")
+    return
+  fig, ax = plt.subplots(figsize=(6, 4.2))
+  batches = [r["batch"] for r in payload["batches"]]
+  for c in COLUMNS:
+    med = [1e3 * r["timings"][c]["median"] for r in payload["batches"]]
+    lo = [1e3 * r["timings"][c]["p10"] for r in payload["batches"]]
+    hi = [1e3 * r["timings"][c]["p90"] for r in payload["batches"]]
+    ax.plot(batches, med, marker="o", label=LABELS[c])
+    ax.fill_between(batches, lo, hi, alpha=0.2)
+  ax.set_xscale("log", base=2)
+  ax.set_xticks(batches, [str(b) for b in batches])
+  ax.set_xlabel("batch size")
+  ax.set_ylabel("ms per USPS epoch (median, band p10-p90)")
+  ax.set_ylim(bottom=0)
+  ax.set_title(f"One epoch, 256-256-10, SGD+momentum ({payload['machine']['cpu_count']} cores)",
+               fontsize=9)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  print(f"wrote {path}")
+
+
+def main():
+  parser = common.add_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+  parser.add_argument("--rounds", type=int, default=15, help="timed epochs of each column")
+  parser.add_argument("--no-profile", dest="profile", action="store_false")
+  parser.add_argument("--no-widths", dest="widths", action="store_false")
+  args = parser.parse_args()
+  rounds = 3 if args.quick else args.rounds
+  train = mj.data.prepare("usps", val_fraction=0.0).train
+  x, y = np.asarray(train.x), np.asarray(train.y)
+  if args.quick:
+    x, y = x[:1000], y[:1000]
+  busy = common.busy_note()
+  if busy:
+    print(busy)
+  payload = {"machine": common.machine(), "rounds": rounds, "lr": LR, "momentum": MOMENTUM,
+             "l2": L2, "num_examples": int(x.shape[0]), "batches": [], "widths": [],
+             "profile": []}
+  for batch in BATCHES:
+    timings = time_columns(x, y, 256, batch, rounds)
+    payload["batches"].append({"batch": batch, "timings": timings})
+    print(f"B={batch}: " + ", ".join(f"{c} {common.ms(t['median'])} ms"
+                                     for c, t in timings.items()), flush=True)
+  if args.widths:
+    for hidden in WIDTHS[:2] if args.quick else WIDTHS:
+      timings = time_columns(x, y, hidden, 128, max(3, rounds // 3))
+      payload["widths"].append({"hidden": hidden, "timings": timings})
+      print(f"hidden={hidden}: " + ", ".join(f"{c} {common.ms(t['median'])} ms"
+                                             for c, t in timings.items()), flush=True)
+  if args.profile and jax.default_backend() == "cpu":
+    for batch in BATCHES:
+      payload["profile"].append(profile(x, y, batch, epochs=2 if args.quick else 5))
+  payload["busy"] = busy
+  name = common.result_name("epoch", args.quick)
+  common.write_results(name, payload, markdown(payload), args.out)
+  plot(payload, os.path.join(args.out, name + ".png"))
+
+
+if __name__ == "__main__":
+  main()

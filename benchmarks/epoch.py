@@ -12,15 +12,23 @@ Every column trains the same network (256 -> hidden -> 10, float32) for one epoc
   GEMM floor     the epoch's GEMMs alone through NumPy/OpenBLAS: `numpy_backprop.gemms_alone`
                  for every batch of the epoch, on preallocated outputs
 
-The columns are timed in turns (one epoch of each per round; medians), so a slow spell of the
-shared machine hits them all. Tables:
+The columns are timed in turns (one epoch of each per round, after a 0.2 s pause; medians), so
+a slow spell of the shared machine hits them all. Tables:
 
   1. ms per epoch at B = 32, 128, 512 and the ratios against mlp_jax;
   2. the same at B = 128 for hidden widths 256, 1024, 4096 (GEMM-bound as it grows);
-  3. with --profile (default), where the compiled epoch's time goes, per step, at B = 32, 128,
+  3. what each change to the epoch bought: the mlp_jax epoch with the later changes undone
+     (the shuffle of `training/permutation.py`, XLA's region-analysis copy insertion, the
+     row-major copy of A^T in `core/backprop.py`), timed in turns, after checking that the
+     variants give the same parameters (bit for bit, to rounding for the last);
+  4. with --profile (default), where the compiled epoch's time goes, per step, at B = 32, 128,
      512: a `jax.profiler` trace of XLA's CPU thunks, each thunk classed by the HLO it runs
-     (GEMMs, the minibatch gather, the rest of the gradient, the optimizer, the shuffle) and the
-     time the epoch's wall clock spends in no thunk at all (hand-offs between XLA's threads).
+     (GEMMs, the minibatch gather, the rest of the gradient, the optimizer, the shuffle, other:
+     the loop's own bookkeeping) and the rest of the epoch's wall time, spent in no thunk: XLA
+     waking its other thread to run the next thunk (hand-offs), and any part of an Eigen GEMM
+     that runs on the thread pool after its thunk has returned (the trace cannot tell the two
+     apart; since A^T is copied row-major, every GEMM of the epoch is a YNNPACK thunk, which
+     returns when its work is done). The row-major copies of A^T count as elementwise.
 
 Writes results/epoch[_quick].json and .md, and results/epoch[_quick].png (time per epoch vs
 batch size, a line per column) when matplotlib is installed.
@@ -28,6 +36,7 @@ batch size, a line per column) when matplotlib is installed.
 
 import argparse
 import collections
+import contextlib
 import gzip
 import json
 import os
@@ -48,16 +57,21 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import mlp_jax as mj  # noqa: E402
+from mlp_jax.core import backprop  # noqa: E402
 from mlp_jax.training import epoch as training  # noqa: E402
 
 LR, MOMENTUM, L2 = 0.1, 0.9, 1e-4
+# Seconds of rest before each timed epoch. Without it, OpenBLAS's threads, still spinning after
+# the NumPy column, took the cores from the next column: the mlp_jax epoch measured 41.6 ms in
+# turns with NumPy and 28.1 ms in turns with itself, in one run at B = 128.
+PAUSE = 0.2
 BATCHES = (32, 128, 512)
 WIDTHS = (256, 1024, 4096)
 COLUMNS = ("mlp_jax", "numpy", "sklearn", "floor")
 LABELS = {"mlp_jax": "mlp_jax scanned epoch", "numpy": "NumPy backprop loop",
           "sklearn": "scikit-learn MLPClassifier", "floor": "GEMMs alone, NumPy (floor)"}
-CATEGORIES = ("GEMMs", "gather", "elementwise", "optimizer", "shuffle", "other",
-              "no thunk (hand-offs)")
+OUTSIDE = "outside thunks"
+CATEGORIES = ("GEMMs", "gather", "elementwise", "optimizer", "shuffle", "other", OUTSIDE)
 
 
 def optimizer():
@@ -150,6 +164,7 @@ def time_columns(x, y, hidden: int, batch: int, rounds: int, columns=COLUMNS) ->
   times = collections.defaultdict(list)
   for _ in range(rounds):
     for c, run in runners.items():
+      time.sleep(PAUSE)  # let the last column's worker threads (OpenBLAS spins) go idle
       t0 = time.perf_counter()
       run()
       times[c].append(time.perf_counter() - t0)
@@ -195,35 +210,25 @@ def _hlo_classes(hlo_text: str) -> Dict[str, str]:
   return classes
 
 
-def _op_spans(events: List[Dict], classes: Dict[str, str]) -> List[tuple]:
-  """(category, start, end) in microseconds of every thunk that runs an HLO instruction.
-
-  A thunk's own event can end before its work does (XLA runs Eigen's GEMMs asynchronously on its
-  thread pool); its work ends at the thunk's "end: NAME" event, so a span runs from the thunk's
-  start to that marker.
-  """
-  events = sorted(events, key=lambda e: e["ts"])
-  open_spans = collections.defaultdict(collections.deque)
-  spans = []
+def _self_times(events: List[Dict]) -> List[tuple]:
+  """(name, exclusive microseconds) of complete events, per thread: an event's time minus that
+  of the events nested in it (a while loop's thunk holds its body's thunks)."""
+  out = []
+  by_thread = collections.defaultdict(list)
   for e in events:
-    name = e["name"]
-    if name in classes:
-      span = [classes[name], e["ts"], e["ts"] + e["dur"]]
-      spans.append(span)
-      open_spans[name].append(span)
-    elif name.startswith("end: ") and open_spans[name[5:]]:
-      span = open_spans[name[5:]].popleft()
-      span[2] = max(span[2], e["ts"] + e["dur"])
-  return [tuple(s) for s in spans]
-
-
-def _union_length(spans: List[tuple]) -> float:
-  total, reach = 0.0, -float("inf")
-  for _, start, end in sorted(spans, key=lambda s: s[1]):
-    if end > reach:
-      total += end - max(start, reach)
-      reach = end
-  return total
+    by_thread[(e["pid"], e["tid"])].append(e)
+  for evs in by_thread.values():
+    evs.sort(key=lambda e: (e["ts"], -e["dur"]))
+    stack: List[list] = []  # [end, name, own time]
+    for e in evs:
+      while stack and e["ts"] >= stack[-1][0]:
+        _, name, own = stack.pop()
+        out.append((name, own))
+      if stack:
+        stack[-1][2] -= e["dur"]
+      stack.append([e["ts"] + e["dur"], e["name"], e["dur"]])
+    out.extend((name, own) for _, name, own in stack)
+  return out
 
 
 def profile(x, y, batch: int, epochs: int = 5) -> Dict:
@@ -256,15 +261,74 @@ def profile(x, y, batch: int, epochs: int = 5) -> Dict:
     with gzip.open(path) as f:
       events = [e for e in json.load(f)["traceEvents"]
                 if e.get("ph") == "X" and not e["name"].startswith("$")]
-  spans = _op_spans(events, classes)
   totals = collections.Counter()
-  for category, start, end in spans:
-    totals[category] += end - start
+  for name, own in _self_times(events):
+    if name in classes:
+      totals[classes[name]] += own
   steps = training.steps_per_epoch(x.shape[0], batch) * epochs
-  totals["no thunk (hand-offs)"] = max(0.0, traced * epochs * 1e6 - _union_length(spans))
+  totals[OUTSIDE] = max(0.0, traced * epochs * 1e6 - sum(totals.values()))
   return {"batch_size": batch, "steps_per_epoch": steps // epochs,
           "us_per_step": {c: totals[c] / steps for c in CATEGORIES},
           "traced_ms_per_epoch": 1e3 * traced, "untraced_ms_per_epoch": 1e3 * untraced}
+
+
+# ---- what each change of the epoch bought ---------------------------------------------------------
+
+ABLATION = {
+    "before": "jax.random.permutation, default XLA options, A^T a view",
+    "+ shuffle": "+ the shuffle from one-operand sorts",
+    "+ in-place W": "+ region-analysis copy insertion",
+    "+ A^T copy": "+ A^T copied row-major (the library now)",
+}
+
+
+@contextlib.contextmanager
+def _undone(variant: str):
+  """The library's epoch pieces with the changes after `variant` undone, while inside."""
+  permutation, options, transposed = (training.permutation, training.compiler_options,
+                                      backprop._transposed)
+  if variant == "before":
+    training.permutation = lambda key, n: jax.random.permutation(key, n)
+  if variant in ("before", "+ shuffle"):
+    training.compiler_options = lambda mesh=None: None
+  if variant != "+ A^T copy":
+    backprop._transposed = lambda a: a.T
+  try:
+    yield
+  finally:
+    training.permutation, training.compiler_options, backprop._transposed = (
+        permutation, options, transposed)
+
+
+def ablation(x, y, batch: int, rounds: int) -> Dict:
+  """{variant: timing} of the mlp_jax epoch with each change undone, timed in turns. The first
+  three variants' epochs yield the same parameters bit for bit (checked); the A^T copy changes
+  which GEMM kernel sums dW, so its parameters agree to rounding (checked to 1e-5)."""
+  x, y = jnp.asarray(x), jnp.asarray(y)
+  opt = optimizer()
+  init = mj.init_params(jax.random.PRNGKey(0))
+  runs, results = {}, {}
+  for variant in ABLATION:
+    with _undone(variant):  # built, traced and compiled with the variant's pieces
+      epoch_fn = mj.make_epoch(opt, batch, L2)
+      params = jax.tree.map(jnp.copy, init)
+      params, state, _ = epoch_fn(params, opt.init(params), x, y, training.epoch_key(0, 0))
+    results[variant] = jax.tree.map(np.asarray, params)
+    runs[variant] = [epoch_fn, params, state, []]
+  first = jax.tree.leaves(results["before"])
+  for variant, tree in results.items():
+    for a, b in zip(first, jax.tree.leaves(tree)):
+      if variant == "+ A^T copy":
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+      else:
+        assert a.tobytes() == b.tobytes(), variant
+  for r in range(rounds):
+    for variant, run in runs.items():
+      t0 = time.perf_counter()
+      run[1], run[2], stats = run[0](run[1], run[2], x, y, training.epoch_key(0, r + 1))
+      jax.block_until_ready((run[1], stats))
+      run[3].append(time.perf_counter() - t0)
+  return {v: common.summarize(run[3]) for v, run in runs.items()}
 
 
 # ---- output --------------------------------------------------------------------------------------
@@ -296,6 +360,15 @@ def markdown(payload: Dict) -> str:
     out += ["", "Hidden width at B = 128:", ""]
     out.append(common.markdown_table(["hidden"] + header,
                                      epoch_rows(payload["widths"], "hidden")))
+  if payload.get("ablation"):
+    out += ["", "What each change bought (mlp_jax epoch, ms, the variants timed in turns; "
+            "the first three give bit-identical parameters, the last the same to rounding):",
+            ""]
+    rows = [[a["batch"]] + [common.ms(a["timings"][v]["median"]) for v in ABLATION]
+            + [_ratio(a["timings"]["before"]["median"],
+                      a["timings"]["+ A^T copy"]["median"])] for a in payload["ablation"]]
+    out.append(common.markdown_table(["batch"] + [ABLATION[v] for v in ABLATION]
+                                     + ["before / now"], rows))
   if payload.get("profile"):
     out += ["", "Where the compiled epoch's time goes (us per step, in a jax.profiler trace; "
             "the trace slows the epoch, see the last two columns):", ""]
@@ -341,6 +414,7 @@ def main():
   parser.add_argument("--rounds", type=int, default=15, help="timed epochs of each column")
   parser.add_argument("--no-profile", dest="profile", action="store_false")
   parser.add_argument("--no-widths", dest="widths", action="store_false")
+  parser.add_argument("--no-ablation", dest="ablation", action="store_false")
   args = parser.parse_args()
   rounds = 3 if args.quick else args.rounds
   train = mj.data.prepare("usps", val_fraction=0.0).train
@@ -352,7 +426,7 @@ def main():
     print(busy)
   payload = {"machine": common.machine(), "rounds": rounds, "lr": LR, "momentum": MOMENTUM,
              "l2": L2, "num_examples": int(x.shape[0]), "batches": [], "widths": [],
-             "profile": []}
+             "ablation": [], "profile": []}
   for batch in BATCHES:
     timings = time_columns(x, y, 256, batch, rounds)
     payload["batches"].append({"batch": batch, "timings": timings})
@@ -364,6 +438,12 @@ def main():
       payload["widths"].append({"hidden": hidden, "timings": timings})
       print(f"hidden={hidden}: " + ", ".join(f"{c} {common.ms(t['median'])} ms"
                                              for c, t in timings.items()), flush=True)
+  if args.ablation:
+    for batch in BATCHES:
+      timings = ablation(x, y, batch, rounds)
+      payload["ablation"].append({"batch": batch, "timings": timings})
+      print(f"ablation B={batch}: " + ", ".join(f"{v} {common.ms(t['median'])} ms"
+                                                for v, t in timings.items()), flush=True)
   if args.profile and jax.default_backend() == "cpu":
     for batch in BATCHES:
       payload["profile"].append(profile(x, y, batch, epochs=2 if args.quick else 5))

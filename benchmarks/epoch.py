@@ -12,23 +12,23 @@ Every column trains the same network (256 -> hidden -> 10, float32) for one epoc
   GEMM floor     the epoch's GEMMs alone through NumPy/OpenBLAS: `numpy_backprop.gemms_alone`
                  for every batch of the epoch, on preallocated outputs
 
-The columns are timed in turns (one epoch of each per round, after a 0.2 s pause; medians), so
-a slow spell of the shared machine hits them all. Tables:
+The columns are timed in turns, so that a slow spell of the shared machine hits them all: per
+round, each column runs four untimed epochs and then four timed ones back to back, as in a
+training loop (medians over the rounds; see WARMUP for why). Tables:
 
   1. ms per epoch at B = 32, 128, 512 and the ratios against mlp_jax;
   2. the same at B = 128 for hidden widths 256, 1024, 4096 (GEMM-bound as it grows);
   3. what each change to the epoch bought: the mlp_jax epoch with the later changes undone
-     (the shuffle of `training/permutation.py`, XLA's region-analysis copy insertion, the
-     row-major copy of A^T in `core/backprop.py`), timed in turns, after checking that the
-     variants give the same parameters (bit for bit, to rounding for the last);
+     (the shuffle of `training/permutation.py`, XLA's region-analysis copy insertion), timed in
+     turns, after checking that all variants give the same parameters bit for bit;
   4. with --profile (default), where the compiled epoch's time goes, per step, at B = 32, 128,
      512: a `jax.profiler` trace of XLA's CPU thunks, each thunk classed by the HLO it runs
      (GEMMs, the minibatch gather, the rest of the gradient, the optimizer, the shuffle, other:
      the loop's own bookkeeping) and the rest of the epoch's wall time, spent in no thunk: XLA
-     waking its other thread to run the next thunk (hand-offs), and any part of an Eigen GEMM
-     that runs on the thread pool after its thunk has returned (the trace cannot tell the two
-     apart; since A^T is copied row-major, every GEMM of the epoch is a YNNPACK thunk, which
-     returns when its work is done). The row-major copies of A^T count as elementwise.
+     waking its other thread to run the next thunk (hand-offs), and the part of an Eigen GEMM
+     that runs on the thread pool after its thunk has returned: XLA runs the products with a
+     transposed left operand, A^T Delta, that way (the other GEMMs are YNNPACK thunks, which
+     return when their work is done); the trace cannot tell the two apart.
 
 Writes results/epoch[_quick].json and .md, and results/epoch[_quick].png (time per epoch vs
 batch size, a line per column) when matplotlib is installed.
@@ -57,14 +57,15 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import mlp_jax as mj  # noqa: E402
-from mlp_jax.core import backprop  # noqa: E402
 from mlp_jax.training import epoch as training  # noqa: E402
 
 LR, MOMENTUM, L2 = 0.1, 0.9, 1e-4
-# Seconds of rest before each timed epoch. Without it, OpenBLAS's threads, still spinning after
-# the NumPy column, took the cores from the next column: the mlp_jax epoch measured 41.6 ms in
-# turns with NumPy and 28.1 ms in turns with itself, in one run at B = 128.
-PAUSE = 0.2
+# Per column and round: WARMUP untimed epochs, then BLOCK timed ones, all back to back. After
+# another library's turn (or any pause of 50 ms or more), XLA's epochs run slow until its
+# threads are busy again: at B = 128, 39.2, 39.5, 37.8, 31.8, 31.4, 29.5, 30.1, 29.7 ms for the
+# 1st to 8th epoch after a NumPy epoch (medians of 6), 28.0 ms run back to back throughout.
+# A training loop pays that once; one timed epoch per turn measured it every time.
+WARMUP, BLOCK = 4, 4
 BATCHES = (32, 128, 512)
 WIDTHS = (256, 1024, 4096)
 COLUMNS = ("mlp_jax", "numpy", "sklearn", "floor")
@@ -155,19 +156,21 @@ class Floor:
 RUNNERS = {"mlp_jax": MlpJax, "numpy": NumpyLoop, "sklearn": Sklearn, "floor": Floor}
 
 
-def time_columns(x, y, hidden: int, batch: int, rounds: int, columns=COLUMNS) -> Dict:
-  """{column: timing dict (seconds)} of one epoch each, the columns timed in turns."""
+def time_columns(x, y, hidden: int, batch: int, rounds: int, block: int = BLOCK,
+                 columns=COLUMNS) -> Dict:
+  """{column: timing dict (seconds)} of single epochs: in each round every column runs `WARMUP`
+  untimed epochs, then `block` timed ones, back to back."""
   init = mj.init_params(jax.random.PRNGKey(0), (x.shape[1], hidden, 10))
   runners = {c: RUNNERS[c](init, x, y, batch) for c in columns}
-  for run in runners.values():  # compile, warm caches
-    run()
   times = collections.defaultdict(list)
   for _ in range(rounds):
     for c, run in runners.items():
-      time.sleep(PAUSE)  # let the last column's worker threads (OpenBLAS spins) go idle
-      t0 = time.perf_counter()
-      run()
-      times[c].append(time.perf_counter() - t0)
+      for _ in range(WARMUP):  # compiles (first round); gets this column's threads going
+        run()
+      for _ in range(block):
+        t0 = time.perf_counter()
+        run()
+        times[c].append(time.perf_counter() - t0)
   return {c: common.summarize(t) for c, t in times.items()}
 
 
@@ -275,35 +278,29 @@ def profile(x, y, batch: int, epochs: int = 5) -> Dict:
 # ---- what each change of the epoch bought ---------------------------------------------------------
 
 ABLATION = {
-    "before": "jax.random.permutation, default XLA options, A^T a view",
+    "before": "jax.random.permutation, default XLA options",
     "+ shuffle": "+ the shuffle from one-operand sorts",
-    "+ in-place W": "+ region-analysis copy insertion",
-    "+ A^T copy": "+ A^T copied row-major (the library now)",
+    "+ in-place W": "+ region-analysis copy insertion (the library now)",
 }
 
 
 @contextlib.contextmanager
 def _undone(variant: str):
   """The library's epoch pieces with the changes after `variant` undone, while inside."""
-  permutation, options, transposed = (training.permutation, training.compiler_options,
-                                      backprop._transposed)
+  permutation, options = training.permutation, training.compiler_options
   if variant == "before":
     training.permutation = lambda key, n: jax.random.permutation(key, n)
   if variant in ("before", "+ shuffle"):
     training.compiler_options = lambda mesh=None: None
-  if variant != "+ A^T copy":
-    backprop._transposed = lambda a: a.T
   try:
     yield
   finally:
-    training.permutation, training.compiler_options, backprop._transposed = (
-        permutation, options, transposed)
+    training.permutation, training.compiler_options = permutation, options
 
 
 def ablation(x, y, batch: int, rounds: int) -> Dict:
-  """{variant: timing} of the mlp_jax epoch with each change undone, timed in turns. The first
-  three variants' epochs yield the same parameters bit for bit (checked); the A^T copy changes
-  which GEMM kernel sums dW, so its parameters agree to rounding (checked to 1e-5)."""
+  """{variant: timing} of the mlp_jax epoch with each change undone, timed in turns, after
+  checking that every variant's epoch yields the same parameters bit for bit."""
   x, y = jnp.asarray(x), jnp.asarray(y)
   opt = optimizer()
   init = mj.init_params(jax.random.PRNGKey(0))
@@ -317,12 +314,8 @@ def ablation(x, y, batch: int, rounds: int) -> Dict:
     runs[variant] = [epoch_fn, params, state, []]
   first = jax.tree.leaves(results["before"])
   for variant, tree in results.items():
-    for a, b in zip(first, jax.tree.leaves(tree)):
-      if variant == "+ A^T copy":
-        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
-      else:
-        assert a.tobytes() == b.tobytes(), variant
-  for r in range(rounds):
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(first, jax.tree.leaves(tree))), variant
+  for r in range(rounds * BLOCK):
     for variant, run in runs.items():
       t0 = time.perf_counter()
       run[1], run[2], stats = run[0](run[1], run[2], x, y, training.epoch_key(0, r + 1))
@@ -352,7 +345,8 @@ def epoch_rows(results: Sequence[Dict], key: str) -> List[List]:
 def markdown(payload: Dict) -> str:
   m = payload["machine"]
   out = [f"# One USPS epoch ({m['date']}, {m['processor']}, {m['cpu_count']} cores, "
-         f"jax {m['jax']}, {payload['rounds']} rounds, medians, ms)", ""]
+         f"jax {m['jax']}; {payload['rounds']} rounds of {BLOCK} epochs per column, medians, "
+         "ms)", ""]
   header = ["mlp_jax", "NumPy loop", "scikit-learn", "GEMM floor", "mlp_jax / floor",
             "sklearn / mlp_jax", "NumPy / mlp_jax"]
   out.append(common.markdown_table(["batch"] + header, epoch_rows(payload["batches"], "batch")))
@@ -362,11 +356,10 @@ def markdown(payload: Dict) -> str:
                                      epoch_rows(payload["widths"], "hidden")))
   if payload.get("ablation"):
     out += ["", "What each change bought (mlp_jax epoch, ms, the variants timed in turns; "
-            "the first three give bit-identical parameters, the last the same to rounding):",
-            ""]
+            "all give bit-identical parameters):", ""]
     rows = [[a["batch"]] + [common.ms(a["timings"][v]["median"]) for v in ABLATION]
             + [_ratio(a["timings"]["before"]["median"],
-                      a["timings"]["+ A^T copy"]["median"])] for a in payload["ablation"]]
+                      a["timings"]["+ in-place W"]["median"])] for a in payload["ablation"]]
     out.append(common.markdown_table(["batch"] + [ABLATION[v] for v in ABLATION]
                                      + ["before / now"], rows))
   if payload.get("profile"):
@@ -411,12 +404,13 @@ def plot(payload: Dict, path: str) -> None:
 
 def main():
   parser = common.add_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-  parser.add_argument("--rounds", type=int, default=15, help="timed epochs of each column")
+  parser.add_argument("--rounds", type=int, default=5,
+                      help=f"rounds of {BLOCK} timed epochs per column")
   parser.add_argument("--no-profile", dest="profile", action="store_false")
   parser.add_argument("--no-widths", dest="widths", action="store_false")
   parser.add_argument("--no-ablation", dest="ablation", action="store_false")
   args = parser.parse_args()
-  rounds = 3 if args.quick else args.rounds
+  rounds = 2 if args.quick else args.rounds
   train = mj.data.prepare("usps", val_fraction=0.0).train
   x, y = np.asarray(train.x), np.asarray(train.y)
   if args.quick:
@@ -434,7 +428,7 @@ def main():
                                      for c, t in timings.items()), flush=True)
   if args.widths:
     for hidden in WIDTHS[:2] if args.quick else WIDTHS:
-      timings = time_columns(x, y, hidden, 128, max(3, rounds // 3))
+      timings = time_columns(x, y, hidden, 128, max(2, rounds // 2), block=2)
       payload["widths"].append({"hidden": hidden, "timings": timings})
       print(f"hidden={hidden}: " + ", ".join(f"{c} {common.ms(t['median'])} ms"
                                              for c, t in timings.items()), flush=True)

@@ -59,24 +59,6 @@ def backprop_errors(params: Params, activations: Sequence[jax.Array], top: jax.A
   return tuple(deltas[::-1])
 
 
-# On CPU, XLA gives a product whose left operand is transposed, A^T Delta, to Eigen, run
-# asynchronously on its thread pool; the forward products go to YNNPACK. Copying A^T to a
-# row-major array first (the barrier keeps XLA from folding the transpose back into the product)
-# sends A^T Delta to YNNPACK too: loss + gradients 0.82 -> 0.72 ms at m = 256, 2.40 -> 2.15 ms
-# at m = 1024, and the USPS epoch at B = 128 34.0 -> 31.2 ms, in one run each. Above this size
-# the copy costs more than it saves (m = 16384: 55.6 -> 60.5 ms), so A^T stays a view there.
-TRANSPOSE_COPY_MAX_BYTES = 8 * 2**20
-
-
-def _transposed(a: jax.Array) -> jax.Array:
-  """a.T for the left side of A^T Delta: a row-major copy on CPU up to the size above, a view
-  elsewhere (GPU and TPU GEMMs read transposed operands at no cost)."""
-  if a.size * a.dtype.itemsize > TRANSPOSE_COPY_MAX_BYTES:
-    return a.T
-  return jax.lax.platform_dependent(a, cpu=lambda a: jax.lax.optimization_barrier(a.T),
-                                    default=lambda a: a.T)
-
-
 def layer_grads(params: Params, activations: Sequence[jax.Array],
                 deltas: Sequence[jax.Array], l2: ArrayLike, m: ArrayLike,
                 compute_dtype: Optional[DTypeLike] = None) -> Params:
@@ -84,8 +66,7 @@ def layer_grads(params: Params, activations: Sequence[jax.Array],
   dtype = params[0].w.dtype
   decay = jnp.asarray(l2, dtype) / m
   return tuple(
-      Dense(w=matmul(_transposed(a), delta, compute_dtype) + decay * layer.w,
-            b=delta.sum(axis=0))
+      Dense(w=matmul(a.T, delta, compute_dtype) + decay * layer.w, b=delta.sum(axis=0))
       for layer, a, delta in zip(params, activations, deltas))
 
 

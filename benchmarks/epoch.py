@@ -16,7 +16,8 @@ The columns are timed in turns, so that a slow spell of the shared machine hits 
 round, each column runs four untimed epochs and then four timed ones back to back, as in a
 training loop (medians over the rounds; see WARMUP for why). Tables:
 
-  1. ms per epoch at B = 32, 128, 512 and the ratios against mlp_jax;
+  1. ms per epoch at B = 32, 128, 512 and the ratios against mlp_jax (medians, and again from
+     each column's fastest epoch);
   2. the same at B = 128 for hidden widths 256, 1024, 4096 (GEMM-bound as it grows);
   3. what each change to the epoch bought: the mlp_jax epoch with the later changes undone
      (the shuffle of `training/permutation.py`, XLA's region-analysis copy insertion), timed in
@@ -330,10 +331,10 @@ def _ratio(a, b):
   return f"{a / b:.2f}x"
 
 
-def epoch_rows(results: Sequence[Dict], key: str) -> List[List]:
+def epoch_rows(results: Sequence[Dict], key: str, stat: str = "median") -> List[List]:
   rows = []
   for r in results:
-    t = {c: r["timings"][c]["median"] for c in r["timings"]}
+    t = {c: r["timings"][c][stat] for c in r["timings"]}
     row = [r[key]] + [common.ms(t[c]) for c in COLUMNS if c in t]
     row.append(_ratio(t["mlp_jax"], t["floor"]) if "floor" in t else "")
     row.append(_ratio(t["sklearn"], t["mlp_jax"]) if "sklearn" in t else "")
@@ -350,6 +351,10 @@ def markdown(payload: Dict) -> str:
   header = ["mlp_jax", "NumPy loop", "scikit-learn", "GEMM floor", "mlp_jax / floor",
             "sklearn / mlp_jax", "NumPy / mlp_jax"]
   out.append(common.markdown_table(["batch"] + header, epoch_rows(payload["batches"], "batch")))
+  out += ["", "The same from each column's fastest epoch (minimum over all timed epochs; a "
+          "shared machine's slow spells move it least):", ""]
+  out.append(common.markdown_table(["batch"] + header,
+                                   epoch_rows(payload["batches"], "batch", "min")))
   if payload.get("widths"):
     out += ["", "Hidden width at B = 128:", ""]
     out.append(common.markdown_table(["hidden"] + header,
@@ -409,7 +414,15 @@ def main():
   parser.add_argument("--no-profile", dest="profile", action="store_false")
   parser.add_argument("--no-widths", dest="widths", action="store_false")
   parser.add_argument("--no-ablation", dest="ablation", action="store_false")
+  parser.add_argument("--render", metavar="JSON",
+                      help="print the tables of an earlier run's JSON and redraw its plot")
   args = parser.parse_args()
+  if args.render:
+    with open(args.render) as f:
+      payload = json.load(f)
+    print(markdown(payload))
+    plot(payload, os.path.splitext(args.render)[0] + ".png")
+    return
   rounds = 2 if args.quick else args.rounds
   train = mj.data.prepare("usps", val_fraction=0.0).train
   x, y = np.asarray(train.x), np.asarray(train.y)

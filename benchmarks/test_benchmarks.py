@@ -135,3 +135,72 @@ def test_accelerator_script_quick_cpu_run(tmp_path):
              for r in rows)
   assert "analytic M samples/s" in (tmp_path / "accelerator.md").read_text()
   assert (tmp_path / "accelerator.log").stat().st_size > 0
+
+
+def test_epoch_profile_counts_each_thunks_own_time():
+  import epoch
+  events = [  # a loop thunk holding two thunks on one thread, one thunk on another
+      {"pid": 1, "tid": 1, "ts": 0, "dur": 100, "name": "while.1"},
+      {"pid": 1, "tid": 1, "ts": 10, "dur": 30, "name": "dot.2"},
+      {"pid": 1, "tid": 1, "ts": 50, "dur": 20, "name": "fusion.3"},
+      {"pid": 1, "tid": 2, "ts": 20, "dur": 15, "name": "fusion.4"},
+  ]
+  assert sorted(epoch._self_times(events)) == [
+      ("dot.2", 30), ("fusion.3", 20), ("fusion.4", 15), ("while.1", 50)]
+
+
+def test_epoch_profile_classes_thunks_by_dot_and_named_scope():
+  import epoch
+  hlo = """
+%fused_computation.1 (p0: f32[2,2], p1: f32[2,2]) -> f32[2,2] {
+  ROOT %dot.9 = f32[2,2]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+ENTRY %main (a: f32[2,2]) -> f32[2,2] {
+  %ynn_fusion = f32[2,2]{1,0} fusion(%a, %a), kind=kCustom, calls=%fused_computation.1, metadata={op_name="jit(epoch)/while/body/gradients/dot_general"}
+  %gather_fusion = f32[2,2]{1,0} fusion(%a), kind=kLoop, calls=%x, metadata={op_name="jit(epoch)/while/body/batch/gather"}
+  %add_fusion = f32[2,2]{1,0} fusion(%a), kind=kLoop, calls=%y, metadata={op_name="jit(epoch)/while/body/optimizer/add"}
+  %exp_fusion = f32[2,2]{1,0} fusion(%a), kind=kLoop, calls=%z, metadata={op_name="jit(epoch)/while/body/gradients/exp"}
+  %sort.0 = u32[2]{0} sort(%a), dimensions={0}, metadata={op_name="jit(epoch)/plan/sort"}
+  ROOT %while.1 = f32[2,2]{1,0} while(%a), condition=%c, body=%b
+}
+"""
+  classes = epoch._hlo_classes(hlo)
+  assert {k: classes[k] for k in ("ynn_fusion", "gather_fusion", "add_fusion", "exp_fusion",
+                                  "sort.0", "while.1")} == {
+      "ynn_fusion": "GEMMs", "gather_fusion": "gather", "add_fusion": "optimizer",
+      "exp_fusion": "elementwise", "sort.0": "shuffle", "while.1": "other"}
+
+
+@pytest.mark.slow
+def test_epoch_quick_run_writes_every_table(tmp_path):  # 20-30 s
+  proc = subprocess.run([sys.executable, os.path.join(BENCH, "epoch.py"), "--quick",
+                         "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  payload = json.loads((tmp_path / "epoch_quick.json").read_text())
+  assert [r["batch"] for r in payload["batches"]] == [32, 128, 512]
+  for r in payload["batches"] + payload["widths"]:
+    assert set(r["timings"]) == {"mlp_jax", "numpy", "sklearn", "floor"}
+    assert all(t["median"] > 0 for t in r["timings"].values())
+  assert [a["batch"] for a in payload["ablation"]] == [32, 128, 512]
+  for p in payload["profile"]:
+    assert p["us_per_step"]["GEMMs"] > 0 and p["us_per_step"]["shuffle"] > 0
+  text = (tmp_path / "epoch_quick.md").read_text()
+  assert "mlp_jax / floor" in text and "outside thunks" in text and "What each change" in text
+  assert (tmp_path / "epoch_quick.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_cold_start_quick_run_times_every_variant(tmp_path):  # ~30 s: 9 fresh processes
+  proc = subprocess.run([sys.executable, os.path.join(BENCH, "cold_start.py"), "--quick",
+                         "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads((tmp_path / "cold_start_quick.json").read_text())["results"]
+  assert set(results) == {"bare", "mlp_jax", "eager", "cache"}
+  assert results["bare"]["ratio_to_bare"] == 1.0
+  for v in ("mlp_jax", "eager", "cache"):
+    assert set(results[v]["inside"]) == {"import jax", "import mlp_jax", "init_params",
+                                         "first gradient"}
+  # a warm cache loads instead of compiling: the first gradient is far cheaper than a compile
+  assert results["cache"]["inside"]["first gradient"] < results["mlp_jax"]["inside"][
+      "first gradient"]

@@ -387,3 +387,38 @@ def test_fit_works_with_x64_switched_on_globally_for_float32_data():
   assert result.params[0].w.dtype == jnp.float32
   correct = int((np.asarray(mj.predict(result.params, x)) == np.asarray(y)).sum())
   assert result.history[-1]["val_acc"] == correct / 30
+
+
+def _one_epoch(x, y, batch_size=8):
+  opt = optax.sgd(0.1, momentum=0.9)
+  params = mj.init_params(jax.random.PRNGKey(0), SIZES)
+  params, _, stats = mj.make_epoch(opt, batch_size, 0.01)(params, opt.init(params), x, y,
+                                                          training.epoch_key(3, 0))
+  return params, stats.losses
+
+
+def test_the_epochs_xla_options_change_no_bit(monkeypatch):
+  x, y = _data(50)
+  ours = _one_epoch(x, y)
+  monkeypatch.setattr(training, "compiler_options", lambda mesh=None: None)
+  assert trees_bit_equal(ours, _one_epoch(x, y))
+
+
+def test_options_this_jaxlib_does_not_know_are_left_out(monkeypatch):
+  monkeypatch.setattr(training, "CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option": True})
+  training._cpu_options_known.cache_clear()
+  try:
+    assert training.compiler_options() is None
+    x, y = _data(50)
+    _, losses = _one_epoch(x, y)
+    assert bool(jnp.isfinite(losses).all())
+  finally:
+    training._cpu_options_known.cache_clear()
+
+
+def test_the_epochs_shuffle_is_jax_random_permutation():
+  indices, mask = training.epoch_batches(training.epoch_key(3, 1), 50, 8)
+  perm = jax.random.permutation(training.epoch_key(3, 1), 50)
+  np.testing.assert_array_equal(indices.reshape(-1)[:50], perm)
+  np.testing.assert_array_equal(indices.reshape(-1)[50:], perm[:6])  # the masked padding
+  assert int(mask.sum()) == 50

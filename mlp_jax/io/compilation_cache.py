@@ -2,8 +2,8 @@
 
     mj.enable_compilation_cache()      # before training; `mlp-jax` does this itself
 
-A fresh process pays for compiling every program it runs: on a 2-core CPU, 0.85 s for
-`init_params` (the PRNG's sampler) and 0.3 s for the first gradient, against 1.1 s for
+A fresh process pays for compiling every program it runs: on a 2-core CPU, 0.9-1.2 s for
+`init_params` (the PRNG's sampler) and 0.3-0.4 s for the first gradient, about as much as
 `import jax` itself (docs/benchmarks.md, "Cold start"). JAX can keep compiled programs on disk
 and load them in the next process; it is off unless configured, and by default keeps only
 programs that took over a second to compile, which none of these does. This turns it on for

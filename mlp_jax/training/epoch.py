@@ -74,9 +74,22 @@ CPU_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 
 
 def compiler_options(mesh: Optional[Mesh] = None) -> Optional[dict]:
-  """The XLA options the epoch is compiled with: `CPU_COMPILER_OPTIONS` on CPU, else none."""
+  """The XLA options the epoch is compiled with: `CPU_COMPILER_OPTIONS` on CPU where this
+  jax/jaxlib knows them, else none."""
   platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
-  return dict(CPU_COMPILER_OPTIONS) if platform == "cpu" else None
+  return dict(CPU_COMPILER_OPTIONS) if platform == "cpu" and _cpu_options_known() else None
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_options_known() -> bool:
+  """Whether jax.jit takes `CPU_COMPILER_OPTIONS` (older releases lack the argument or the
+  option): one tiny compile, once per process."""
+  try:
+    jax.jit(lambda v: v + 1, compiler_options=CPU_COMPILER_OPTIONS).lower(
+        jnp.zeros(1)).compile()
+  except Exception:  # TypeError (no such argument) or XLA's INVALID_ARGUMENT (no such option)
+    return False
+  return True
 
 
 class EpochStats(NamedTuple):

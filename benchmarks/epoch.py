@@ -307,8 +307,8 @@ def ablation(x, y, batch: int, rounds: int) -> Dict:
   init = mj.init_params(jax.random.PRNGKey(0))
   runs, results = {}, {}
   for variant in ABLATION:
-    with _undone(variant):  # built, traced and compiled with the variant's pieces
-      epoch_fn = mj.make_epoch(opt, batch, L2)
+    with _undone(variant):  # built anew (not make_epoch's cached program), traced, compiled
+      epoch_fn = training.build_epoch(opt, batch, L2, None, None, None).epoch
       params = jax.tree.map(jnp.copy, init)
       params, state, _ = epoch_fn(params, opt.init(params), x, y, training.epoch_key(0, 0))
     results[variant] = jax.tree.map(np.asarray, params)

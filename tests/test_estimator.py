@@ -11,6 +11,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import mlp_jax as mj
+from conftest import count_compiles
 
 pytestmark = pytest.mark.usefixtures("standard_promotion")  # optax inside fit
 SMALL = dict(hidden_layer_sizes=(16,), max_iter=30, learning_rate_init=0.05, random_state=0)
@@ -114,3 +115,13 @@ def test_probabilities_sum_to_one_in_float64():
   proba = mj.MLPClassifier(**SMALL).fit(X, y).predict_proba(X)
   assert proba.dtype == np.float64
   np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+
+
+def test_partial_fit_compiles_its_epoch_once():
+  X, y = np.random.default_rng(0).standard_normal((60, 5)), np.arange(60) % 3
+  clf = mj.MLPClassifier(hidden_layer_sizes=(4,), batch_size=20, random_state=0)
+  clf.partial_fit(X, y, classes=[0, 1, 2])
+  with count_compiles() as compiles:
+    clf.partial_fit(X, y)
+    clf.partial_fit(X, y)
+  assert compiles() == 0

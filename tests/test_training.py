@@ -392,8 +392,8 @@ def test_fit_works_with_x64_switched_on_globally_for_float32_data():
 def _one_epoch(x, y, batch_size=8):
   opt = optax.sgd(0.1, momentum=0.9)
   params = mj.init_params(jax.random.PRNGKey(0), SIZES)
-  params, _, stats = mj.make_epoch(opt, batch_size, 0.01)(params, opt.init(params), x, y,
-                                                          training.epoch_key(3, 0))
+  epoch = training.build_epoch(opt, batch_size, 0.01, None, None, None).epoch  # built anew
+  params, _, stats = epoch(params, opt.init(params), x, y, training.epoch_key(3, 0))
   return params, stats.losses
 
 
@@ -422,3 +422,10 @@ def test_the_epochs_shuffle_is_jax_random_permutation():
   np.testing.assert_array_equal(indices.reshape(-1)[:50], perm)
   np.testing.assert_array_equal(indices.reshape(-1)[50:], perm[:6])  # the masked padding
   assert int(mask.sum()) == 50
+
+
+def test_make_epoch_returns_the_compiled_program_again_for_the_same_settings():
+  opt = optax.adam(1e-3)
+  assert mj.make_epoch(opt, 8, 0.1) is mj.make_epoch(opt, 8, 0.1)
+  assert mj.make_epoch(opt, 8, 0.1) is not mj.make_epoch(opt, 16, 0.1)
+  assert mj.make_epoch(opt, 8, jnp.asarray(0.1)) is not mj.make_epoch(opt, 8, jnp.asarray(0.1))

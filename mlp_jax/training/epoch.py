@@ -165,10 +165,25 @@ def build_epoch(optimizer: optax.GradientTransformation, batch_size: int, l2: Ar
   return EpochProgram(epoch, step, plan)
 
 
+_cached_build_epoch = functools.lru_cache(maxsize=32)(build_epoch)
+
+
+def epoch_program(*settings) -> EpochProgram:
+  """`build_epoch(*settings)`, the same program for the same (hashable) settings, so that a later
+  `make_epoch`, `fit` or `partial_fit` with the same optimizer object and data shapes runs
+  without compiling again; unhashable settings (e.g. l2 given as an array) build anew."""
+  try:
+    hash(settings)
+  except TypeError:
+    return build_epoch(*settings)
+  return _cached_build_epoch(*settings)
+
+
 def make_epoch(optimizer: optax.GradientTransformation, batch_size: int, l2: ArrayLike = 0.0, *,
                compute_dtype: Optional[DTypeLike] = None, dp: Optional[privacy.DPConfig] = None,
                mesh: Optional[Mesh] = None, shuffle: bool = True) -> Callable:
-  """A jitted `epoch(params, opt_state, x, y, key) -> (params, opt_state, EpochStats)`.
+  """A jitted `epoch(params, opt_state, x, y, key) -> (params, opt_state, EpochStats)`; the
+  same settings (the same optimizer object) give the same, already compiled function back.
 
   One `lax.scan` over the minibatches of a permutation drawn from `key` (with `shuffle=False`,
   of the rows in order). The short last batch
@@ -185,7 +200,7 @@ def make_epoch(optimizer: optax.GradientTransformation, batch_size: int, l2: Arr
   along "data" (`batch_size` must divide across the devices; DP batches are padded with masked
   rows to do so), and XLA all-reduces the gradient; the same batches and math as without it.
   """
-  return build_epoch(optimizer, batch_size, l2, compute_dtype, dp, mesh, shuffle).epoch
+  return epoch_program(optimizer, batch_size, l2, compute_dtype, dp, mesh, shuffle).epoch
 
 
 def epoch_key(seed: int, epoch: int) -> jax.Array:

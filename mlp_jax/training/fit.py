@@ -4,13 +4,12 @@
     more = fit(params, (x, y), optimizer=optax.adam(1e-3), epochs=30, val=(xv, yv),
                resume=result.state)       # epochs 21..30, as if never stopped
 
-Each epoch is one compiled call (`epoch.build_epoch`); around it, small steps: check the epoch
+Each epoch is one compiled call (`epoch.epoch_program`); around it, small steps: check the epoch
 was finite (else replay it to name the first bad step), record the epoch, update early stopping
 and the privacy ledger, hand the `RunState` to the caller, and stop when asked.
 """
 
 import dataclasses
-import functools
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -25,7 +24,7 @@ from mlp_jax.core import checks
 from mlp_jax.core.model import Params
 from mlp_jax.errors import InputError, NonFiniteError
 from mlp_jax.training import distributed, privacy
-from mlp_jax.training.epoch import EpochProgram, build_epoch, epoch_key
+from mlp_jax.training.epoch import EpochProgram, epoch_key, epoch_program
 from mlp_jax.training.evaluation import evaluate_checked
 from mlp_jax.training.optimizers import steps_per_epoch
 from mlp_jax.training.run import (Best, RunState, check_more_epochs, check_unchanged,
@@ -126,7 +125,7 @@ def fit(params: Params, train: Tuple[ArrayLike, ArrayLike], *,
     state = resume._replace(params=_copy_tree(resume.params), opt_state=_copy_tree(opt_state))
     if check_more_epochs(state, epochs, "the resumed run") is not None:
       return _result(state, interrupted=False)
-  program = _epoch_program(optimizer, batch_size, l2, compute_dtype, dp, mesh, shuffle)
+  program = epoch_program(optimizer, batch_size, l2, compute_dtype, dp, mesh, shuffle)
   if mesh is not None:
     x, y, val, params, opt_state, best = distributed.replicate(
         (x, y, val, state.params, state.opt_state, state.best.params), mesh)  # once
@@ -140,19 +139,6 @@ def fit(params: Params, train: Tuple[ArrayLike, ArrayLike], *,
     if should_stop is not None and should_stop() and state.epochs_done < epochs:
       return _result(state, interrupted=not state.stopped_early)
   return _result(state, interrupted=False)
-
-
-_cached_build_epoch = functools.lru_cache(maxsize=32)(build_epoch)
-
-
-def _epoch_program(*settings) -> EpochProgram:
-  """`build_epoch(*settings)`, the same program for the same (hashable) settings: a later fit
-  with the same optimizer object and data shapes then runs without compiling again."""
-  try:
-    hash(settings)
-  except TypeError:  # e.g. l2 given as an array
-    return build_epoch(*settings)
-  return _cached_build_epoch(*settings)
 
 
 def _settings(num_train, val, epochs, batch_size, l2, seed, patience, compute_dtype, dp, mesh):

@@ -63,9 +63,9 @@ from mlp_jax.training import epoch as training  # noqa: E402
 LR, MOMENTUM, L2 = 0.1, 0.9, 1e-4
 # Per column and round: WARMUP untimed epochs, then BLOCK timed ones, all back to back. After
 # another library's turn (or any pause of 50 ms or more), XLA's epochs run slow until its
-# threads are busy again: at B = 128, 39.2, 39.5, 37.8, 31.8, 31.4, 29.5, 30.1, 29.7 ms for the
-# 1st to 8th epoch after a NumPy epoch (medians of 6), 28.0 ms run back to back throughout.
-# A training loop pays that once; one timed epoch per turn measured it every time.
+# threads are busy again (`epoch_experiments.py after-pause`: 37.5, 46.5, 37.5, 29.3 ms for the
+# 1st to 4th epoch after a NumPy epoch, 32.0 back to back). A training loop pays that once;
+# one timed epoch per turn would measure it every time.
 WARMUP, BLOCK = 4, 4
 BATCHES = (32, 128, 512)
 WIDTHS = (256, 1024, 4096)
@@ -235,9 +235,14 @@ def _self_times(events: List[Dict]) -> List[tuple]:
   return out
 
 
-def profile(x, y, batch: int, epochs: int = 5) -> Dict:
-  """Per-step microseconds by category of `epochs` traced epochs, and the traced and untraced
-  wall time per epoch."""
+def trace_epochs(x, y, batch: int, epochs: int) -> tuple:
+  """Runs the library's epoch with XLA's per-thunk trace events: 2 warm-up epochs, `epochs`
+  untimed-by-the-profiler ones, then `epochs` inside a `jax.profiler` trace.
+
+  Returns:
+    (classes, events, traced, untraced): `_hlo_classes` of the compiled epoch; the trace's
+    complete events (Python frames left out); seconds per epoch with and without the trace.
+  """
   opt = optimizer()
   epoch_fn = mj.make_epoch(opt, batch, L2)
   params = mj.init_params(jax.random.PRNGKey(0))
@@ -245,7 +250,6 @@ def profile(x, y, batch: int, epochs: int = 5) -> Dict:
   x, y, key = jnp.asarray(x), jnp.asarray(y), training.epoch_key(0, 0)
   options = dict(training.compiler_options() or {}, xla_cpu_enable_xprof_traceme=True)
   compiled = epoch_fn.lower(params, state, x, y, key).compile(options)
-  classes = _hlo_classes(compiled.as_text())
 
   def run(n):
     nonlocal params, state
@@ -265,6 +269,13 @@ def profile(x, y, batch: int, epochs: int = 5) -> Dict:
     with gzip.open(path) as f:
       events = [e for e in json.load(f)["traceEvents"]
                 if e.get("ph") == "X" and not e["name"].startswith("$")]
+  return _hlo_classes(compiled.as_text()), events, traced, untraced
+
+
+def profile(x, y, batch: int, epochs: int = 5) -> Dict:
+  """Per-step microseconds by category of `epochs` traced epochs, and the traced and untraced
+  wall time per epoch."""
+  classes, events, traced, untraced = trace_epochs(x, y, batch, epochs)
   totals = collections.Counter()
   for name, own in _self_times(events):
     if name in classes:

@@ -204,3 +204,15 @@ def test_cold_start_quick_run_times_every_variant(tmp_path):  # ~30 s: 9 fresh p
   # a warm cache loads instead of compiling: the first gradient is far cheaper than a compile
   assert results["cache"]["inside"]["first gradient"] < results["mlp_jax"]["inside"][
       "first gradient"]
+
+
+@pytest.mark.parametrize("what", ["shuffle", "hlo"])
+def test_epoch_experiments_run(what, tmp_path):  # ~5 s and ~20 s
+  args = [str(tmp_path / "hlo.txt")] if what == "hlo" else []
+  proc = subprocess.run([sys.executable, os.path.join(BENCH, "epoch_experiments.py"), what,
+                         *args], capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  if what == "shuffle":
+    assert "jax.random.permutation" in proc.stdout and "mlp_jax permutation" in proc.stdout
+  else:
+    assert (tmp_path / "hlo.txt").read_text().count("HloModule") == 24

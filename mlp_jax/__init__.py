@@ -7,42 +7,76 @@
 
 The package is layered (docs/architecture.md): `core` (model, objective, backprop, per-example),
 `oracle` (jax.grad, finite differences, the check), `training`, `io` and `tools` (CLI, plots,
-diagnosis); each imports only the ones before it. `import mlp_jax` loads the first four;
-`mj.diagnose` loads the diagnosis on first use.
+diagnosis); each imports only the ones before it. `import mlp_jax` itself imports nothing but
+the standard library: each public name imports its module on first use.
 """
 
-from importlib import metadata as _metadata
+from typing import TYPE_CHECKING
 
-from mlp_jax.core.backprop import grads, loss_and_grads
-from mlp_jax.core.checks import value_checks
-from mlp_jax.core.model import Dense, Params, forward, init_params, layer_sizes, predict
-from mlp_jax.core.objective import loss
-from mlp_jax.core.per_example import (LayerNorms, clipped_mean_grads, per_sample_grad_norms,
-                                      per_sample_grads, per_sample_layer_norms)
-from mlp_jax.errors import (CheckpointError, DataFileError, InputError, InputTypeError,
-                            MissingDependencyError, MLPJaxError, NonFiniteError, ResumeError,
-                            StorageError)
-from mlp_jax.io import data
-from mlp_jax.io.compilation_cache import enable_compilation_cache
-from mlp_jax.io.checkpoint import (Checkpoint, SavedRun, load_checkpoint, load_pytree, load_run,
-                                   save_checkpoint, save_pytree, save_run)
-from mlp_jax.oracle.autodiff import autodiff_grads, autodiff_per_sample_grads
-from mlp_jax.oracle.check import GradientReport, check_gradients, relative_error
-from mlp_jax.training import distributed
-from mlp_jax.training.distributed import (DistributedError, initialize_distributed, is_primary,
-                                          make_mesh, process_shard, replicate, shard_batch)
-from mlp_jax.training.evaluation import confusion_matrix, evaluate
-from mlp_jax.training.epoch import make_epoch
-from mlp_jax.training.fit import FitResult, fit
-from mlp_jax.training.optimizers import make_optimizer, steps_per_epoch
-from mlp_jax.training.privacy import DPConfig, LedgerEntry, dp_epsilon, ledger_epsilon
-from mlp_jax.training.run import RunState
-from mlp_jax.training.step import make_data_parallel_step, make_train_step
+# Where each public name lives: module -> the names taken from it. `import mlp_jax` loads none
+# of them; the first use of a name imports its module (so `mlp-jax` can set up its signal
+# handling before JAX loads, and `import mlp_jax` costs nothing until used).
+_FROM = {
+    "mlp_jax.core.backprop": ("grads", "loss_and_grads"),
+    "mlp_jax.core.checks": ("value_checks",),
+    "mlp_jax.core.inference": ("forward", "predict"),
+    "mlp_jax.core.model": ("Dense", "Params", "init_params", "layer_sizes"),
+    "mlp_jax.core.objective": ("loss",),
+    "mlp_jax.core.per_example": ("LayerNorms", "clipped_mean_grads", "per_sample_grad_norms",
+                                 "per_sample_grads", "per_sample_layer_norms"),
+    "mlp_jax.errors": ("CheckpointError", "DataFileError", "InputError", "InputTypeError",
+                       "MissingDependencyError", "MLPJaxError", "NonFiniteError", "ResumeError",
+                       "StorageError"),
+    "mlp_jax.io.compilation_cache": ("enable_compilation_cache",),
+    "mlp_jax.io.checkpoint": ("Checkpoint", "SavedRun", "load_checkpoint", "load_pytree",
+                              "load_run", "save_checkpoint", "save_pytree", "save_run"),
+    "mlp_jax.oracle.autodiff": ("autodiff_grads", "autodiff_per_sample_grads"),
+    "mlp_jax.oracle.check": ("GradientReport", "check_gradients", "relative_error"),
+    "mlp_jax.training.distributed": ("DistributedError", "initialize_distributed", "is_primary",
+                                     "make_mesh", "process_shard", "replicate", "shard_batch"),
+    "mlp_jax.training.evaluation": ("confusion_matrix", "evaluate"),
+    "mlp_jax.training.epoch": ("make_epoch",),
+    "mlp_jax.training.fit": ("FitResult", "fit"),
+    "mlp_jax.training.optimizers": ("make_optimizer", "steps_per_epoch"),
+    "mlp_jax.training.privacy": ("DPConfig", "LedgerEntry", "dp_epsilon", "ledger_epsilon"),
+    "mlp_jax.training.run": ("RunState",),
+    "mlp_jax.training.step": ("make_data_parallel_step", "make_train_step"),
+    "mlp_jax.tools.diagnosis": ("diagnose", "Diagnosis"),
+    "mlp_jax.tools.estimator": ("MLPClassifier",),
+}
+_MODULES = {"data": "mlp_jax.io.data", "distributed": "mlp_jax.training.distributed"}
 
-try:
-  __version__ = _metadata.version("mlp_jax")  # pyproject.toml's version, the one source
-except _metadata.PackageNotFoundError:  # run from a source tree that was never installed
-  __version__ = "0+unknown"
+if TYPE_CHECKING:  # the same names, for type checkers and IDEs (tests/test_architecture.py
+  # holds this block and `_FROM` to each other)
+  from mlp_jax.core.backprop import grads, loss_and_grads
+  from mlp_jax.core.checks import value_checks
+  from mlp_jax.core.inference import forward, predict
+  from mlp_jax.core.model import Dense, Params, init_params, layer_sizes
+  from mlp_jax.core.objective import loss
+  from mlp_jax.core.per_example import (LayerNorms, clipped_mean_grads, per_sample_grad_norms,
+                                        per_sample_grads, per_sample_layer_norms)
+  from mlp_jax.errors import (CheckpointError, DataFileError, InputError, InputTypeError,
+                              MissingDependencyError, MLPJaxError, NonFiniteError, ResumeError,
+                              StorageError)
+  from mlp_jax.io import data
+  from mlp_jax.io.compilation_cache import enable_compilation_cache
+  from mlp_jax.io.checkpoint import (Checkpoint, SavedRun, load_checkpoint, load_pytree, load_run,
+                                     save_checkpoint, save_pytree, save_run)
+  from mlp_jax.oracle.autodiff import autodiff_grads, autodiff_per_sample_grads
+  from mlp_jax.oracle.check import GradientReport, check_gradients, relative_error
+  from mlp_jax.training import distributed
+  from mlp_jax.training.distributed import (DistributedError, initialize_distributed, is_primary,
+                                            make_mesh, process_shard, replicate, shard_batch)
+  from mlp_jax.training.evaluation import confusion_matrix, evaluate
+  from mlp_jax.training.epoch import make_epoch
+  from mlp_jax.training.fit import FitResult, fit
+  from mlp_jax.training.optimizers import make_optimizer, steps_per_epoch
+  from mlp_jax.training.privacy import DPConfig, LedgerEntry, dp_epsilon, ledger_epsilon
+  from mlp_jax.training.run import RunState
+  from mlp_jax.training.step import make_data_parallel_step, make_train_step
+  from mlp_jax.tools.diagnosis import Diagnosis, diagnose
+  from mlp_jax.tools.estimator import MLPClassifier
+
 
 __all__ = [  # the public API; `diagnose` and `Diagnosis` load on first use
     "__version__", "autodiff_grads", "autodiff_per_sample_grads", "check_gradients", "Checkpoint",
@@ -61,18 +95,33 @@ __all__ = [  # the public API; `diagnose` and `Diagnosis` load on first use
     "value_checks",
 ]
 
-_LAZY = {"diagnose": "mlp_jax.tools.diagnosis", "Diagnosis": "mlp_jax.tools.diagnosis",
-         "MLPClassifier": "mlp_jax.tools.estimator"}
+_LAZY = {name: module for module, names in _FROM.items() for name in names}
+
+
+def _version() -> str:
+  """pyproject.toml's version (the one source), as installed."""
+  from importlib import metadata
+  try:
+    return metadata.version("mlp_jax")
+  except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+    return "0+unknown"
 
 
 def __getattr__(name):
-  """`mj.diagnose`, `mj.Diagnosis` and `mj.MLPClassifier`, imported on first use (the tools layer
-  and scikit-learn stay unloaded until then)."""
-  if name in _LAZY:
-    import importlib
-    return getattr(importlib.import_module(_LAZY[name]), name)
-  raise AttributeError(f"module 'mlp_jax' has no attribute {name!r}")
+  """Imports the module of a public name on its first use, and keeps the name here."""
+  import importlib
+  if name == "__version__":
+    value = _version()
+  elif name in _MODULES:
+    value = importlib.import_module(_MODULES[name])
+  elif name in _LAZY:
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+  else:
+    raise AttributeError(f"module 'mlp_jax' has no attribute {name!r}")
+  globals()[name] = value
+  return value
 
 
 def __dir__():
-  return sorted(list(globals()) + list(_LAZY))
+  """The public API only (`__all__`), not the modules and helpers imported to build it."""
+  return sorted(__all__)

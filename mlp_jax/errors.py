@@ -66,6 +66,16 @@ class StorageError(MLPJaxError, OSError):
   regular file); nothing was half-written and earlier files are intact."""
 
 
+def printable(text: object) -> str:
+  """`str(text)` with control characters (newline, tab, escape, ...) written as Python escapes
+  (`\\n`, `\\t`, `\\x1b`): a message or a path with such characters in it stays one line on a
+  terminal and in a log. Letters of every script are kept as they are."""
+  text = str(text)
+  if text.isprintable():
+    return text
+  return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
 def one_line(text: object, limit: int = 200) -> str:
   """`text` with whitespace runs collapsed to single spaces, cut to `limit` characters."""
   text = " ".join(str(text).split())

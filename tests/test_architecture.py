@@ -6,6 +6,7 @@ import importlib
 import os
 import pathlib
 import pkgutil
+import re
 import shutil
 import subprocess
 import sys
@@ -82,3 +83,47 @@ def test_lazy_diagnose_is_the_tools_function():
   assert "diagnose" in dir(mlp_jax)
   with pytest.raises(AttributeError, match="no_such_name"):
     mlp_jax.no_such_name  # noqa: B018
+
+
+def test_dir_of_the_package_is_its_public_api():
+  """`dir(mj)` lists `__all__` (lazy names included), not the modules and helpers imported to
+  build it; every name in `__all__` resolves."""
+  assert dir(mlp_jax) == sorted(mlp_jax.__all__)
+  assert len(set(mlp_jax.__all__)) == len(mlp_jax.__all__)
+  for name in mlp_jax.__all__:
+    getattr(mlp_jax, name)
+  assert not {"_metadata", "_LAZY", "core", "training"} & set(dir(mlp_jax))
+
+
+def test_every_public_name_is_in_the_readme_api_table():
+  readme = (ROOT / "README.md").read_text(encoding="utf-8")
+  section = readme[readme.index("\n## API\n"):]
+  section = section[:section.index("\n## ", 1)]
+  named = set(re.findall(r"\bmj\.(\w+)", section))
+  assert sorted(set(mlp_jax.__all__) - named) == []
+
+
+def test_import_mlp_jax_imports_nothing_heavy():
+  """`import mlp_jax` and the command's module import only the standard library: the `mlp-jax`
+  command sets up its signal handling before JAX loads (tests/test_signals.py)."""
+  code = ("import sys; import mlp_jax, mlp_jax.tools.cli; print(sorted(m for m in sys.modules if "
+          "m.split('.')[0] in ('jax', 'jaxlib', 'numpy', 'optax', 'scipy')))")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                        check=True)
+  assert proc.stdout.strip() == "[]", proc.stdout
+
+
+def test_the_lazy_table_and_the_type_checkers_imports_agree():
+  """`_FROM` (what `mj.NAME` imports on first use) and the `if TYPE_CHECKING:` imports (what
+  type checkers see) name the same things from the same modules, and cover `__all__`."""
+  import ast
+  tree = ast.parse((ROOT / "mlp_jax" / "__init__.py").read_text(encoding="utf-8"))
+  block = next(node for node in tree.body if isinstance(node, ast.If)
+               and getattr(node.test, "id", None) == "TYPE_CHECKING")
+  typed = {(alias.name, node.module) for node in block.body if isinstance(node, ast.ImportFrom)
+           for alias in node.names}
+  lazy = {(name, module) for module, names in mlp_jax._FROM.items() for name in names}
+  lazy |= {(module.rpartition(".")[2], module.rpartition(".")[0])  # `from mlp_jax.io import data`
+           for module in mlp_jax._MODULES.values()}
+  assert typed == lazy
+  assert {name for name, _ in lazy} | {"__version__"} == set(mlp_jax.__all__)

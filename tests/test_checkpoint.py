@@ -331,17 +331,20 @@ def test_missing_file_and_directory(tmp_path):
   refused(tmp_path, "is a directory")
 
 
-@pytest.mark.parametrize("content", [b"", b"hello, not a zip\n" * 10, b"PK\x03\x04garbage"],
-                         ids=["empty", "text", "zip-magic"])
+@pytest.mark.parametrize("content", [b"", b"hello, not a zip\n" * 10, b"PK\x03\x04garbage",
+                                     b'{"config": {"seed": 0}}\n', bytes(range(256)) * 4],
+                         ids=["empty", "text", "zip-magic", "json", "binary"])
 def test_not_a_zip(tmp_path, content):
+  """Anything but a zip is named as not a checkpoint, without numpy's hint to unpickle it."""
   path = tmp_path / "bad.npz"
   path.write_bytes(content)
-  refused(path, "truncated or not a mlp_jax checkpoint")
+  message = refused(path, "not a mlp_jax checkpoint")
+  assert "allow_pickle" not in message, message
 
 
 def test_npy_and_pickle_files_refused_without_running_code(tmp_path):
   np.save(tmp_path / "array.npy", np.ones(3))
-  refused(tmp_path / "array.npy", "truncated or not a mlp_jax checkpoint", "single .npy")
+  refused(tmp_path / "array.npy", "not a mlp_jax checkpoint", "single .npy")
   marker = tmp_path / "pwned"
 
   class Payload:
@@ -350,7 +353,7 @@ def test_npy_and_pickle_files_refused_without_running_code(tmp_path):
 
   import pickle
   (tmp_path / "evil.npz").write_bytes(pickle.dumps(Payload()))
-  refused(tmp_path / "evil.npz", "truncated or not a mlp_jax checkpoint")
+  assert "allow_pickle" not in refused(tmp_path / "evil.npz", "not a mlp_jax checkpoint")
   assert not marker.exists()
 
 

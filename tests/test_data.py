@@ -91,6 +91,19 @@ def usps():
   return data.load_usps()
 
 
+def test_dir_lists_the_public_api_only():
+  """`dir(mj.data)` is its `__all__` (the README's loaders, the types and choices), not its
+  imports; every public function and class defined here is in `__all__`, and each name exists."""
+  assert dir(data) == sorted(data.__all__)
+  assert not {"gzip", "np", "os", "checks", "Optional", "describe"} & set(dir(data))
+  assert all(hasattr(data, name) for name in data.__all__)
+  defined = {name for name, value in vars(data).items() if not name.startswith("_")
+             and getattr(value, "__module__", None) == data.__name__}
+  assert defined <= set(data.__all__)
+  assert {"load_usps", "load_digits", "make_synthetic", "load_splits", "shift_augment",
+          "prepare"} <= set(data.__all__)
+
+
 def test_real_usps_sizes_labels_and_range(usps):
   assert usps.train.x.shape == (7291, 256) and usps.test.x.shape == (2007, 256)
   assert_proper_usps(usps)

@@ -48,6 +48,41 @@ def test_init_params_rejects_bad_sizes(sizes):
     mj.init_params(jax.random.PRNGKey(0), sizes)
 
 
+@pytest.mark.parametrize("seed", [0, 7, np.int64(7), np.uint32(2**32 - 1), -1])
+def test_an_int_seed_is_the_prng_key_of_that_seed_bit_for_bit(seed):
+  sizes = (6, 5, 3)
+  want = mj.init_params(jax.random.PRNGKey(seed), sizes)
+  for key in (seed, jax.random.key(seed)):  # an int seed; a typed key works as well
+    got = mj.init_params(key, sizes)
+    assert all(np.asarray(a).tobytes() == np.asarray(b).tobytes()
+               for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
+
+
+@pytest.mark.parametrize("key, given", [
+    (0.5, "float"), ("0", "str"), (None, "NoneType"), (True, "bool"),
+    (jnp.zeros(2), "an array of dtype float32 and shape (2,)"),
+    (jax.random.split(jax.random.PRNGKey(0)), "an array of dtype uint32 and shape (2, 2)"),
+    (jax.random.split(jax.random.key(0)), "shape (2,)"),
+], ids=["float", "str", "None", "bool", "float-array", "two-raw-keys", "two-typed-keys"])
+def test_init_params_refuses_what_is_neither_a_key_nor_an_int_seed(key, given):
+  with pytest.raises(mj.InputTypeError) as info:
+    mj.init_params(key, (3, 2))
+  assert str(info.value).startswith("key: expected a PRNG key or an int seed, got ")
+  assert given in str(info.value)
+
+
+def test_forward_and_predict_take_nested_lists_and_check_shapes():
+  params = mj.init_params(0, (3, 2))
+  lists = tuple(mj.Dense(np.asarray(l.w).tolist(), np.asarray(l.b).tolist()) for l in params)
+  x = [[1.0, 2.0, 3.0], [0.5, -1.0, 0.0]]
+  np.testing.assert_array_equal(mj.forward(lists, x), mj.forward(params, jnp.asarray(x)))
+  np.testing.assert_array_equal(mj.predict(lists, x), mj.predict(params, jnp.asarray(x)))
+  with pytest.raises(mj.InputError, match=r"x: expected shape \(m, 3\)"):
+    mj.forward(params, jnp.ones((2, 4)))
+  with pytest.raises(mj.InputTypeError, match="x: expected a floating dtype"):
+    mj.predict(params, jnp.ones((2, 3), jnp.int32))
+
+
 def test_forward_is_E1_to_E3_and_predict_is_argmax(dtype):
   sizes = (6, 5, 4, 3)
   params = mj.init_params(jax.random.PRNGKey(0), sizes, dtype)

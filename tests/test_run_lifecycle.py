@@ -368,6 +368,32 @@ def test_data_in_a_folder_without_permission_is_one_line(tmp_path, capsys, monke
   assert not (tmp_path / "run").exists()
 
 
+def test_data_naming_a_folder_without_search_permission_is_an_input_error(tmp_path, capsys,
+                                                                         monkeypatch):
+  """`--data locked/` where locked has no x bit: the files in it cannot be looked up."""
+  locked = tmp_path / "locked"
+  locked.mkdir()
+  (locked / "usps.h5").write_bytes(b"")
+  locked.chmod(0o600)
+  if os.geteuid() == 0:  # root searches anywhere: the refusal is simulated at stat
+    real_stat = pathlib.Path.stat
+
+    def stat(self, *args, **kwargs):
+      if locked in self.parents:
+        raise PermissionError(13, "Permission denied", str(self))
+      return real_stat(self, *args, **kwargs)
+    monkeypatch.setattr(pathlib.Path, "stat", stat)
+  try:
+    code, _, err = _run(["train", "--dataset", "usps", "--data", locked, "--out",
+                         tmp_path / "run", "--no-progress"], capsys)
+  finally:
+    locked.chmod(0o700)
+  line = _one_error_line(err)
+  assert code == EXIT_ERROR and str(locked) in line and "cannot look inside the folder" in line \
+      and "Permission denied" in line, line
+  assert not (tmp_path / "run").exists()
+
+
 def test_a_diverging_run_names_the_batch_and_keeps_the_last_good_epoch(tmp_path, capsys):
   out = tmp_path / "run"
   code, _, err = _run(["train", *_with(TINY, optimizer="sgd", lr="1e25", epochs="5",

@@ -185,6 +185,63 @@ def test_make_optimizer_rejects_bad_arguments():
       mj.make_optimizer("adam", lr)
 
 
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam"])
+def test_an_optimizer_name_means_make_optimizer_with_its_defaults(name):
+  """fit, make_epoch and make_train_step take the names make_optimizer knows, as
+  `make_optimizer(name)` (lr 1e-3, constant): the same run bit for bit, the same program."""
+  params = mj.init_params(jax.random.PRNGKey(0), SIZES)
+  kwargs = dict(epochs=2, batch_size=8, seed=1)
+  by_name = mj.fit(params, _data(20), optimizer=name, **kwargs)
+  built = mj.fit(params, _data(20), optimizer=mj.make_optimizer(name), **kwargs)
+  assert trees_bit_equal(by_name.params, built.params)
+  assert mj.make_epoch(name, 8) is mj.make_epoch(mj.make_optimizer(name), 8)
+  x, y = _data(8)
+  opt = mj.make_optimizer(name)
+  got = mj.make_train_step(name, 0.1)(copy_tree(params), opt.init(params), x, y)
+  want = mj.make_train_step(opt, 0.1)(copy_tree(params), opt.init(params), x, y)
+  assert trees_bit_equal(got, want)
+
+
+BAD_OPTIMIZERS = [
+    ("adamw", mj.InputError, "optimizer: expected an optax GradientTransformation or one of "
+     "'sgd', 'momentum', 'adam', got 'adamw'"),
+    (optax.adam, mj.InputTypeError, "optimizer: expected an optax GradientTransformation or one "
+     "of 'sgd', 'momentum', 'adam', got function"),
+    (None, mj.InputTypeError, "got NoneType"),
+    (0.01, mj.InputTypeError, "got float"),
+]
+
+
+@pytest.mark.parametrize("optimizer, kind, message", BAD_OPTIMIZERS,
+                         ids=["unknown-name", "uncalled-factory", "None", "float"])
+@pytest.mark.parametrize("entry", ["fit", "make_epoch", "make_train_step"])
+def test_a_bad_optimizer_is_named_before_any_work(entry, optimizer, kind, message):
+  params = mj.init_params(jax.random.PRNGKey(0), SIZES)
+  x, y = _data(10)
+  calls = {
+      # Labels out of range too: the optimizer is refused first, before the data is read.
+      "fit": lambda: mj.fit(params, (x, y + 10), optimizer=optimizer, epochs=1),
+      "make_epoch": lambda: mj.make_epoch(optimizer, 8),
+      "make_train_step": lambda: mj.make_train_step(optimizer),
+  }
+  with pytest.raises(kind) as info:
+    calls[entry]()
+  assert message in str(info.value)
+
+
+def test_fit_val_loss_is_evaluate_at_the_runs_l2():
+  """The recorded val_loss is (E6) at the run's lambda, penalty included: `evaluate` with the
+  same l2 gives it back; evaluate's default l2=0 is the bare cross-entropy, lower."""
+  params = mj.init_params(jax.random.PRNGKey(0), SIZES)
+  xv, yv = _data(20, 1)
+  l2 = 0.5
+  result = mj.fit(params, _data(40), optimizer=optax.adam(1e-2), epochs=2, batch_size=8, l2=l2,
+                  val=(xv, yv))
+  assert result.history[-1]["val_loss"] == pytest.approx(
+      mj.evaluate(result.params, xv, yv, l2)[0], rel=1e-6)
+  assert mj.evaluate(result.params, xv, yv)[0] < result.history[-1]["val_loss"]
+
+
 def test_fit_takes_a_numpy_integer_batch_size():
   params = mj.init_params(jax.random.PRNGKey(0), SIZES)
   kwargs = dict(optimizer=optax.sgd(0.1), epochs=1, seed=0)

@@ -101,6 +101,57 @@ def test_numpy_and_list_inputs_are_accepted(batch):
     np.testing.assert_allclose(a, b)
 
 
+def _as_lists(params):
+  """The same parameters with every leaf a (nested) Python list of floats."""
+  return tuple(mj.Dense(np.asarray(l.w).tolist(), np.asarray(l.b).tolist()) for l in params)
+
+
+# Every public entry that takes params, or a representative of its family.
+PARAMS_ENTRIES = {
+    "loss": mj.loss,
+    "grads": mj.grads,
+    "loss_and_grads": mj.loss_and_grads,
+    "per_sample_grads": mj.per_sample_grads,
+    "per_sample_grad_norms": mj.per_sample_grad_norms,
+    "clipped_mean_grads": lambda p, x, y: mj.clipped_mean_grads(p, x, y, 1.0),
+    "autodiff_grads": mj.autodiff_grads,
+    "forward": lambda p, x, y: mj.forward(p, x),
+    "predict": lambda p, x, y: mj.predict(p, x),
+    "evaluate": mj.evaluate,
+    "confusion_matrix": mj.confusion_matrix,
+    "check_gradients": lambda p, x, y: str(mj.check_gradients(p, x, y)),  # the whole report
+    "fit": lambda p, x, y: mj.fit(p, (x, y), optimizer="sgd", epochs=1, batch_size=5).params,
+}
+
+
+@pytest.mark.parametrize("entry", sorted(PARAMS_ENTRIES))
+def test_dense_leaves_given_as_nested_lists_are_accepted(entry, batch):
+  """Like x and y, the leaves of `Dense` may be nested lists of floats: the same result as the
+  arrays (Python floats are the default float dtype, float32 here)."""
+  params, x, y = batch
+  fn = PARAMS_ENTRIES[entry]
+  got, want = fn(_as_lists(params), x, y), fn(params, x, y)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("leaves, kind, match", [
+    (([[1, 2, 3]] * 4, [0, 0, 0]), mj.InputTypeError,
+     r"params\[0\].w: expected a floating dtype, got int32"),
+    (([[1.0, 2.0, 3.0]] * 4, [0, 0, 0]), mj.InputTypeError,
+     r"params\[0\].b: expected floating dtype float32 like params\[0\].w, got int32"),
+    (([[1.0, 2.0, 3.0], [1.0]], [0.0] * 3), mj.InputTypeError,
+     r"params\[0\].w: expected an array or nested lists of floats, got list"),
+    (([[1.0, 2.0, 3.0]] * 4, None), mj.InputTypeError,
+     r"params\[0\].b: expected an array or nested lists of floats, got NoneType"),
+    (([1.0, 2.0, 3.0], [0.0] * 3), mj.InputError, r"params\[0\]: expected w of rank 2"),
+], ids=["int-lists", "int-bias", "ragged", "None", "rank-1-list"])
+def test_bad_list_leaves_are_named(leaves, kind, match, batch):
+  params, x, y = batch
+  with pytest.raises(kind, match=match):
+    mj.loss_and_grads((mj.Dense(*leaves),) + params[1:], x, y)
+
+
 def test_non_finite_parameters_are_named(batch):
   params, x, y = batch
   bad = (mj.Dense(params[0].w.at[1, 2].set(jnp.nan), params[0].b), params[1])

@@ -64,8 +64,29 @@ def dtype_of(leaf: Any) -> np.dtype:
   return np.dtype(leaf.dtype if hasattr(leaf, "dtype") else jnp.asarray(leaf).dtype)
 
 
+def _leaf_array(leaf: Any, name: str) -> Any:
+  """A parameter leaf as an array: arrays (NumPy, JAX, tracers) as given, nested lists of numbers
+  as `jnp.asarray` makes them (Python floats in the default float dtype, ints as ints)."""
+  if hasattr(leaf, "dtype"):
+    return leaf
+  try:
+    return jnp.asarray(leaf)
+  except (TypeError, ValueError):  # ragged lists, strings, None, ...
+    raise InputTypeError(f"{name}: expected an array or nested lists of floats, got "
+                         f"{type(leaf).__name__}") from None
+
+
+def _layer_arrays(layer: Dense, i: int) -> Dense:
+  """The layer with list leaves made arrays; the layer itself when both are arrays already."""
+  if hasattr(layer.w, "dtype") and hasattr(layer.b, "dtype"):
+    return layer
+  return layer._replace(w=_leaf_array(layer.w, f"params[{i}].w"),
+                        b=_leaf_array(layer.b, f"params[{i}].b"))
+
+
 def check_params(params: Sequence[Dense]) -> Params:
-  """A non-empty tuple of `Dense` with chained, floating, same-dtype weights; returns it."""
+  """A non-empty tuple of `Dense` with chained, floating, same-dtype weights; returns it, with
+  leaves given as nested lists made arrays (Python floats in the default float dtype)."""
   if isinstance(params, list):
     params = tuple(params)
   if not isinstance(params, tuple) or not params:
@@ -76,7 +97,10 @@ def check_params(params: Sequence[Dense]) -> Params:
       raise InputTypeError(f"params[{i}]: expected a mlp_jax.Dense layer (w, b), got "
                            f"{type(layer).__name__}; params must be a non-empty tuple of "
                            "mlp_jax.Dense layers")
+  params = tuple(_layer_arrays(layer, i) for i, layer in enumerate(params))
   dtype = dtype_of(params[0].w)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise InputTypeError(f"params[0].w: expected a floating dtype, got {dtype}")
   if dtype == np.float64 and not jax.config.jax_enable_x64:
     raise InputTypeError(
         "params[0].w: float64 parameters need float64 enabled (jax.enable_x64(True) or "
@@ -259,6 +283,14 @@ def check_real(value: Any, name: str, *, low: float = 0.0, high: float = math.in
       raise InputError(f"{name}: expected a finite value "
                        f"{_range_text(low, high, open_low, open_high)}, got {number}")
   return value
+
+
+def check_features(params: Sequence[Dense], x: ArrayLike) -> Tuple[Params, jax.Array]:
+  """The static checks of a call without labels (the forward pass): params, and x of shape
+  (m, n); returns (params, x) with x in the parameters' dtype."""
+  params = check_params(params)
+  x = _features_static(params, x, "x")
+  return params, jnp.asarray(x, params[0].w.dtype)
 
 
 def check_batch(params: Sequence[Dense], x: ArrayLike, y: ArrayLike, l2: ArrayLike = 0.0, *,

@@ -7,10 +7,11 @@ the last layer's output are the logits `z` of shape (m, K).
 """
 
 import functools
-from typing import Any, List, NamedTuple, Optional, Sequence, Tuple, overload
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple, Union, overload
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike, DTypeLike
 
 from mlp_jax.errors import InputError, InputTypeError
@@ -28,14 +29,15 @@ SOURCE_LAYER_SIZES = (256, 256, 10)  # the source's network: 256 pixels, 256 hid
 
 
 def init_params(
-    key: jax.Array,
+    key: Union[jax.Array, int],
     layer_sizes: Sequence[int] = SOURCE_LAYER_SIZES,
     dtype: DTypeLike = jnp.float32,
 ) -> Params:
   """He-normal initialisation: w ~ N(0, 2 / fan_in), b = 0.
 
   Args:
-    key: a PRNG key.
+    key: a PRNG key (`jax.random.PRNGKey(seed)` or a typed `jax.random.key(seed)`), or an int
+      seed, meaning `jax.random.PRNGKey(seed)`: `init_params(0)` is `init_params(PRNGKey(0))`.
     layer_sizes: widths (n, d_1, ..., K); at least an input and an output width.
     dtype: floating dtype of every leaf (float64 needs `jax_enable_x64`).
 
@@ -48,7 +50,26 @@ def init_params(
         f"layer_sizes must hold at least two positive widths, got {tuple(layer_sizes)!r}")
   if not jnp.issubdtype(dtype, jnp.floating):
     raise InputTypeError(f"dtype must be a floating dtype, got {jnp.dtype(dtype)}")
-  return _init_params(key, sizes, jnp.dtype(dtype))
+  return _init_params(prng_key(key), sizes, jnp.dtype(dtype))
+
+
+def prng_key(key: Any) -> jax.Array:
+  """`key` as one PRNG key: a key (raw uint32 data or typed) as given, a Python or NumPy int
+  as `jax.random.PRNGKey(key)`; anything else, a batch of keys included, is an error."""
+  if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+    if not -2**63 <= int(key) < 2**63:
+      raise InputError(f"key: expected a PRNG key or an int seed in -2**63..2**63-1, got {key}")
+    return jax.random.PRNGKey(key)
+  try:
+    typed = (key if jax.dtypes.issubdtype(getattr(key, "dtype", None), jax.dtypes.prng_key)
+             else jax.random.wrap_key_data(key))
+  except (TypeError, ValueError):  # not key data: another dtype, or no array at all
+    typed = None
+  if typed is None or jnp.ndim(typed) != 0:
+    given = (f"an array of dtype {key.dtype} and shape {tuple(key.shape)}"
+             if hasattr(key, "dtype") and hasattr(key, "shape") else type(key).__name__)
+    raise InputTypeError(f"key: expected a PRNG key or an int seed, got {given}")
+  return key
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))

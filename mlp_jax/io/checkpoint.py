@@ -145,6 +145,10 @@ def _error(path: pathlib.Path, problem: str) -> CheckpointError:
   return CheckpointError(f"checkpoint {path}: {problem}")
 
 
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first member, or an empty zip
+
+
 def _open_npz(path: pathlib.Path):
   """The opened npz of a regular file (a FIFO or device would hang or never end)."""
   try:
@@ -157,6 +161,16 @@ def _open_npz(path: pathlib.Path):
     raise _error(path, "is a directory, not a checkpoint file")
   if not stat.S_ISREG(mode):
     raise _error(path, "is not a regular file (a pipe, socket or device)")
+  try:
+    with open(path, "rb") as f:
+      magic = f.read(len(_NPY_MAGIC))
+  except OSError as e:
+    raise _error(path, f"cannot read ({describe(e)})") from e
+  if magic == _NPY_MAGIC:
+    raise _error(path, "truncated or not a mlp_jax checkpoint (a single .npy array, not an npz)")
+  if magic[:4] not in _ZIP_MAGIC:  # numpy would try it as a pickle and hint at allow_pickle
+    what = "an empty file" if not magic else "not an npz (zip) archive"
+    raise _error(path, f"truncated or not a mlp_jax checkpoint ({what})")
   try:
     npz = np.load(path, allow_pickle=False)
   except PermissionError as e:

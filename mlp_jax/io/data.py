@@ -32,6 +32,12 @@ from mlp_jax.core import checks
 from mlp_jax.errors import (DataFileError, InputError, InputTypeError, MLPJaxError, describe,
                             one_line, optional_import)
 
+__all__ = [  # the public API (`dir(mj.data)`); the rest are this module's helpers and imports
+    "apply_scaler", "Dataset", "DATASETS", "fingerprint", "fit_scaler", "load_digits",
+    "load_splits", "load_usps", "make_synthetic", "NUM_CLASSES", "prepare", "Prepared", "Scaler",
+    "SCALINGS", "shift_augment", "SHIFTS", "Splits", "train_val_split", "USPS_FEATURES",
+]
+
 PathLike = Union[str, "os.PathLike[str]"]  # a file or folder
 Seed = Union[int, np.integer]              # a split seed
 USPS_FEATURES = 256      # 16x16 images, flattened row-major
@@ -330,7 +336,11 @@ def _resolve(path) -> pathlib.Path:
   if not is_dir:
     return path
   for name in ("usps.h5", "zip.train", "zip.train.gz"):
-    if (path / name).is_file():
+    try:
+      found = (path / name).is_file()
+    except OSError as e:  # e.g. a folder without search (x) permission
+      raise _error(path, f"cannot look inside the folder ({describe(e)})") from e
+    if found:
       return path / name
   raise _error(path, "directory holds none of usps.h5, zip.train, zip.train.gz")
 
@@ -638,3 +648,8 @@ def prepare(dataset: str = "digits", path: Optional[PathLike] = None, *,
   scale = lambda ds: Dataset(scaler.apply(ds.x), ds.y)
   return Prepared(scale(train), None if val is None else scale(val), scale(splits.test),
                   splits.test, scaler, NUM_CLASSES, shape)
+
+
+def __dir__():
+  """The public API only (`__all__`), not the modules and helpers imported to build it."""
+  return sorted(__all__)

@@ -3,16 +3,19 @@
 Each subcommand parses its arguments and calls the library; errors the library raises on
 purpose (bad files, bad data, bad arguments) end the command with a one-line message and exit
 status 2, before anything is written to the output folder.
+
+At module level it imports only `os` and `sys`: `main` sets up the signal handling first
+(`interrupts`), so that a Ctrl-C while JAX and the rest import is seen.
 """
 
-import argparse
-import csv
-import io
-import json
+from __future__ import annotations
+
 import os
 import sys
-import time
-from typing import List, Optional
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+  import argparse
 
 EXAMPLES_TRAIN = """examples:
   mlp-jax train                       # 256-256-10 on the bundled USPS digits (about 15 s)
@@ -43,6 +46,8 @@ def write_atomic(path: str, text: str) -> None:
 
 
 def _history_csv(history) -> str:
+  import csv
+  import io
   keys = sorted({k for r in history for k in r}, key=lambda k: (k != "epoch", k))
   out = io.StringIO()
   writer = csv.DictWriter(out, fieldnames=keys)
@@ -51,7 +56,7 @@ def _history_csv(history) -> str:
   return out.getvalue()
 
 
-def _table(rows: List[List[str]]) -> str:
+def _table(rows: list[list[str]]) -> str:
   from mlp_jax.tables import text_table
   return "\n".join(text_table(rows, rule=False))
 
@@ -60,7 +65,7 @@ def _table(rows: List[List[str]]) -> str:
 # it has no effect is an error rather than silently ignored.
 DEFAULTS = {"shifts": 4, "num_samples": 2000, "clip_norm": 1.0, "noise_multiplier": 1.1,
             "delta": 1e-5}
-EXIT_ERROR, EXIT_STORAGE, EXIT_INTERRUPTED = 2, 74, 130  # 74: EX_IOERR of sysexits.h
+EXIT_ERROR, EXIT_STORAGE, EXIT_PIPE = 2, 74, 141  # 74: EX_IOERR of sysexits.h; 141: 128 + SIGPIPE
 
 
 def train_config(args) -> dict:
@@ -89,6 +94,8 @@ def train_config(args) -> dict:
   need(args.epochs >= 1, f"--epochs: expected an int >= 1, got {args.epochs}")
   need(args.batch_size >= 1, f"--batch-size: expected an int >= 1, got {args.batch_size}")
   need(0 <= args.seed <= MAX_SEED, f"--seed: expected an int in 0..{MAX_SEED}, got {args.seed}")
+  need(0 <= args.split_seed <= MAX_SEED,
+       f"--split-seed: expected an int in 0..{MAX_SEED}, got {args.split_seed}")
   need(0 <= args.val_fraction < 1,
        f"--val-fraction: expected a fraction in [0, 1), got {args.val_fraction:g}")
   need(args.patience is None or args.patience >= 1,
@@ -110,6 +117,13 @@ def train_config(args) -> dict:
   return config
 
 
+# What the losses a run records mean (metrics.json says it beside them).
+LOSS_DEFINITION = ("train_loss (mean over the epoch's steps), val_loss and test_loss are the "
+                   "objective (E6) at the run's --l2: mean cross-entropy + l2/(2m) * sum of "
+                   "squared weights, as mj.evaluate(params, x, y, l2) gives; l2=0 there is the "
+                   "cross-entropy alone")
+
+
 # Keys of a recorded configuration that are not replayed: where and how the run was kept, and
 # what was derived from the data.
 NOT_REPLAYED = ("out", "resume", "overwrite", "config", "layer_sizes", "train_sha256", "devices")
@@ -117,6 +131,7 @@ NOT_REPLAYED = ("out", "resume", "overwrite", "config", "layer_sizes", "train_sh
 
 def replayed_config(path, train_parser) -> dict:
   """The settings recorded in a run's config.json or metrics.json, as `train` defaults."""
+  import json
   from mlp_jax.errors import InputError
   try:
     with open(path, encoding="utf-8") as f:
@@ -131,14 +146,25 @@ def replayed_config(path, train_parser) -> dict:
   unknown = sorted(set(recorded) - known - set(NOT_REPLAYED))
   if unknown:
     raise InputError(f"--config {path}: unknown settings {', '.join(unknown)}")
-  return {k: v for k, v in recorded.items() if k not in NOT_REPLAYED}
+  return {k: v for k, v in recorded.items() if k not in NOT_REPLAYED} | {
+      "split_seed": split_seed(recorded)}
 
 
-def cmd_train(args) -> int:
+def split_seed(config: dict) -> int:
+  """The seed of a recorded run's held-out rows: its `split_seed`, or, for a run recorded before
+  that setting existed, its `seed` (which then drew the splits too)."""
+  return config.get("split_seed", config.get("seed", 0))
+
+
+def cmd_train(args, signals) -> int:
+  import time
+
   import jax
   import mlp_jax as mj
+  from mlp_jax.errors import printable
   from mlp_jax.io import data
-  from mlp_jax.tools.run_folder import RunFolder, default_out, stop_on_sigint
+  from mlp_jax.tools import interrupts
+  from mlp_jax.tools.run_folder import RunFolder, default_out
   from mlp_jax.training import distributed
 
   config = train_config(args)
@@ -149,7 +175,8 @@ def cmd_train(args) -> int:
   out = default_out(args.dataset) if args.out is None else args.out
   folder = RunFolder.open(out, resume=args.resume, overwrite=args.overwrite, primary=primary)
   splits = data.prepare(args.dataset, config["data"], val_fraction=args.val_fraction,
-                        seed=args.seed, augment=args.augment, num_samples=config["num_samples"],
+                        seed=args.split_seed, augment=args.augment,
+                        num_samples=config["num_samples"],
                         scaling=args.scaling, shifts=config["shifts"])
   num_train = splits.train.x.shape[0]
   if args.batch_size > num_train:
@@ -160,38 +187,44 @@ def cmd_train(args) -> int:
                 train_sha256=data.fingerprint(splits.train))
   done = folder.check_resume(config, args.epochs)
   if done is not None:
-    print(done)
+    print(printable(done))
     return 0
   if folder.saved is not None:
-    print(f"resuming {folder.checkpoint} after epoch {folder.saved.state.epochs_done}")
+    print(f"resuming {printable(folder.checkpoint)} after epoch {folder.saved.state.epochs_done}")
   optimizer = mj.make_optimizer(args.optimizer, args.lr, schedule=args.schedule,
                                 total_steps=args.epochs * mj.steps_per_epoch(num_train,
                                                                              args.batch_size))
   folder.start(config, {"scaler_mean": splits.scaler.mean, "scaler_scale": splits.scaler.scale})
   progress = _progress(args, folder, primary)
+  resume_hint = f"continue with the same command and --resume --out {printable(out)}"
+
+  def stopped_at_once() -> str:  # a second Ctrl-C or SIGTERM, in the middle of an epoch
+    kept = (f"{printable(folder.checkpoint)} holds epoch {progress.saved_epochs}; {resume_hint}"
+            if progress.saved_epochs else "no epoch had finished, so there is nothing to resume")
+    return f"mlp-jax: {interrupts.word(signals.signum)} during epoch {progress.epochs + 1}; {kept}"
+
   start = time.perf_counter()
   try:
-    with stop_on_sigint() as stop:
+    with signals.graceful(stopped_at_once):
       result = mj.fit(
           mj.init_params(jax.random.PRNGKey(args.seed), sizes),
           (splits.train.x, splits.train.y), optimizer=optimizer, epochs=args.epochs,
           batch_size=args.batch_size, l2=args.l2, seed=args.seed,
           val=None if splits.val is None else (splits.val.x, splits.val.y),
           patience=args.patience, resume=None if folder.saved is None else folder.saved.state,
-          on_epoch_end=progress, should_stop=stop.is_set, track_train_accuracy=True,
+          on_epoch_end=progress, should_stop=signals.stop.is_set, track_train_accuracy=True,
           compute_dtype=jax.numpy.bfloat16 if args.bf16 else None, mesh=mesh,
           dp=mj.DPConfig(config["clip_norm"], config["noise_multiplier"], config["delta"])
           if args.dp else None)
   except mj.NonFiniteError as err:
     raise _non_finite(err, folder, primary) from err
   finally:
-    if hasattr(progress, "close"):
-      progress.close()
+    progress.close()
   if result.interrupted:
-    print(f"mlp-jax: interrupted after epoch {result.state.epochs_done} of {args.epochs}; "
-          f"{folder.checkpoint} holds it; continue with the same command and --resume "
-          f"--out {out}", file=sys.stderr)
-    return EXIT_INTERRUPTED
+    print(f"mlp-jax: {interrupts.word(signals.signum)} after epoch {result.state.epochs_done} "
+          f"of {args.epochs}; {printable(folder.checkpoint)} holds it; {resume_hint}",
+          file=sys.stderr)
+    return interrupts.exit_status(signals.signum)
   if primary:
     _report(args, config, splits, result, time.perf_counter() - start, folder, mesh)
   return 0
@@ -210,16 +243,21 @@ def _mesh(args):
 
 
 def _progress(args, folder, primary):
-  """The `on_epoch_end` of a run: save the run state, then advance the progress bar."""
+  """The `on_epoch_end` of a run: save the run state, then advance the progress bar. Counts the
+  epochs done and saved (read by the signal watcher when a run is stopped at once)."""
   bar = None
+  done = 0 if folder.saved is None else folder.saved.state.epochs_done
   if not args.no_progress and primary and sys.stderr.isatty():  # no \r frames in log files
     from tqdm import tqdm
-    done = 0 if folder.saved is None else folder.saved.state.epochs_done
     bar = tqdm(total=args.epochs, initial=done, unit="epoch", desc="train", file=sys.stderr)
 
   class Progress:
+    epochs = saved_epochs = done
+
     def __call__(self, state):
+      self.epochs = state.epochs_done
       folder.save(state)
+      self.saved_epochs = state.epochs_done
       if bar is not None:
         record = state.history[-1]
         extra = {"eps": f"{record['epsilon']:.2f}"} if "epsilon" in record else {}
@@ -237,6 +275,8 @@ def _progress(args, folder, primary):
 def _non_finite(err, folder, primary):
   """The error to show for a run that produced NaN/Inf: the offending batch is written beside
   the checkpoint of the last good epoch, which stays."""
+  import json
+
   import mlp_jax as mj
   if primary:
     write_atomic(folder.path / "nonfinite_batch.json", json.dumps(
@@ -252,15 +292,19 @@ def _non_finite(err, folder, primary):
 
 def _report(args, config, splits, result, seconds, folder, mesh) -> None:
   """Test accuracy, metrics.json/.csv, plots and the summary table of a finished run."""
+  import json
+
   import jax
   import mlp_jax as mj
+  from mlp_jax.errors import printable
   from mlp_jax.tools import plots
   from mlp_jax.training import privacy
   test_loss, test_acc = mj.evaluate(result.params, splits.test.x, splits.test.y, args.l2)
   counts = mj.confusion_matrix(result.params, splits.test.x, splits.test.y)
   history, out = result.history, folder.path
   epsilon = (privacy.ledger_epsilon(result.state.ledger, config["delta"]) if args.dp else None)
-  metrics = {"config": config, "history": history, "best_epoch": result.best_epoch,
+  metrics = {"loss_definition": LOSS_DEFINITION, "config": config, "history": history,
+             "best_epoch": result.best_epoch,
              "stopped_early": result.stopped_early, "test_loss": test_loss,
              "test_accuracy": test_acc, "train_seconds": seconds, "epsilon": epsilon,
              "train_examples": int(splits.train.x.shape[0]),
@@ -274,7 +318,7 @@ def _report(args, config, splits, result, seconds, folder, mesh) -> None:
     plots.plot_curves(history, out / "curves.png")
     plots.plot_confusion(counts, out / "confusion.png")
   except mj.MissingDependencyError as e:
-    print(f"mlp-jax: no plots: {e}", file=sys.stderr)
+    print(f"mlp-jax: no plots: {printable(e)}", file=sys.stderr)
   last = history[-1]
   print(_table([
       ["dataset", f"{args.dataset} ({splits.train.x.shape[0]} train, "
@@ -293,13 +337,14 @@ def _report(args, config, splits, result, seconds, folder, mesh) -> None:
        if args.dp else []) + [
       ["train time", f"{sum(r['epoch_seconds'] for r in history):.1f} s in epochs, "
                      f"{seconds:.1f} s this session"],
-      ["output", str(out)],
+      ["output", printable(out)],
   ]))
 
 
-def cmd_evaluate(args) -> int:
+def cmd_evaluate(args, signals) -> int:
   import numpy as np
   import mlp_jax as mj
+  from mlp_jax.errors import printable
   from mlp_jax.io import checkpoint, data
   from mlp_jax.training.run import result_params
 
@@ -310,7 +355,7 @@ def cmd_evaluate(args) -> int:
                              "(no dataset or scaler); evaluate it in Python with mj.evaluate")
   dataset = args.dataset or cfg["dataset"]
   path = args.data or cfg.get("data")
-  splits, _ = data.load_splits(dataset, path, seed=cfg.get("seed", 0),
+  splits, _ = data.load_splits(dataset, path, seed=split_seed(cfg),
                                num_samples=cfg.get("num_samples") or DEFAULTS["num_samples"])
   scaler = data.Scaler(np.asarray(saved.arrays["scaler_mean"]),
                        np.asarray(saved.arrays["scaler_scale"]))
@@ -320,7 +365,7 @@ def cmd_evaluate(args) -> int:
   counts = mj.confusion_matrix(params, x, y)
   acc = np.trace(counts) / counts.sum()
   per_class = np.diag(counts) / np.maximum(counts.sum(1), 1)
-  print(f"{args.checkpoint}: {dataset} test set, {counts.sum()} examples")
+  print(f"{printable(args.checkpoint)}: {dataset} test set, {counts.sum()} examples")
   print(f"accuracy {100 * acc:.2f}%")
   print(_table([["class"] + [str(i) for i in range(len(per_class))],
                 ["accuracy %"] + [f"{100 * a:.1f}" for a in per_class]]))
@@ -330,67 +375,118 @@ def cmd_evaluate(args) -> int:
   return 0
 
 
-def cmd_check(args) -> int:
+def cmd_check(args, signals) -> int:
   import contextlib
   import jax
   import jax.numpy as jnp
   import mlp_jax as mj
 
-  x64 = jax.enable_x64(True) if args.dtype == "float64" else contextlib.nullcontext()
+  dtype = args.dtype or "float64"
+  if args.grads is not None and dtype != "float64":
+    raise mj.InputError(f"--dtype {dtype}: --grads is always diagnosed in float64 (its "
+                        "parameters and data upcast), so that roundoff cannot hide a small "
+                        "mistake; leave --dtype out")
+  grad_fn = None if args.grads is None else load_function(args.grads)
+  x64 = jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
   with x64:
     sizes = (args.features,) + tuple(args.hidden) + (args.classes,)
-    params = mj.init_params(jax.random.PRNGKey(args.seed), sizes, jnp.dtype(args.dtype))
+    params = mj.init_params(jax.random.PRNGKey(args.seed), sizes, jnp.dtype(dtype))
     key_x, key_y = jax.random.split(jax.random.PRNGKey(args.seed + 1))
-    x = jax.random.uniform(key_x, (args.m, args.features), jnp.dtype(args.dtype))
+    x = jax.random.uniform(key_x, (args.m, args.features), jnp.dtype(dtype))
     y = jax.random.randint(key_y, (args.m,), 0, args.classes)
-    if args.grads is None:
+    if grad_fn is None:
       report = mj.check_gradients(params, x, y, args.l2)
     else:
       from mlp_jax.tools.diagnosis import diagnose
-      report = diagnose(load_function(args.grads), params, x, y, args.l2)
+      report = diagnose(grad_fn, params, x, y, args.l2)
   print(report)
   return 0 if report.passed else 1
 
 
 def load_function(spec: str):
-  """`module:function` or `path/to/file.py:function` -> the function."""
+  """`module:function` or `path/to/file.py:function` -> the function, wrapped so that an
+  exception it raises becomes one `InputError` naming it, the exception and the user's lines."""
+  import functools
   import importlib
   import importlib.util
-  from mlp_jax.errors import InputError
+  from mlp_jax.errors import InputError, printable
   module_name, _, attr = spec.rpartition(":")
   if not module_name or not attr:
-    raise InputError(f"--grads: expected module:function or file.py:function, got {spec!r}")
+    raise InputError(f"--grads: expected module:function or file.py:function, got "
+                     f"{printable(repr(spec))}")
   try:
     if module_name.endswith(".py"):
       spec_ = importlib.util.spec_from_file_location("user_grads", module_name)
-      if spec_ is None:
+      if spec_ is None or spec_.loader is None:
         raise ImportError(f"cannot load {module_name}")
       module = importlib.util.module_from_spec(spec_)
       spec_.loader.exec_module(module)
     else:
       module = importlib.import_module(module_name)
-  except (ImportError, OSError, SyntaxError) as err:
-    raise InputError(f"--grads: cannot import {module_name}: {err}") from err
+  except (ImportError, OSError) as err:
+    raise InputError(f"--grads: cannot import {printable(module_name)}: {printable(err)}") from err
+  except Exception as err:  # noqa: BLE001 - the user's module raised while it was imported
+    raise InputError(f"--grads: importing {printable(module_name)} raised "
+                     f"{_user_exception(err)}") from err
   fn = getattr(module, attr, None)
   if not callable(fn):
-    raise InputError(f"--grads: {module_name} has no function {attr!r}")
-  return fn
+    raise InputError(f"--grads: {printable(module_name)} has no function {printable(repr(attr))}")
+
+  @functools.wraps(fn)
+  def guarded(*args, **kwargs):
+    try:
+      return fn(*args, **kwargs)
+    except Exception as err:  # noqa: BLE001 - whatever the user's code raised, reported as theirs
+      raise InputError(f"--grads: your function {printable(spec)} raised "
+                       f"{_user_exception(err)}") from err
+
+  return guarded
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-  """Examples kept as written; each option's help ends with its default, when it has one."""
+def _shown_path(path: str) -> str:
+  """`path` relative to the working folder when it lies under it, else as it is."""
+  relative = os.path.relpath(path) if os.path.isabs(path) else path
+  return path if relative.startswith("..") else relative
 
-  def _get_help_string(self, action):
-    text = action.help or ""
-    default = action.default
-    if not (default is None or default is False or default == argparse.SUPPRESS
-            or "%(default)" in text):
-      shown = " ".join(map(str, default)) if isinstance(default, list) else "%(default)s"
-      text += f" (default: {shown})"
-    return text
+
+def _user_exception(err: BaseException) -> str:
+  """`Type: message, at file.py:LINE in func (`source`)`, naming only the user's own frames
+  (not this package's, the standard library's or an installed package's): where it was raised,
+  then where that was called from."""
+  import sysconfig
+  import traceback
+  from mlp_jax.errors import describe, printable
+  library = [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]  # mlp_jax/
+  library += [sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")]
+  library = [os.path.abspath(p) + os.sep for p in library]
+  if isinstance(err, SyntaxError) and err.filename:
+    frames = [(err.filename, err.lineno, "<module>", (err.text or "").strip())]
+  else:
+    frames = [(f.filename, f.lineno, f.name, (f.line or "").strip())
+              for f in traceback.extract_tb(err.__traceback__)
+              if not os.path.abspath(f.filename).startswith(tuple(library))
+              and not f.filename.startswith("<")]
+  where = [f"{printable(_shown_path(file))}:{line} in {name}" + (f" ({printable(code)})" if code else "")
+           for file, line, name, code in reversed(frames)]
+  return describe(err) + (f", at {where[0]}" if where else "") + "".join(
+      f", called from {w}" for w in where[1:])
 
 
 def build_parser() -> argparse.ArgumentParser:
+  import argparse
+
+  class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples kept as written; each option's help ends with its default, when it has one."""
+
+    def _get_help_string(self, action):
+      text = action.help or ""
+      default = action.default
+      if not (default is None or default is False or default == argparse.SUPPRESS
+              or "%(default)" in text):
+        shown = " ".join(map(str, default)) if isinstance(default, list) else "%(default)s"
+        text += f" (default: {shown})"
+      return text
+
   import mlp_jax
   from mlp_jax.io import data  # the choices below are the library's own lists
   from mlp_jax.training import optimizers
@@ -421,7 +517,11 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--batch-size", type=int, default=128, help="minibatch size")
   t.add_argument("--epochs", type=int, default=200, help="epochs in all")
   t.add_argument("--seed", type=int, default=0,
-                 help="initialisation, shuffling and splits (0..2**32-1)")
+                 help="initialisation and shuffling (0..2**32-1)")
+  t.add_argument("--split-seed", type=int, default=0,
+                 help="which rows are held out: the test part of --dataset digits and "
+                      "synthetic, the --val-fraction part, the synthetic data itself; "
+                      "independent of --seed, so that seeds compare on the same rows")
   t.add_argument("--val-fraction", type=float, default=0.0,
                  help="fraction of the training set held out for validation")
   t.add_argument("--patience", type=int, help="early stopping after N epochs without a "
@@ -487,8 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
   c.add_argument("--classes", type=int, default=10, help="classes K")
   c.add_argument("--m", type=int, default=37, help="batch size (differs from the widths)")
   c.add_argument("--l2", type=float, default=0.1, help="penalty lambda of (E6)")
-  c.add_argument("--dtype", choices=["float32", "float64"], default="float64",
-                 help="dtype of the check")
+  c.add_argument("--dtype", choices=["float32", "float64"],
+                 help="dtype of the check (default: float64; --grads is always float64)")
   c.add_argument("--seed", type=int, default=0, help="of the parameters and data")
   c.add_argument("--grads", metavar="MODULE:FUNCTION",
                  help="diagnose your own gradient function grad_fn(params, x, y, l2) -> tuple "
@@ -498,33 +598,56 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
   """Runs one command. Exit status: 0 done; 1 a gradient check failed; 2 the input was refused
-  (arguments, data, checkpoint, resume) or training produced NaN/Inf; 74 a file could not be
-  written (permission, disk full, ...); 130 interrupted (Ctrl-C). Errors are one line on
-  stderr."""
-  from mlp_jax.errors import MLPJaxError, StorageError
-  from mlp_jax.io.compilation_cache import enable_compilation_cache
+  (arguments, data, checkpoint, resume, a --grads function that raised) or training produced
+  NaN/Inf; 74 a file could not be written (permission, disk full, ...); 130 interrupted (Ctrl-C),
+  143 terminated (SIGTERM); 141 the reader of stdout went away (as for SIGPIPE). Errors are one
+  line on stderr."""
+  from mlp_jax.tools import interrupts
+  with interrupts.handled() as signals:  # before JAX is imported: Ctrl-C is never lost
+    try:
+      return _main(argv, signals)
+    except BrokenPipeError:  # `mlp-jax evaluate ... | head -1`: end quietly, as SIGPIPE would
+      _silence_stdout()
+      return EXIT_PIPE
+
+
+def _main(argv: list[str] | None, signals) -> int:
+  from mlp_jax.errors import MLPJaxError, StorageError, printable
   parser = build_parser()
   try:
     args = parser.parse_args(argv)
     if getattr(args, "config", None):  # the recorded settings become defaults, then reparse
       parser.train_parser.set_defaults(**replayed_config(args.config, parser.train_parser))
       args = parser.parse_args(argv)
+    from mlp_jax.io.compilation_cache import enable_compilation_cache
     enable_compilation_cache()  # a second run compiles nothing (MLP_JAX_COMPILATION_CACHE=off)
-    return args.func(args)
+    code = args.func(args, signals)
+    sys.stdout.flush()  # a closed pipe shows here, inside the command, not at exit
+    return code
+  except BrokenPipeError:
+    raise
   except StorageError as err:
-    print(f"mlp-jax: error: {err}", file=sys.stderr)
+    print(f"mlp-jax: error: {printable(err)}", file=sys.stderr)
     return EXIT_STORAGE
   except MLPJaxError as err:
-    print(f"mlp-jax: error: {err}", file=sys.stderr)
+    print(f"mlp-jax: error: {printable(err)}", file=sys.stderr)
     return EXIT_ERROR
-  except KeyboardInterrupt:
-    print("mlp-jax: interrupted; files written before are intact", file=sys.stderr)
-    return EXIT_INTERRUPTED
-  except OSError as err:  # a fault of the OS not met on purpose (e.g. a closed pipe)
-    print(f"mlp-jax: error: {err}", file=sys.stderr)
+  except OSError as err:  # a fault of the OS not met on purpose
+    print(f"mlp-jax: error: {printable(err)}", file=sys.stderr)
     return EXIT_STORAGE
+
+
+def _silence_stdout() -> None:
+  """Points stdout at the null device, so that the interpreter's last flush finds no closed
+  pipe (which would print 'Exception ignored ... BrokenPipeError')."""
+  try:
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, sys.stdout.fileno())
+    os.close(null)
+  except (OSError, ValueError):
+    pass
 
 
 if __name__ == "__main__":

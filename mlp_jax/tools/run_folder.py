@@ -11,14 +11,10 @@ replaces it (`overwrite`); a resume keeps every setting of the saved run except 
 (by fingerprint), wherever the file now lies.
 """
 
-import contextlib
 import datetime
 import json
 import os
 import pathlib
-import signal
-import sys
-import threading
 from typing import Optional
 
 from mlp_jax.errors import InputError, ResumeError
@@ -96,7 +92,8 @@ class RunFolder:
     if self.saved is None:
       return None
     where = str(self.checkpoint)
-    saved = self.saved.config
+    saved = dict(self.saved.config)
+    saved.setdefault("split_seed", saved.get("seed"))  # recorded before --split-seed existed
     asked = {k: v for k, v in config.items() if k not in MAY_CHANGE and k != "epochs"}
     check_unchanged(saved, asked, where, flag)
     if config.get("schedule") == "cosine" and saved.get("epochs") != epochs:
@@ -122,27 +119,3 @@ class RunFolder:
     """Writes the run state after an epoch, atomically (only the primary process writes)."""
     if self.primary:
       checkpoint.save_run(self.checkpoint, state, config=self.config, arrays=self.arrays)
-
-
-@contextlib.contextmanager
-def stop_on_sigint():
-  """Within the block, the first Ctrl-C (SIGINT) sets the yielded event instead of raising:
-  training stops after the current epoch, its checkpoint written. A second one raises
-  KeyboardInterrupt at once (a checkpoint being written is then left as it was before)."""
-  event = threading.Event()
-  if threading.current_thread() is not threading.main_thread():
-    yield event  # signals reach the main thread only
-    return
-
-  def handler(signum, frame):
-    if event.is_set():
-      raise KeyboardInterrupt
-    event.set()
-    print("\nmlp-jax: interrupted: stopping after this epoch (Ctrl-C again to stop at once)",
-          file=sys.stderr, flush=True)
-
-  previous = signal.signal(signal.SIGINT, handler)
-  try:
-    yield event
-  finally:
-    signal.signal(signal.SIGINT, previous)

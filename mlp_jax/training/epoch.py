@@ -27,7 +27,7 @@ from mlp_jax.core.backprop import objective_and_grads
 from mlp_jax.core.model import Params
 from mlp_jax.errors import InputError
 from mlp_jax.training import distributed, privacy
-from mlp_jax.training.optimizers import steps_per_epoch
+from mlp_jax.training.optimizers import OptimizerLike, as_optimizer, steps_per_epoch
 from mlp_jax.training.permutation import permutation
 
 
@@ -179,7 +179,7 @@ def epoch_program(*settings) -> EpochProgram:
   return _cached_build_epoch(*settings)
 
 
-def make_epoch(optimizer: optax.GradientTransformation, batch_size: int, l2: ArrayLike = 0.0, *,
+def make_epoch(optimizer: OptimizerLike, batch_size: int, l2: ArrayLike = 0.0, *,
                compute_dtype: Optional[DTypeLike] = None, dp: Optional[privacy.DPConfig] = None,
                mesh: Optional[Mesh] = None, shuffle: bool = True) -> Callable:
   """A jitted `epoch(params, opt_state, x, y, key) -> (params, opt_state, EpochStats)`; the
@@ -199,7 +199,11 @@ def make_epoch(optimizer: optax.GradientTransformation, batch_size: int, l2: Arr
   parameters and optimizer state are replicated on every device, each step's batch is sharded
   along "data" (`batch_size` must divide across the devices; DP batches are padded with masked
   rows to do so), and XLA all-reduces the gradient; the same batches and math as without it.
+
+  `optimizer` is an optax GradientTransformation, or a name "sgd", "momentum" or "adam" meaning
+  `make_optimizer(name)` (a constant learning rate of 1e-3), as in `fit`.
   """
+  optimizer = as_optimizer(optimizer)
   return epoch_program(optimizer, batch_size, l2, compute_dtype, dp, mesh, shuffle).epoch
 
 

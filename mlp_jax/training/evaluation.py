@@ -37,7 +37,13 @@ def _sums(params, x, y, chunk=8192):
 
 def evaluate(params: Params, x: ArrayLike, y: ArrayLike,
              l2: ArrayLike = 0.0) -> Tuple[float, float]:
-  """(loss (E6), accuracy) on a whole dataset, evaluated in fixed-size chunks."""
+  """(loss, accuracy) on a whole dataset (x (m, n), y (m,)), evaluated in fixed-size chunks.
+
+  The loss is the objective (E6) at the given `l2`: mean cross-entropy plus lambda/(2m)
+  sum ||W||^2. `fit`'s `val_loss` is this at the run's lambda, so pass that lambda to reproduce
+  it; the default `l2=0` gives the bare mean cross-entropy. Accuracy is the fraction of rows
+  whose argmax logit is the label.
+  """
   return evaluate_checked(*checks.check_batch(params, x, y, l2))
 
 

@@ -26,7 +26,7 @@ from mlp_jax.errors import InputError, NonFiniteError
 from mlp_jax.training import distributed, privacy
 from mlp_jax.training.epoch import EpochProgram, epoch_key, epoch_program
 from mlp_jax.training.evaluation import evaluate_checked
-from mlp_jax.training.optimizers import steps_per_epoch
+from mlp_jax.training.optimizers import OptimizerLike, as_optimizer, steps_per_epoch
 from mlp_jax.training.run import (Best, RunState, check_more_epochs, check_unchanged,
                                   match_template, new_run, result_params)
 
@@ -54,7 +54,10 @@ class FitResult:
   """What `fit` returns."""
   params: Params                    # the best epoch's with `patience`, else the last epoch's
   opt_state: optax.OptState
-  history: List[Dict[str, float]]   # one dict per epoch: epoch, train_loss, val_loss, val_acc, ...
+  # One dict per epoch: epoch, train_loss, val_loss, val_acc, ... train_loss (the mean over the
+  # epoch's steps) and val_loss are the objective (E6) at the run's l2, penalty included:
+  # val_loss is `evaluate(params, *val, l2)[0]`, not the bare cross-entropy of `l2=0`.
+  history: List[Dict[str, float]]
   best_epoch: int                   # the epoch whose parameters were returned (1-based)
   stopped_early: bool
   state: Optional[RunState] = None  # the whole run, to save (`checkpoint.save_run`) or resume
@@ -62,7 +65,7 @@ class FitResult:
 
 
 def fit(params: Params, train: Tuple[ArrayLike, ArrayLike], *,
-        optimizer: optax.GradientTransformation, epochs: int, batch_size: int = 128,
+        optimizer: OptimizerLike, epochs: int, batch_size: int = 128,
         l2: ArrayLike = 0.0, seed: int = 0, val: Optional[Tuple[ArrayLike, ArrayLike]] = None,
         patience: Optional[int] = None, resume: Optional[RunState] = None,
         on_epoch_end: Optional[Callable[[RunState], None]] = None,
@@ -75,13 +78,18 @@ def fit(params: Params, train: Tuple[ArrayLike, ArrayLike], *,
   Args:
     params: initial parameters (tuple of `Dense`); not modified. Ignored with `resume`.
     train: (x, y) training data, (N, n) floating and (N,) integer.
-    optimizer: an optax GradientTransformation.
+    optimizer: an optax GradientTransformation, or a name "sgd", "momentum" or "adam" meaning
+      `make_optimizer(name)`, its defaults: a constant learning rate of 1e-3 (for another rate
+      or the cosine schedule, pass `make_optimizer(name, lr, ...)`).
     epochs: total number of epochs, >= 1 (with `resume`, counting those already done).
     batch_size: minibatch size in 1..N; the last short batch is kept (masked), see `make_epoch`.
-    l2: the penalty lambda of (E6).
+    l2: the penalty lambda of (E6); the recorded `train_loss` and `val_loss` are (E6) at this
+      lambda, penalty included (`evaluate(params, *val, l2)`; `l2=0` there is the bare mean
+      cross-entropy).
     seed: shuffling seed in 0..2**32-1; epoch e uses `epoch_key(seed, e)`. Same seed, same
       machine: the same parameters bit for bit.
-    val: optional (x, y) validation data: loss and accuracy are recorded each epoch.
+    val: optional (x, y) validation data: loss (E6) at `l2` and accuracy are recorded each
+      epoch.
     patience: with `val`, stop after this many epochs (>= 1) without a lower validation loss
       and return the parameters of the best epoch.
     resume: a `RunState` (`result.state`, or `checkpoint.load_run`) to continue from. Every
@@ -107,6 +115,7 @@ def fit(params: Params, train: Tuple[ArrayLike, ArrayLike], *,
       `.batch_indices` (the rows of the offending batch) and `.params` (the last good ones).
     ResumeError: `resume` was trained with other settings, or with more epochs than `epochs`.
   """
+  optimizer = as_optimizer(optimizer)
   params = checks.check_params(params if resume is None else resume.params)
   x, y = checks.check_pair(params, train, "train")
   val = None if val is None else checks.check_pair(params, val, "val")

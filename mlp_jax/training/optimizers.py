@@ -1,15 +1,18 @@
 """Optimizers by name, with a constant or cosine-decayed learning rate, and steps per epoch."""
 
 import functools
-from typing import Optional
+from typing import Any, Optional, Union
 
 import optax
 
 from mlp_jax.core import checks
-from mlp_jax.errors import InputError
+from mlp_jax.errors import InputError, InputTypeError
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 SCHEDULES = ("constant", "cosine")
+
+# What `fit`, `make_epoch` and `make_train_step` take: an optax optimizer or one of OPTIMIZERS.
+OptimizerLike = Union[optax.GradientTransformation, str]
 
 
 def make_optimizer(name: str = "adam", lr: float = 1e-3, *, schedule: str = "constant",
@@ -45,6 +48,22 @@ def _optimizer(name: str, lr: float, schedule: str,
   if name == "momentum":
     return optax.sgd(lr, momentum=0.9, nesterov=True)
   return optax.adam(lr)
+
+
+def as_optimizer(optimizer: Any) -> optax.GradientTransformation:
+  """`optimizer` as an optax GradientTransformation: one given (anything with `init` and
+  `update`) as it is, a name of OPTIMIZERS as `make_optimizer(name)` with its defaults (a
+  constant learning rate of 1e-3), the same object for the same name."""
+  expected = ("an optax GradientTransformation or one of "
+              + ", ".join(repr(name) for name in OPTIMIZERS))
+  if isinstance(optimizer, str):
+    if optimizer not in OPTIMIZERS:
+      raise InputError(f"optimizer: expected {expected}, got {optimizer!r}")
+    return make_optimizer(optimizer)
+  if not (callable(getattr(optimizer, "init", None))
+          and callable(getattr(optimizer, "update", None))):
+    raise InputTypeError(f"optimizer: expected {expected}, got {type(optimizer).__name__}")
+  return optimizer
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:

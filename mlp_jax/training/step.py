@@ -17,9 +17,10 @@ from mlp_jax.core import checks
 from mlp_jax.core.backprop import objective_and_grads
 from mlp_jax.core.model import Params
 from mlp_jax.training import distributed
+from mlp_jax.training.optimizers import OptimizerLike, as_optimizer
 
 
-def make_train_step(optimizer: optax.GradientTransformation, l2: ArrayLike = 0.0, *,
+def make_train_step(optimizer: OptimizerLike, l2: ArrayLike = 0.0, *,
                     compute_dtype: Optional[DTypeLike] = None,
                     mesh: Optional[Mesh] = None) -> Callable:
   """A jitted `step(params, opt_state, x, y) -> (params, opt_state, loss)`.
@@ -29,12 +30,14 @@ def make_train_step(optimizer: optax.GradientTransformation, l2: ArrayLike = 0.0
   the arrays passed in. Shapes and dtypes are checked when the step is traced.
 
   Args:
-    optimizer: any optax GradientTransformation.
+    optimizer: any optax GradientTransformation, or a name "sgd", "momentum" or "adam" meaning
+      `make_optimizer(name)` (a constant learning rate of 1e-3), as in `fit`.
     l2: the penalty lambda of (E6).
     compute_dtype: optional GEMM dtype (e.g. jnp.bfloat16), see `loss_and_grads`.
     mesh: the batch's rows split over this device mesh and the results replicated on it; the
       compiled core of `make_data_parallel_step`, which places the inputs.
   """
+  optimizer = as_optimizer(optimizer)
   checks.check_real(l2, "l2")
   jit_kwargs = {} if mesh is None else {"out_shardings": distributed.replicated_sharding(mesh)}
 
@@ -51,7 +54,7 @@ def make_train_step(optimizer: optax.GradientTransformation, l2: ArrayLike = 0.0
   return step
 
 
-def make_data_parallel_step(optimizer: optax.GradientTransformation, mesh: Mesh,
+def make_data_parallel_step(optimizer: OptimizerLike, mesh: Mesh,
                             l2: ArrayLike = 0.0, *,
                             compute_dtype: Optional[DTypeLike] = None) -> Callable:
   """A `step(params, opt_state, x, y) -> (params, opt_state, loss)` sharded over `mesh`.

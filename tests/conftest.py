@@ -1,4 +1,5 @@
-"""Shared test setup: strict JAX numerics, tolerances by dtype, dtype and jit-mode fixtures."""
+"""Shared test setup: strict JAX numerics, tolerances by dtype, dtype and jit-mode fixtures, the
+Hypothesis profiles (repeatable by default, HYPOTHESIS_PROFILE=explore for random draws)."""
 
 import contextlib
 import os
@@ -7,10 +8,29 @@ import os
 # start) do not, except test_compilation_cache.py, which gives it a folder of its own.
 os.environ["MLP_JAX_COMPILATION_CACHE"] = "off"
 
+import hypothesis  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+# Hypothesis profiles. "default" (CI, the README's `pytest -n 2`): the same examples on every run
+# (derandomize) and no example database, so no `.hypothesis/` state can make one clone fail where
+# another passes. HYPOTHESIS_PROFILE=explore draws fresh random examples, still without a
+# database: for hunting new failures when asked, never for CI. Every test file's `settings(...)`
+# inherits these; pytest's --hypothesis-profile overrides the variable.
+hypothesis.settings.register_profile("default", derandomize=True, database=None, print_blob=True)
+hypothesis.settings.register_profile("explore", derandomize=False, database=None, print_blob=True)
+HYPOTHESIS_PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "default")
+hypothesis.settings.load_profile(HYPOTHESIS_PROFILE)
+if HYPOTHESIS_PROFILE == "default":
+  # Hypothesis (>= 6.131) also draws now and then from the constants in the project's modules
+  # that happen to be imported (under xdist, whatever a worker ran before), cached in
+  # `.hypothesis/constants/`: derandomized draws would follow the schedule, and every run would
+  # write that folder. A private hook, so guarded: without it Hypothesis keeps its own behaviour.
+  from hypothesis.internal.conjecture import providers as _providers
+  if hasattr(_providers, "_get_local_constants") and hasattr(_providers, "_local_constants"):
+    _providers._get_local_constants = lambda: _providers._local_constants  # the empty pool
 
 # Catch accidental broadcasts (a bias gradient of the wrong rank) and silent dtype promotion.
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -91,17 +111,23 @@ def trees_bit_equal(a, b) -> bool:
   return all(np.array_equal(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def tree_rel_errors(actual, reference):
-  """Relative error of each leaf pair, as a list."""
+def tree_rel_errors(actual, reference, scale=None):
+  """Relative error of each leaf pair, as a list; with `scale` (a tree like `reference`, e.g.
+  `gradient_scale`) each denominator is floored at that leaf's norm."""
   from mlp_jax import relative_error
-  return [relative_error(a, r) for a, r in zip(jax.tree.leaves(actual), jax.tree.leaves(reference))]
+  scales = [None] * len(jax.tree.leaves(reference)) if scale is None else jax.tree.leaves(scale)
+  return [relative_error(a, r, s)
+          for a, r, s in zip(jax.tree.leaves(actual), jax.tree.leaves(reference), scales)]
 
 
-def assert_tree_close(actual, reference, rtol):
+def assert_tree_close(actual, reference, rtol, scale=None):
+  """Same structure, shapes and dtypes, and every leaf within rtol (`tree_rel_errors`)."""
   assert jax.tree.structure(actual) == jax.tree.structure(reference)
   for a, r in zip(jax.tree.leaves(actual), jax.tree.leaves(reference)):
     assert a.shape == r.shape and a.dtype == r.dtype, (a.shape, a.dtype, r.shape, r.dtype)
-  errors = tree_rel_errors(actual, reference)
+  if scale is not None:
+    assert jax.tree.structure(scale) == jax.tree.structure(reference)
+  errors = tree_rel_errors(actual, reference, scale)
   assert max(errors) <= rtol, errors
 
 

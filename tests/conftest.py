@@ -106,6 +106,24 @@ def copy_tree(tree):
   return jax.tree.map(jnp.array, tree)
 
 
+def wait_for_epochs(out, proc, epochs: int, timeout: float = 120.0) -> None:
+  """Until the run in folder `out` has a checkpoint of at least `epochs` epochs (`proc`, the
+  process training it, must still be running)."""
+  import time
+
+  from mlp_jax import CheckpointError, load_run
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    assert proc.poll() is None, proc.communicate()
+    try:
+      if load_run(out / "checkpoint.npz").state.epochs_done >= epochs:
+        return
+    except CheckpointError:
+      pass
+    time.sleep(0.05)
+  raise AssertionError("the run did not reach its epochs in time")
+
+
 def trees_bit_equal(a, b) -> bool:
   """Every leaf pair equal bit for bit (same values; for floats, NaNs aside)."""
   return all(np.array_equal(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import mlp_jax as mj
+from conftest import wait_for_epochs
 from mlp_jax.tools import cli
 
 pytestmark = pytest.mark.usefixtures("standard_promotion")  # optax inside the CLI
@@ -345,12 +346,17 @@ def test_a_fifo_or_device_as_data_is_refused_without_hanging(tmp_path, capsys, k
   assert not (tmp_path / "run").exists()
 
 
-def test_data_in_a_folder_without_permission_is_one_line(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("given, says", [
+    ("locked/usps.h5", "cannot read"),                       # a file in a folder without x
+    ("locked", "cannot look inside the folder"),            # the folder itself, as --data
+], ids=["file_in_folder", "folder"])
+def test_data_the_os_refuses_to_reach_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch,
+                                                             given, says):
   locked = tmp_path / "locked"
   locked.mkdir()
   (locked / "usps.h5").write_bytes(b"")
-  locked.chmod(0o000)
-  if os.geteuid() == 0:  # root reads anywhere: the refusal is simulated at stat
+  locked.chmod(0o600)  # readable, not searchable: nothing inside can be reached
+  if os.geteuid() == 0:  # root reaches anything: the refusal is simulated at stat
     real_stat = pathlib.Path.stat
 
     def stat(self, *args, **kwargs):
@@ -359,37 +365,12 @@ def test_data_in_a_folder_without_permission_is_one_line(tmp_path, capsys, monke
       return real_stat(self, *args, **kwargs)
     monkeypatch.setattr(pathlib.Path, "stat", stat)
   try:
-    code, _, err = _run(["train", "--dataset", "usps", "--data", locked / "usps.h5", "--out",
+    code, _, err = _run(["train", "--dataset", "usps", "--data", tmp_path / given, "--out",
                          tmp_path / "run", "--no-progress"], capsys)
   finally:
     locked.chmod(0o700)
   line = _one_error_line(err)
-  assert code == EXIT_ERROR and "usps.h5" in line and "Permission denied" in line, line
-  assert not (tmp_path / "run").exists()
-
-
-def test_data_naming_a_folder_without_search_permission_is_an_input_error(tmp_path, capsys,
-                                                                         monkeypatch):
-  """`--data locked/` where locked has no x bit: the files in it cannot be looked up."""
-  locked = tmp_path / "locked"
-  locked.mkdir()
-  (locked / "usps.h5").write_bytes(b"")
-  locked.chmod(0o600)
-  if os.geteuid() == 0:  # root searches anywhere: the refusal is simulated at stat
-    real_stat = pathlib.Path.stat
-
-    def stat(self, *args, **kwargs):
-      if locked in self.parents:
-        raise PermissionError(13, "Permission denied", str(self))
-      return real_stat(self, *args, **kwargs)
-    monkeypatch.setattr(pathlib.Path, "stat", stat)
-  try:
-    code, _, err = _run(["train", "--dataset", "usps", "--data", locked, "--out",
-                         tmp_path / "run", "--no-progress"], capsys)
-  finally:
-    locked.chmod(0o700)
-  line = _one_error_line(err)
-  assert code == EXIT_ERROR and str(locked) in line and "cannot look inside the folder" in line \
+  assert code == EXIT_ERROR and str(tmp_path / given) in line and says in line \
       and "Permission denied" in line, line
   assert not (tmp_path / "run").exists()
 
@@ -431,20 +412,6 @@ def _start(out: pathlib.Path, *extra) -> subprocess.Popen:
                           text=True)
 
 
-def _wait_for_epochs(out: pathlib.Path, proc, epochs: int, timeout=120.0) -> None:
-  """Until the run in `out` has a checkpoint of at least `epochs` epochs."""
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    assert proc.poll() is None, proc.communicate()
-    try:
-      if mj.load_run(out / "checkpoint.npz").state.epochs_done >= epochs:
-        return
-    except mj.CheckpointError:
-      pass
-    time.sleep(0.05)
-  raise AssertionError("the run did not reach its epochs in time")
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
   out = tmp_path_factory.mktemp("long") / "whole"
@@ -457,7 +424,7 @@ def uninterrupted(tmp_path_factory):
 def test_ctrl_c_stops_after_the_epoch_exits_130_and_resumes_exactly(tmp_path, uninterrupted):
   out = tmp_path / "run"
   proc = _start(out)
-  _wait_for_epochs(out, proc, 2)
+  wait_for_epochs(out, proc, 2)
   proc.send_signal(signal.SIGINT)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == EXIT_INTERRUPTED, err
@@ -476,7 +443,7 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_run(tmp_pa
   rng = random.Random(0)
   for attempt in range(3):
     proc = _start(out, *(["--resume"] if attempt else []))
-    _wait_for_epochs(out, proc, 1 + 8 * attempt)
+    wait_for_epochs(out, proc, 1 + 8 * attempt)
     time.sleep(rng.uniform(0, 0.5))  # anywhere in an epoch, or in a save
     proc.kill()
     proc.wait()

@@ -16,6 +16,7 @@ import time
 import pytest
 
 import mlp_jax as mj
+from conftest import wait_for_epochs
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGTERM") or os.name != "posix",
                                 reason="needs POSIX signals")
@@ -41,19 +42,6 @@ def one_line(err: str) -> str:
   lines = err.splitlines()
   assert len(lines) == 1 and "Traceback" not in err and "Exception ignored" not in err, err
   return lines[0]
-
-
-def wait_for_checkpoint(out: pathlib.Path, proc, epochs: int = 1, timeout: float = 300) -> None:
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    assert proc.poll() is None, proc.communicate()
-    try:
-      if mj.load_run(out / "checkpoint.npz").state.epochs_done >= epochs:
-        return
-    except mj.CheckpointError:
-      pass
-    time.sleep(0.05)
-  raise AssertionError("no checkpoint in time")
 
 
 TINY = ["--dataset", "synthetic", "--num-samples", "300", "--hidden", "8", "--epochs", "3",
@@ -86,7 +74,7 @@ def test_a_signal_at_any_moment_ends_the_command_without_a_traceback(tmp_path, s
 def test_sigterm_stops_after_the_epoch_with_143_and_keeps_the_checkpoint(tmp_path):
   out = tmp_path / "run"
   proc = start("train", *SLOW, "--out", out)
-  wait_for_checkpoint(out, proc)
+  wait_for_epochs(out, proc, 1, timeout=300)
   proc.send_signal(signal.SIGTERM)
   code, _, err = finish(proc, timeout=600)
   done = mj.load_run(out / "checkpoint.npz").state.epochs_done
@@ -101,7 +89,7 @@ def test_sigterm_stops_after_the_epoch_with_143_and_keeps_the_checkpoint(tmp_pat
 def test_a_second_signal_stops_within_a_second_and_the_checkpoint_stays(tmp_path, second):
   out = tmp_path / "run"
   proc = start("train", *SLOW, "--out", out)
-  wait_for_checkpoint(out, proc)
+  wait_for_epochs(out, proc, 1, timeout=300)
   time.sleep(0.3)  # inside epoch 2, which lasts seconds
   proc.send_signal(signal.SIGINT)
   time.sleep(0.3)

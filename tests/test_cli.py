@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mlp_jax.io import checkpoint
-from mlp_jax.tools import cli
+from mlp_jax.tools import cli, run_folder
 
 TINY = ["--dataset", "synthetic", "--num-samples", "300", "--hidden", "8", "--epochs", "3",
         "--batch-size", "32", "--no-progress"]
@@ -311,7 +311,7 @@ def test_a_run_recorded_before_split_seed_keeps_its_rows(tmp_path, capsys):
   config = json.loads((old / "config.json").read_text())
   del config["split_seed"]
   (old / "config.json").write_text(json.dumps(config))
-  assert cli.split_seed(config) == 3
+  assert run_folder.split_seed(config) == 3
   again = tmp_path / "again"
   assert _run(["train", "--config", str(old / "config.json"), "--out", str(again)], capsys)[0] == 0
   assert json.loads((again / "config.json").read_text())["train_sha256"] == config["train_sha256"]

@@ -4,7 +4,7 @@ Each subcommand parses its arguments and calls the library; errors the library r
 purpose (bad files, bad data, bad arguments) end the command with a one-line message and exit
 status 2, before anything is written to the output folder.
 
-At module level it imports only `os` and `sys`: `main` sets up the signal handling first
+At module level it imports only the standard library and `mlp_jax.errors`: `main` sets up the signal handling first
 (`interrupts`), so that a Ctrl-C while JAX and the rest import is seen.
 """
 
@@ -13,6 +13,12 @@ from __future__ import annotations
 import os
 import sys
 from typing import TYPE_CHECKING
+
+# Standard library only, like this module: the exception types and message helpers, and the
+# signal handling that `main` sets up first.
+from mlp_jax.errors import (InputError, MLPJaxError, StorageError, describe, optional_import,
+                            printable)
+from mlp_jax.tools import interrupts
 
 if TYPE_CHECKING:
   import argparse
@@ -71,7 +77,6 @@ EXIT_ERROR, EXIT_STORAGE, EXIT_PIPE = 2, 74, 141  # 74: EX_IOERR of sysexits.h; 
 def train_config(args) -> dict:
   """The run's configuration from the command line, every value checked; raises `InputError`
   naming the option. Options a run does not use are None (and refused if given)."""
-  from mlp_jax.errors import InputError, optional_import
   from mlp_jax.tools import run_folder
   from mlp_jax.training.fit import MAX_SEED
 
@@ -132,7 +137,8 @@ NOT_REPLAYED = ("out", "resume", "overwrite", "config", "layer_sizes", "train_sh
 def replayed_config(path, train_parser) -> dict:
   """The settings recorded in a run's config.json or metrics.json, as `train` defaults."""
   import json
-  from mlp_jax.errors import InputError
+
+  from mlp_jax.tools import run_folder
   try:
     with open(path, encoding="utf-8") as f:
       recorded = json.load(f)
@@ -147,13 +153,8 @@ def replayed_config(path, train_parser) -> dict:
   if unknown:
     raise InputError(f"--config {path}: unknown settings {', '.join(unknown)}")
   return {k: v for k, v in recorded.items() if k not in NOT_REPLAYED} | {
-      "split_seed": split_seed(recorded)}
+      "split_seed": run_folder.split_seed(recorded)}
 
-
-def split_seed(config: dict) -> int:
-  """The seed of a recorded run's held-out rows: its `split_seed`, or, for a run recorded before
-  that setting existed, its `seed` (which then drew the splits too)."""
-  return config.get("split_seed", config.get("seed", 0))
 
 
 def cmd_train(args, signals) -> int:
@@ -161,9 +162,7 @@ def cmd_train(args, signals) -> int:
 
   import jax
   import mlp_jax as mj
-  from mlp_jax.errors import printable
   from mlp_jax.io import data
-  from mlp_jax.tools import interrupts
   from mlp_jax.tools.run_folder import RunFolder, default_out
   from mlp_jax.training import distributed
 
@@ -296,7 +295,6 @@ def _report(args, config, splits, result, seconds, folder, mesh) -> None:
 
   import jax
   import mlp_jax as mj
-  from mlp_jax.errors import printable
   from mlp_jax.tools import plots
   from mlp_jax.training import privacy
   test_loss, test_acc = mj.evaluate(result.params, splits.test.x, splits.test.y, args.l2)
@@ -344,8 +342,8 @@ def _report(args, config, splits, result, seconds, folder, mesh) -> None:
 def cmd_evaluate(args, signals) -> int:
   import numpy as np
   import mlp_jax as mj
-  from mlp_jax.errors import printable
   from mlp_jax.io import checkpoint, data
+  from mlp_jax.tools import run_folder
   from mlp_jax.training.run import result_params
 
   saved = checkpoint.load_run(args.checkpoint)
@@ -355,7 +353,7 @@ def cmd_evaluate(args, signals) -> int:
                              "(no dataset or scaler); evaluate it in Python with mj.evaluate")
   dataset = args.dataset or cfg["dataset"]
   path = args.data or cfg.get("data")
-  splits, _ = data.load_splits(dataset, path, seed=split_seed(cfg),
+  splits, _ = data.load_splits(dataset, path, seed=run_folder.split_seed(cfg),
                                num_samples=cfg.get("num_samples") or DEFAULTS["num_samples"])
   scaler = data.Scaler(np.asarray(saved.arrays["scaler_mean"]),
                        np.asarray(saved.arrays["scaler_scale"]))
@@ -409,7 +407,6 @@ def load_function(spec: str):
   import functools
   import importlib
   import importlib.util
-  from mlp_jax.errors import InputError, printable
   module_name, _, attr = spec.rpartition(":")
   if not module_name or not attr:
     raise InputError(f"--grads: expected module:function or file.py:function, got "
@@ -455,7 +452,6 @@ def _user_exception(err: BaseException) -> str:
   then where that was called from."""
   import sysconfig
   import traceback
-  from mlp_jax.errors import describe, printable
   library = [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]  # mlp_jax/
   library += [sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")]
   library = [os.path.abspath(p) + os.sep for p in library]
@@ -604,7 +600,6 @@ def main(argv: list[str] | None = None) -> int:
   NaN/Inf; 74 a file could not be written (permission, disk full, ...); 130 interrupted (Ctrl-C),
   143 terminated (SIGTERM); 141 the reader of stdout went away (as for SIGPIPE). Errors are one
   line on stderr."""
-  from mlp_jax.tools import interrupts
   with interrupts.handled() as signals:  # before JAX is imported: Ctrl-C is never lost
     try:
       return _main(argv, signals)
@@ -614,7 +609,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None, signals) -> int:
-  from mlp_jax.errors import MLPJaxError, StorageError, printable
   parser = build_parser()
   try:
     args = parser.parse_args(argv)

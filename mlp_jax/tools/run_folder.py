@@ -38,6 +38,12 @@ def flag(key: str) -> str:
       key, "--" + key.replace("_", "-"))
 
 
+def split_seed(config: dict) -> int:
+  """The seed of a recorded run's held-out rows: its `split_seed`, or, for a run recorded before
+  that setting existed, its `seed` (which then drew the splits too)."""
+  return config.get("split_seed", config.get("seed", 0))
+
+
 def default_out(dataset: str) -> pathlib.Path:
   """runs/<dataset>-<date>-<time>, with a suffix if that exists: a new folder for every run."""
   stem = pathlib.Path("runs") / f"{dataset}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
@@ -93,7 +99,7 @@ class RunFolder:
       return None
     where = str(self.checkpoint)
     saved = dict(self.saved.config)
-    saved.setdefault("split_seed", saved.get("seed"))  # recorded before --split-seed existed
+    saved["split_seed"] = split_seed(saved)
     asked = {k: v for k, v in config.items() if k not in MAY_CHANGE and k != "epochs"}
     check_unchanged(saved, asked, where, flag)
     if config.get("schedule") == "cosine" and saved.get("epochs") != epochs:

@@ -28,9 +28,8 @@ import sys
 import threading
 from typing import Callable, Iterator, Optional
 
-HANDLED = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None))
-                if s is not None)
-WORDS = {getattr(signal, "SIGINT", -1): "interrupted", getattr(signal, "SIGTERM", -2): "terminated"}
+HANDLED = (signal.SIGINT, signal.SIGTERM)  # both exist on every platform Python runs on
+WORDS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
 
 
 def exit_status(signum: int) -> int:
@@ -70,7 +69,7 @@ class Signals:
       if describe is not None and not self.stop.is_set():
         self.signum = signum
         self.stop.set()
-        again = "Ctrl-C" if signum == getattr(signal, "SIGINT", None) else "SIGTERM"
+        again = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
         _say(f"mlp-jax: {word(signum)}: stopping after this epoch ({again} again to stop at "
              "once)")
         return
@@ -120,7 +119,7 @@ def handled() -> Iterator[Signals]:
   process's previous handlers. Off the main thread (where Python cannot set handlers) it yields a
   `Signals` that nothing sets."""
   signals = Signals()
-  if threading.current_thread() is not threading.main_thread() or not HANDLED:
+  if threading.current_thread() is not threading.main_thread():
     yield signals
     return
   reader, writer = socket.socketpair()

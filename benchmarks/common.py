@@ -1,4 +1,5 @@
-"""What every benchmark script shares: timing, machine description, JSON and markdown output."""
+"""What every benchmark script (here and in reproduce/) shares: timing, machine description, JSON
+and markdown output."""
 
 import datetime
 import json
@@ -118,11 +119,18 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
   return "\n".join(lines)
 
 
+def write_json(path: str, payload: Dict) -> None:
+  """Writes payload to the JSON file `path` (one-space indents), creating its folder."""
+  folder = os.path.dirname(path)
+  if folder:
+    os.makedirs(folder, exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(payload, f, indent=1)
+
+
 def write_results(name: str, payload: Dict, markdown: str, out_dir: str = RESULTS) -> None:
   """Writes out_dir/name.json and out_dir/name.md and prints the markdown."""
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
-    json.dump(payload, f, indent=1)
+  write_json(os.path.join(out_dir, f"{name}.json"), payload)
   with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
     f.write(markdown + "\n")
   print(markdown)

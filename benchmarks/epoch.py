@@ -63,8 +63,8 @@ from mlp_jax.training import epoch as training  # noqa: E402
 LR, MOMENTUM, L2 = 0.1, 0.9, 1e-4
 # Per column and round: WARMUP untimed epochs, then BLOCK timed ones, all back to back. After
 # another library's turn (or any pause of 50 ms or more), XLA's epochs run slow until its
-# threads are busy again (`epoch_experiments.py after-pause`: 37.5, 46.5, 37.5, 29.3 ms for the
-# 1st to 4th epoch after a NumPy epoch, 32.0 back to back). A training loop pays that once;
+# threads are busy again (`reproduce/epoch_experiments.py after-pause`: 37.5, 46.5, 37.5, 29.3 ms
+# for the 1st to 4th epoch after a NumPy epoch, 32.0 back to back). A training loop pays that once;
 # one timed epoch per turn would measure it every time.
 WARMUP, BLOCK = 4, 4
 BATCHES = (32, 128, 512)
@@ -319,7 +319,7 @@ def ablation(x, y, batch: int, rounds: int) -> Dict:
   runs, results = {}, {}
   for variant in ABLATION:
     with _undone(variant):  # built anew (not make_epoch's cached program), traced, compiled
-      epoch_fn = training.build_epoch(opt, batch, L2, None, None, None).epoch
+      epoch_fn = training.build_epoch(opt, mj.FitSettings(batch_size=batch, l2=L2)).epoch
       params = jax.tree.map(jnp.copy, init)
       params, state, _ = epoch_fn(params, opt.init(params), x, y, training.epoch_key(0, 0))
     results[variant] = jax.tree.map(np.asarray, params)

@@ -3,15 +3,16 @@
 At large batches (m = 16384 on the 256-256-10 network) each compiled gradient call asks the
 host for ~49 MiB of scratch memory. glibc serves a request that large with a fresh `mmap` and
 returns it with `munmap` afterwards, so every call pays ~12,500 minor page faults: about a third
-of its time on a 2-core VM (`benchmarks/page_faults.py`). `retain_freed_memory()` tells glibc
-to serve such requests from its heap and keep freed memory for the next call. It changes the whole process (memory is not returned
-to the OS until exit), so it is never done implicitly; call it once at the start of a training
-or benchmark process. The environment variables `MALLOC_MMAP_MAX_=0
-MALLOC_TRIM_THRESHOLD_=4294967296 MALLOC_TOP_PAD_=268435456` do the same before start-up.
+of its time on a 2-core VM (`benchmarks/reproduce/page_faults.py`). `retain_freed_memory()`
+tells glibc to serve such requests from its heap and keep freed memory for the next call. It
+changes the whole process (memory is not returned to the OS until exit), so it is never done
+implicitly; call it once at the start of a training or benchmark process. The environment
+variables `MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=4294967296 MALLOC_TOP_PAD_=268435456` do the
+same before start-up.
 
-It lives beside the benchmarks that use it (grads.py, page_faults.py), not in the library: a
-library should not change its host process's allocator, and the environment variables above serve
-a user's own training process as well.
+It lives beside the benchmarks that use it (grads.py, reproduce/page_faults.py), not in the
+library: a library should not change its host process's allocator, and the environment variables
+above serve a user's own training process as well.
 """
 
 import ctypes

@@ -28,18 +28,20 @@ _FROM = {
                        "MissingDependencyError", "MLPJaxError", "NonFiniteError", "ResumeError",
                        "StorageError"),
     "mlp_jax.io.compilation_cache": ("enable_compilation_cache",),
-    "mlp_jax.io.checkpoint": ("Checkpoint", "SavedRun", "load_checkpoint", "load_pytree",
-                              "load_run", "save_checkpoint", "save_pytree", "save_run"),
+    "mlp_jax.io.checkpoint": ("Checkpoint", "load_checkpoint", "load_pytree", "save_checkpoint",
+                              "save_pytree"),
     "mlp_jax.oracle.autodiff": ("autodiff_grads", "autodiff_per_sample_grads"),
     "mlp_jax.oracle.check": ("GradientReport", "check_gradients", "relative_error"),
-    "mlp_jax.training.distributed": ("DistributedError", "initialize_distributed", "is_primary",
-                                     "make_mesh", "process_shard", "replicate", "shard_batch"),
+    "mlp_jax.training.distributed": ("make_mesh", "replicate", "shard_batch"),
     "mlp_jax.training.evaluation": ("confusion_matrix", "evaluate"),
     "mlp_jax.training.epoch": ("make_epoch",),
     "mlp_jax.training.fit": ("FitResult", "fit"),
+    "mlp_jax.training.multihost": ("DistributedError", "initialize_distributed", "is_primary",
+                                   "process_shard"),
     "mlp_jax.training.optimizers": ("make_optimizer", "steps_per_epoch"),
     "mlp_jax.training.privacy": ("DPConfig", "LedgerEntry", "dp_epsilon", "ledger_epsilon"),
-    "mlp_jax.training.run": ("RunState",),
+    "mlp_jax.training.run": ("RunState", "SavedRun", "load_run", "save_run"),
+    "mlp_jax.training.settings": ("FitSettings",),
     "mlp_jax.training.step": ("make_data_parallel_step", "make_train_step"),
     "mlp_jax.tools.diagnosis": ("diagnose", "Diagnosis"),
     "mlp_jax.tools.estimator": ("MLPClassifier",),
@@ -60,19 +62,21 @@ if TYPE_CHECKING:  # the same names, for type checkers and IDEs (tests/test_arch
                               StorageError)
   from mlp_jax.io import data
   from mlp_jax.io.compilation_cache import enable_compilation_cache
-  from mlp_jax.io.checkpoint import (Checkpoint, SavedRun, load_checkpoint, load_pytree, load_run,
-                                     save_checkpoint, save_pytree, save_run)
+  from mlp_jax.io.checkpoint import (Checkpoint, load_checkpoint, load_pytree, save_checkpoint,
+                                     save_pytree)
   from mlp_jax.oracle.autodiff import autodiff_grads, autodiff_per_sample_grads
   from mlp_jax.oracle.check import GradientReport, check_gradients, relative_error
   from mlp_jax.training import distributed
-  from mlp_jax.training.distributed import (DistributedError, initialize_distributed, is_primary,
-                                            make_mesh, process_shard, replicate, shard_batch)
+  from mlp_jax.training.distributed import make_mesh, replicate, shard_batch
   from mlp_jax.training.evaluation import confusion_matrix, evaluate
   from mlp_jax.training.epoch import make_epoch
   from mlp_jax.training.fit import FitResult, fit
+  from mlp_jax.training.multihost import (DistributedError, initialize_distributed, is_primary,
+                                          process_shard)
   from mlp_jax.training.optimizers import make_optimizer, steps_per_epoch
   from mlp_jax.training.privacy import DPConfig, LedgerEntry, dp_epsilon, ledger_epsilon
-  from mlp_jax.training.run import RunState
+  from mlp_jax.training.run import RunState, SavedRun, load_run, save_run
+  from mlp_jax.training.settings import FitSettings
   from mlp_jax.training.step import make_data_parallel_step, make_train_step
   from mlp_jax.tools.diagnosis import Diagnosis, diagnose
   from mlp_jax.tools.estimator import MLPClassifier
@@ -82,8 +86,8 @@ __all__ = [  # the public API; `diagnose` and `Diagnosis` load on first use
     "__version__", "autodiff_grads", "autodiff_per_sample_grads", "check_gradients", "Checkpoint",
     "CheckpointError", "clipped_mean_grads", "confusion_matrix", "data", "DataFileError", "Dense",
     "diagnose", "Diagnosis", "distributed", "DistributedError", "dp_epsilon", "DPConfig",
-    "enable_compilation_cache", "evaluate", "fit", "FitResult", "forward", "GradientReport",
-    "grads", "init_params",
+    "enable_compilation_cache", "evaluate", "fit", "FitResult", "FitSettings", "forward",
+    "GradientReport", "grads", "init_params",
     "initialize_distributed", "InputError", "InputTypeError", "is_primary", "layer_sizes",
     "LayerNorms", "ledger_epsilon", "LedgerEntry", "load_checkpoint", "load_pytree", "load_run",
     "loss", "loss_and_grads", "make_data_parallel_step", "make_epoch", "make_mesh",

@@ -6,7 +6,7 @@ them all at once; each also derives from the built-in type a Python user would e
 """
 
 import types
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:
   import numpy as np
@@ -33,13 +33,25 @@ class CheckpointError(MLPJaxError, ValueError):
 
 
 class NonFiniteError(MLPJaxError, FloatingPointError):
-  """Training produced a NaN or Inf loss or gradient."""
-  # Set by `fit` on the error it raises:
-  epoch: int                     # 1-based epoch of the bad step
-  step: int                      # 1-based step within that epoch
-  batch_indices: "np.ndarray"    # rows of the training set in the offending batch
-  params: Any                    # the last good parameters, from before that step
-  opt_state: Any                 # the optimizer state that goes with them
+  """Training produced a NaN or Inf loss or gradient.
+
+  `fit` sets where and what: `epoch` (1-based) and `step` (1-based, within that epoch) of the
+  bad step, `batch_indices` (the training set's rows in that batch), and `params` and
+  `opt_state`, the last good ones from before that step. None where not known.
+  """
+
+  def __init__(self, message: str, *, epoch: Optional[int] = None, step: Optional[int] = None,
+               batch_indices: "Optional[np.ndarray]" = None, params: Any = None,
+               opt_state: Any = None):
+    super().__init__(message)
+    self.epoch, self.step, self.batch_indices = epoch, step, batch_indices
+    self.params, self.opt_state = params, opt_state
+
+  def with_message(self, message: str) -> "NonFiniteError":
+    """The same error (every field kept) told in other words, e.g. with where files went."""
+    return NonFiniteError(message, epoch=self.epoch, step=self.step,
+                          batch_indices=self.batch_indices, params=self.params,
+                          opt_state=self.opt_state)
 
 
 class MissingDependencyError(MLPJaxError, ImportError):

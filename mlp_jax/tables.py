@@ -13,3 +13,8 @@ def text_table(rows: Sequence[Sequence], rule: bool = True) -> List[str]:
   if rule:
     lines.insert(1, "  ".join("-" * w for w in widths))
   return lines
+
+
+def text_block(rows: Sequence[Sequence]) -> str:
+  """A table without a header rule, as one string: the command line's summaries."""
+  return "\n".join(text_table(rows, rule=False))

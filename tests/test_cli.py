@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from mlp_jax.io import checkpoint
+from mlp_jax.training import run as run_file
 from mlp_jax.tools import cli, run_folder
 
 TINY = ["--dataset", "synthetic", "--num-samples", "300", "--hidden", "8", "--epochs", "3",
@@ -46,7 +46,7 @@ def test_train_writes_every_output(tmp_path, capsys):
   assert metrics["test_accuracy"] == np.trace(confusion) / metrics["test_examples"]
   rows = (out / "metrics.csv").read_text().splitlines()
   assert rows[0].startswith("epoch,") and len(rows) == 4
-  run = checkpoint.load_run(out / "checkpoint.npz")
+  run = run_file.load_run(out / "checkpoint.npz")
   assert run.config["layer_sizes"] == [256, 8, 10] and run.state.epochs_done == 3
 
 

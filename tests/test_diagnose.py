@@ -14,6 +14,7 @@ import pytest
 import mlp_jax as mj
 from conftest import make_batch
 from mlp_jax.tools.diagnosis import KINDS, WHERE, diagnose, random_problem
+from mlp_jax.tools.diagnosis_draws import param_leaves
 
 _spec = importlib.util.spec_from_file_location(
     "seed_errata", pathlib.Path(__file__).parents[1] / "examples" / "seed_errata.py")
@@ -196,6 +197,16 @@ def test_relu_tie_mistake_repro_uses_a_ties_problem():
   assert d.failed == ("W1", "b1")
   assert d["b1"].rel_errs[:-1] == pytest.approx([0.0] * (len(d.draws) - 1), abs=1e-12)
   assert d["b1"].repro.ties and "ties=True" in d["b1"].repro.snippet
+
+
+def test_each_leaf_says_whether_it_is_a_weight_and_where_it_sits():
+  params = mj.init_params(jax.random.PRNGKey(0), (6, 5, 4, 3))
+  leaves = param_leaves(params)
+  assert [(leaf.name, leaf.is_weight, leaf.subscript) for leaf in leaves] == [
+      ("W1", True, "[0][0]"), ("b1", False, "[0][1]"), ("W2", True, "[1][0]"),
+      ("b2", False, "[1][1]"), ("W3", True, "[2][0]"), ("b3", False, "[2][1]")]
+  flat = jax.tree.leaves(params)
+  assert all(flat[leaf.index] is getattr(params[leaf.layer], leaf.field) for leaf in leaves)
 
 
 def test_random_problem_ties_are_exact_zeros():

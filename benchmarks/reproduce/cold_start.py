@@ -1,6 +1,6 @@
 """Cold start: whole fresh processes, from the interpreter's start to the first gradient.
 
-    python benchmarks/cold_start.py [--quick] [--runs 5]
+    python benchmarks/reproduce/cold_start.py [--quick] [--runs 5]
 
 Each variant is a fresh `python -c` process; the variants are run in turns (one of each per
 round, `--runs` rounds), and the table gives each one's median wall time and its ratio to the
@@ -27,7 +27,8 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# benchmarks/, one folder up: the shared harness (common.py)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 
 CHILD = """

@@ -5,33 +5,31 @@ update, and `mj.per_sample_grad_norms`; each with the value checks on (the defau
 `mj.value_checks(False)`, and as the unchecked compiled core. Medians of 7 interleaved
 repetitions.
 
-    python benchmarks/eager_checks.py [OUT.json]   # default benchmarks/results/eager_checks.json
+    python benchmarks/reproduce/eager_checks.py [OUT.json]  # default benchmarks/results/
 
-It also runs on the layout before the value-check switch (commit de89e98), without the
-"checks off" rows, for the before/after figures in docs/architecture.md:
-
-    git worktree add /tmp/before de89e98
-    (cd /tmp/before && PYTHONPATH=. python $OLDPWD/benchmarks/eager_checks.py /tmp/before.json)
+The "before the switch" rows of docs/architecture.md came from this script as it stood at commit
+352347a (`git show 352347a:benchmarks/eager_checks.py`), which could also run on the layout of
+commit de89e98; this version runs on the current layout only.
 """
 
-import json
+import argparse
 import os
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
+# benchmarks/, one folder up: the shared harness (common.py)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common  # noqa: E402
 
-import mlp_jax as mj
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
 
-if hasattr(mj, "value_checks"):
-  from mlp_jax.core import backprop, per_example
-  GRADS_CORE, NORMS_CORE = backprop.objective_and_grads_jit, per_example.GLOBAL_NORMS.plain
-else:  # the layout before the change
-  from mlp_jax import gradients, per_example  # pylint: disable=no-name-in-module
-  GRADS_CORE, NORMS_CORE = gradients._loss_and_grads_jit, per_example._global_norms_jit
+import mlp_jax as mj  # noqa: E402
+from mlp_jax.core import backprop, per_example  # noqa: E402
+
+GRADS_CORE, NORMS_CORE = backprop.objective_and_grads_jit, per_example.GLOBAL_NORMS.plain
 
 SIZES = ((32, 300), (256, 200), (2048, 40))  # (m, calls per timed loop)
 REPEATS = 7
@@ -68,13 +66,16 @@ def checks_off(fn):
 
 
 def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("out", nargs="?", default=os.path.join(common.RESULTS, "eager_checks.json"),
+                      help="the JSON file to write (default: benchmarks/results/eager_checks.json)")
+  args = parser.parse_args()
   variants = {"grads_checked": (grads_loop, mj.loss_and_grads),
               "grads_unchecked_core": (grads_loop, GRADS_CORE),
               "norms_checked": (norms_loop, mj.per_sample_grad_norms),
-              "norms_unchecked_core": (norms_loop, NORMS_CORE)}
-  if hasattr(mj, "value_checks"):
-    variants["grads_checks_off"] = (grads_loop, checks_off(mj.loss_and_grads))
-    variants["norms_checks_off"] = (norms_loop, checks_off(mj.per_sample_grad_norms))
+              "norms_unchecked_core": (norms_loop, NORMS_CORE),
+              "grads_checks_off": (grads_loop, checks_off(mj.loss_and_grads)),
+              "norms_checks_off": (norms_loop, checks_off(mj.per_sample_grad_norms))}
   params = mj.init_params(jax.random.PRNGKey(0))
   results = {}
   for m, calls in SIZES:
@@ -87,18 +88,14 @@ def main():
         start = time.perf_counter()
         loop(fn, params, x, y, calls)
         times[name].append((time.perf_counter() - start) / calls * 1e6)
-    med = {name: float(np.median(t)) for name, t in times.items()}
+    med = {name: common.summarize(t)["median"] for name, t in times.items()}
     results[m] = med
     ratios = {f"{kind} {mode}": med[f"{kind}_{mode}"] / med[f"{kind}_unchecked_core"]
-              for kind in ("grads", "norms") for mode in ("checked", "checks_off")
-              if f"{kind}_{mode}" in med}
+              for kind in ("grads", "norms") for mode in ("checked", "checks_off")}
     print(f"m={m}: " + ", ".join(f"{k} {v:.1f} us" for k, v in med.items()))
     print("   vs the unchecked core: " + ", ".join(f"{k} {v:.3f}x" for k, v in ratios.items()))
-  out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "results",
-                                                           "eager_checks.json")
-  with open(out, "w") as f:
-    json.dump({"device": jax.devices()[0].device_kind, "jax": jax.__version__,
-               "us_per_call_median": results}, f, indent=1)
+  common.write_json(args.out, {"device": jax.devices()[0].device_kind, "jax": jax.__version__,
+                               "us_per_call_median": results})
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
 """The measurements behind docs/benchmarks.md's epoch and cold-start findings, one command each.
 
-    python benchmarks/epoch_experiments.py shuffle      # jax.random.permutation vs ours
-    python benchmarks/epoch_experiments.py timeline     # one traced step, thunk by thunk
-    python benchmarks/epoch_experiments.py after-pause  # epochs after a NumPy epoch
-    python benchmarks/epoch_experiments.py variants     # the epoch changes tried and not kept
-    python benchmarks/epoch_experiments.py gemm-kernels # XLA's GEMM back ends on a scan of X W
-    python benchmarks/epoch_experiments.py threads      # do the bits depend on XLA's pool size?
-    python benchmarks/epoch_experiments.py sampler      # compile time of the PRNG sampler
-    python benchmarks/epoch_experiments.py hlo FILE     # mj.grads's optimized HLO, for diffing
+    python benchmarks/reproduce/epoch_experiments.py WHAT [ARGS]
+
+  shuffle       jax.random.permutation vs ours
+  timeline      one traced step, thunk by thunk
+  after-pause   epochs after a NumPy epoch
+  variants      the epoch changes tried and not kept
+  gemm-kernels  XLA's GEMM back ends on a scan of X W
+  threads       do the bits depend on XLA's pool size?
+  sampler       compile time of the PRNG sampler
+  hlo FILE      mj.grads's optimized HLO, for diffing
 
 Each prints what it measured (ms, medians unless said; variants in turns within one process).
 `hlo` writes the optimized HLO of `mj.grads`'s programs (both networks, m = 1 ... 16384) with
@@ -24,7 +26,9 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# benchmarks/, one folder up: the shared harness (common.py) and epoch.py
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common  # noqa: E402
 import epoch as bench  # noqa: E402
 
 import jax  # noqa: E402
@@ -46,13 +50,8 @@ def usps():
 
 
 def median_ms(fn, calls):
-  fn()
-  times = []
-  for _ in range(calls):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return 1e3 * statistics.median(times)
+  """Median ms of `calls` timed calls of fn after one untimed call (`common.time_call`)."""
+  return 1e3 * common.time_call(fn, repeats=calls, warmup=1)["median"]
 
 
 def shuffle(args):
@@ -144,6 +143,7 @@ def variants(args):
   x, y = (jnp.asarray(a) for a in usps())
   opt = bench.optimizer()
   for batch in BATCHES:
+    settings = mj.FitSettings(batch_size=batch, l2=bench.L2)
     runs = {}
 
     def add(name, build, layer_grads=backprop.layer_grads):
@@ -158,9 +158,9 @@ def variants(args):
         backprop.layer_grads = saved
       runs[name] = [fn, params, state, []]
 
-    add("library", lambda: training.build_epoch(opt, batch, bench.L2, None, None, None).epoch)
+    add("library", lambda: training.build_epoch(opt, settings).epoch)
     add("contiguous slices", lambda: _sliced_epoch(opt, batch))
-    add("A^T copied", lambda: training.build_epoch(opt, batch, bench.L2, None, None, None).epoch,
+    add("A^T copied", lambda: training.build_epoch(opt, settings).epoch,
         _layer_grads_transposed_copy)
     for name, more in (("eigen single-thread", {"xla_cpu_multi_thread_eigen": False}),
                        ("concurrency scheduler",
@@ -169,7 +169,7 @@ def variants(args):
         options = training.compiler_options
         training.compiler_options = lambda mesh=None: {**training.CPU_COMPILER_OPTIONS, **more}
         try:
-          return training.build_epoch(opt, batch, bench.L2, None, None, None).epoch
+          return training.build_epoch(opt, settings).epoch
         finally:
           training.compiler_options = options
       add(name, build)

@@ -2,18 +2,19 @@
 
 Run it three ways and compare the medians (one line each):
 
-    python benchmarks/epoch_threads.py                      # as JAX sets itself up
-    taskset -c 0 python benchmarks/epoch_threads.py         # pinned to one core
-    NPROC=1 python benchmarks/epoch_threads.py              # XLA's CPU pool of one thread
-    XLA_FLAGS=--xla_force_host_platform_device_count=2 python benchmarks/epoch_threads.py --mesh
-                                                            # two CPU devices, data-parallel
+    python benchmarks/reproduce/epoch_threads.py               # as JAX sets itself up
+    taskset -c 0 python benchmarks/reproduce/epoch_threads.py  # pinned to one core
+    NPROC=1 python benchmarks/reproduce/epoch_threads.py       # XLA's CPU pool of one thread
+    XLA_FLAGS=--xla_force_host_platform_device_count=2 python benchmarks/reproduce/epoch_threads.py --mesh
+                                                               # two CPU devices, data-parallel
 """
 
 import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# benchmarks/, one folder up: the shared harness (common.py)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 
 import jax  # noqa: E402

@@ -5,7 +5,7 @@ Walks the installed distributions from this environment: the closure of the core
 distribution's RECORD lists. Run it in an environment where everything is installed (the dev
 extra).
 
-    python benchmarks/install_size.py
+    python benchmarks/reproduce/install_size.py
 """
 
 import importlib.metadata as md

@@ -4,7 +4,7 @@ Each mode runs in a fresh process (the glibc setting lasts for the life of a pro
 compiled analytic gradient of the 256-256-10 network at m = 16384, float32, its scratch memory
 as XLA plans it, the minor page faults per call (`getrusage`) and the median time per call.
 
-    python benchmarks/page_faults.py [--m 16384] [--calls 20]
+    python benchmarks/reproduce/page_faults.py [--m 16384] [--calls 20]
 """
 
 import argparse
@@ -13,7 +13,9 @@ import os
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# benchmarks/, one folder up: the shared harness (common.py) and host_memory.py
+BENCHMARKS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, BENCHMARKS)
 import common  # noqa: E402
 
 CHILD = r"""
@@ -55,8 +57,7 @@ def main():
   m, calls = (1024, 3) if args.quick else (args.m, args.calls)
   rows, runs = [], {}
   for mode, flag in (("default", "0"), ("retain_freed_memory", "1")):
-    out = subprocess.run([sys.executable, "-c", CHILD, str(m), str(calls), flag,
-                          os.path.dirname(os.path.abspath(__file__))],
+    out = subprocess.run([sys.executable, "-c", CHILD, str(m), str(calls), flag, BENCHMARKS],
                          capture_output=True, text=True, check=True).stdout
     runs[mode] = json.loads(out.strip().splitlines()[-1])
     r = runs[mode]

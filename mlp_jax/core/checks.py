@@ -281,7 +281,7 @@ def check_real(value: Any, name: str, *, low: float = 0.0, high: float = math.in
               and (number < high if open_high else number <= high))
     if not (math.isfinite(number) and inside):
       raise InputError(f"{name}: expected a finite value "
-                       f"{_range_text(low, high, open_low, open_high)}, got {number}")
+                       f"{_range_text(low, high, open_low, open_high)}, got {number:g}")
   return value
 
 

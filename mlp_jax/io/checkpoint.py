@@ -14,9 +14,9 @@ and it is read with `allow_pickle=False`, so opening a file never runs code from
 `.npy` cannot name (bfloat16, float8) are stored as same-width unsigned ints; typed PRNG keys as
 their key data and implementation name.
 
-On top of it, two kinds of file: `save_checkpoint` / `load_checkpoint` (parameters, optimizer
-state, PRNG key, epoch, config) and `save_run` / `load_run` (a whole `RunState`, what a resume
-needs). Writes go through `atomic_file.atomic_write`: a crash or kill at any moment leaves the
+On top of it, `save_checkpoint` / `load_checkpoint` (parameters, optimizer state, PRNG key,
+epoch, config); `training.run` keeps a whole run (`save_run` / `load_run`) in the same format.
+Writes go through `atomic_file.atomic_write`: a crash or kill at any moment leaves the
 previous file or the new one; a refused write (permission, disk full, name too long) is a
 `StorageError` and the previous file is intact. Every problem reading a file is one
 `CheckpointError` naming the file.
@@ -30,7 +30,7 @@ import stat
 import struct
 import zipfile
 import zlib
-from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -39,10 +39,8 @@ import optax
 
 from mlp_jax.core import checks, model
 from mlp_jax.core.model import Dense
-from mlp_jax.errors import CheckpointError, InputTypeError, ResumeError, describe
+from mlp_jax.errors import CheckpointError, InputTypeError, describe
 from mlp_jax.io.atomic_file import atomic_write
-from mlp_jax.training import privacy
-from mlp_jax.training.run import Best, RunState, match_template
 
 FORMAT = "mlp_jax-checkpoint"
 VERSION = 2
@@ -68,7 +66,7 @@ def save_pytree(path: Union[str, os.PathLike], tree: Any,
     name = jax.tree_util.keystr(key_path)
     entry, arrays[name] = _stored(name, leaf)
     entries.append(entry)
-  metadata = _json_copy("metadata", metadata)
+  metadata = json_dict("metadata", metadata)
   meta = {"format": FORMAT, "version": VERSION, "leaves": entries, "metadata": metadata,
           "sha256": _digest(entries, metadata, arrays)}
   arrays[META_KEY] = np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), np.uint8)
@@ -118,8 +116,9 @@ def _uint_like(dtype: np.dtype) -> np.dtype:
   return np.dtype(f"u{dtype.itemsize}")
 
 
-def _json_copy(what: str, value) -> dict:
-  """A JSON-serialisable dict, as it will come back (a copy through JSON)."""
+def json_dict(what: str, value) -> dict:
+  """`value`, a JSON-serialisable dict (None: empty), as it will come back: a copy through JSON.
+  Else `InputTypeError` naming it as `what`."""
   if value is None:
     return {}
   if not isinstance(value, dict):
@@ -262,23 +261,54 @@ def _restore_leaf(path: pathlib.Path, entry: dict, stored: np.ndarray) -> jax.Ar
   return leaf
 
 
+def match_template(leaves: Sequence[Any], template: Any, what: str,
+                   error: Callable[[str], Exception] = CheckpointError) -> Any:
+  """`leaves` (a flat list) in `template`'s structure, after checking their number, shapes and
+  dtypes against its leaves (arrays or `jax.ShapeDtypeStruct`s); else `error` saying how
+  `what` differs."""
+  expected = jax.tree.leaves(template)
+  if len(leaves) != len(expected):
+    raise error(f"{what} does not match: the file holds {len(leaves)} leaves, "
+                f"{len(expected)} expected")
+  for i, (leaf, want) in enumerate(zip(leaves, expected)):
+    if np.shape(leaf) != np.shape(want):
+      raise error(f"{what} does not match: leaf {i} has shape {np.shape(leaf)} in the file, "
+                  f"{np.shape(want)} expected")
+    have, need = _dtype(leaf), _dtype(want)
+    if have != need:
+      raise error(f"{what} does not match: leaf {i} has dtype {have} in the file, {need} "
+                  "expected")
+  return jax.tree.unflatten(jax.tree.structure(template), list(leaves))
+
+
+def _dtype(leaf):
+  """A leaf's dtype; typed PRNG keys keep theirs (NumPy cannot name it)."""
+  return leaf.dtype if hasattr(leaf, "dtype") else checks.dtype_of(leaf)
+
+
 def _matched(path: pathlib.Path, leaves: list, template, what: str):
   """`leaves` in `template`'s structure; a mismatch is a `CheckpointError` naming the file."""
-  try:
-    return match_template(leaves, template, what)
-  except ResumeError as e:
-    raise _error(path, str(e)) from e
+  return match_template(leaves, template, what, lambda problem: _error(path, problem))
 
 
-def _group(leaves: Dict[str, jax.Array], key: str) -> Dict[str, jax.Array]:
-  """The leaves under the top-level dict key `key`, named by the rest of their key path."""
+def file_error(path: Union[str, os.PathLike], problem: str) -> CheckpointError:
+  """The `CheckpointError` of a problem with the file at `path`: "checkpoint PATH: problem"."""
+  return _error(pathlib.Path(path), problem)
+
+
+def subtree(leaves: Dict[str, jax.Array], key: str) -> Dict[str, jax.Array]:
+  """Of the {name: leaf} a `load_pytree` without template returns, the leaves under the
+  top-level dict key `key`, named by the rest of their key path."""
   prefix = f"[{key!r}]"
   return {name[len(prefix):]: a for name, a in leaves.items() if name.startswith(prefix)}
 
 
-def _params(path: pathlib.Path, named: Dict[str, jax.Array], template):
-  """Parameters: in `template`'s structure; without one, a tuple of `Dense` when the names are
-  those of one ([0].w, [0].b, [1].w, ...), else the {name: leaf} dict."""
+def named_params(path: Union[str, os.PathLike], named: Dict[str, jax.Array],
+                 template: Any = None) -> Any:
+  """Parameters read from the file at `path`: in `template`'s structure; without one, a tuple
+  of `Dense` when the names are those of one ([0].w, [0].b, [1].w, ...), else the {name: leaf}
+  dict. `CheckpointError` naming the file when they do not fit."""
+  path = pathlib.Path(path)
   if template is not None:
     return _matched(path, list(named.values()), template, "parameters")
   layers = len(named) // 2
@@ -331,8 +361,8 @@ def save_checkpoint(path: Union[str, os.PathLike], params: Any,
       "kind": "checkpoint",
       "epoch": checks.check_int(epoch, "epoch", 0),
       "step": checks.check_int(step, "step", 0),
-      "config": _json_copy("config", config),
-      "extra": _json_copy("extra", extra),
+      "config": json_dict("config", config),
+      "extra": json_dict("extra", extra),
       "has_opt_state": opt_state is not None,
   })
 
@@ -362,22 +392,14 @@ def load_checkpoint(path: Union[str, os.PathLike], opt_state_template: Any = Non
     config, extra, has_opt_state = dict(meta["config"]), dict(meta["extra"]), meta["has_opt_state"]
   except (KeyError, TypeError, ValueError) as e:
     raise _error(path, f"bad metadata ({describe(e)})") from e
-  opt_leaves = list(_group(leaves, "opt_state").values())
+  opt_leaves = list(subtree(leaves, "opt_state").values())
   if opt_state_template is not None:
     opt_state = _matched(path, opt_leaves, opt_state_template, "optimizer state")
   else:
     opt_state = opt_leaves if has_opt_state else None
-  rng = list(_group(leaves, "rng").values())
-  return Checkpoint(_params(path, _group(leaves, "params"), params_template), opt_state, epoch,
-                    config, rng[0] if rng else None, step, extra)
-
-
-def restore_opt_state(ckpt: Checkpoint, template: Any,
-                      path: Union[str, os.PathLike]) -> Any:
-  """The optimizer state of a checkpoint loaded without a template, in `template`'s structure
-  (leaf count, shapes and dtypes checked); `CheckpointError` naming `path` if it differs."""
-  leaves = [] if ckpt.opt_state is None else list(ckpt.opt_state)
-  return _matched(pathlib.Path(path), leaves, template, "optimizer state")
+  rng = list(subtree(leaves, "rng").values())
+  params = named_params(path, subtree(leaves, "params"), params_template)
+  return Checkpoint(params, opt_state, epoch, config, rng[0] if rng else None, step, extra)
 
 
 def check_compatible(ckpt: Checkpoint, layer_sizes: Sequence[int], *,
@@ -399,65 +421,3 @@ def check_compatible(ckpt: Checkpoint, layer_sizes: Sequence[int], *,
   if have[-1] != want[-1]:
     raise CheckpointError(f"{where} has {have[-1]} classes, the data has {want[-1]}")
   raise CheckpointError(f"{where} has layer sizes {have}, {want} expected")
-
-
-# --------------------------------------------------------------------------------- runs
-
-
-class SavedRun(NamedTuple):
-  """What `load_run` returns."""
-  state: RunState   # opt_state as a list of leaves: `fit(resume=...)` restores its structure
-  config: dict      # the caller's configuration (e.g. the command line of `mlp-jax train`)
-  arrays: dict      # the caller's extra arrays, {name: array} (e.g. the input scaler)
-
-
-def save_run(path: Union[str, os.PathLike], state: RunState, *, config: Optional[dict] = None,
-             arrays: Optional[Dict[str, Any]] = None) -> pathlib.Path:
-  """Writes a whole `RunState` (parameters, optimizer state, best epoch's parameters, history,
-  early-stopping state, privacy ledger, settings), with a caller's `config` dict and named
-  `arrays`, to `path` atomically. `load_run` reads it back and `fit(resume=...)` continues it."""
-  run = {"epochs_done": int(state.epochs_done), "history": [dict(r) for r in state.history],
-         "best": {"epoch": int(state.best.epoch), "val_loss": float(state.best.val_loss),
-                  "epochs_since": int(state.best.epochs_since),
-                  "has_params": state.best.params is not None},
-         "stopped_early": bool(state.stopped_early),
-         "ledger": [list(e) for e in state.ledger], "settings": dict(state.settings)}
-  tree = {"params": state.params, "opt_state": state.opt_state,
-          "best_params": state.best.params, "arrays": dict(arrays or {})}
-  return save_pytree(path, tree, {"kind": "run", "run": run,
-                                  "config": _json_copy("config", config)})
-
-
-def load_run(path: Union[str, os.PathLike], *, params_template: Any = None) -> SavedRun:
-  """Reads and verifies a file of `save_run`. Parameters come back as for `load_checkpoint`;
-  the optimizer state as a list of leaves, put in the optimizer's structure by `fit`.
-
-  Raises:
-    CheckpointError: as `load_checkpoint`, or the file is not a run, or its record disagrees
-      with itself (epochs done, history and ledger).
-  """
-  path = pathlib.Path(path)
-  leaves, meta = _read(path)
-  if meta.get("kind") != "run":
-    raise _error(path, "holds no training run (it was not written by save_run or mlp-jax "
-                 "train)")
-  try:
-    run, best = meta["run"], meta["run"]["best"]
-    ledger = tuple(privacy.LedgerEntry(*e) for e in run["ledger"])
-    params = _params(path, _group(leaves, "params"), params_template)
-    best_params = (_params(path, _group(leaves, "best_params"), params_template)
-                   if best["has_params"] else None)
-    state = RunState(params, list(_group(leaves, "opt_state").values()), int(run["epochs_done"]),
-                     tuple(dict(r) for r in run["history"]),
-                     Best(int(best["epoch"]), float(best["val_loss"]), best_params,
-                          int(best["epochs_since"])),
-                     bool(run["stopped_early"]), ledger, dict(run["settings"]))
-    config = dict(meta["config"])
-  except (KeyError, TypeError, ValueError) as e:
-    raise _error(path, f"bad run metadata ({describe(e)})") from e
-  steps = sum(e.steps for e in ledger)
-  if len(state.history) != state.epochs_done or (state.epochs_done > 0) != (steps > 0):
-    raise _error(path, f"inconsistent run: {state.epochs_done} epochs done, "
-                 f"{len(state.history)} in the history, {steps} steps in the ledger")
-  arrays = {name[2:-2]: a for name, a in _group(leaves, "arrays").items()}  # "['mean']" -> mean
-  return SavedRun(state, config, arrays)

@@ -30,6 +30,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 import mlp_jax as mj
 from mlp_jax.training import privacy
+from mlp_jax.training.run import new_run
 
 
 class MLPClassifier(ClassifierMixin, BaseEstimator):
@@ -96,12 +97,10 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                                            stratify=labels, random_state=seed)
       val = (Xv, yv)
       batch = min(batch, X.shape[0])
-    result = mj.fit(params, (X, labels), optimizer=optimizer, epochs=self.max_iter,
-                    batch_size=batch, l2=self.alpha, seed=seed, val=val,
-                    patience=self.n_iter_no_change if self.early_stopping else None,
-                    on_epoch_end=self._report if self.verbose else None,
-                    compute_dtype=self._compute_dtype(), dp=self._dp(), mesh=self._mesh(),
-                    shuffle=self.shuffle)
+    settings = self._settings(batch, seed, self.n_iter_no_change if self.early_stopping else None)
+    result = mj.fit(params, (X, labels), optimizer=optimizer, epochs=self.max_iter, val=val,
+                    settings=settings, mesh=self._mesh(),
+                    on_epoch_end=self._report if self.verbose else None)
     history = result.history
     self.loss_curve_ = [r["train_loss"] for r in history]
     if self.early_stopping:
@@ -135,20 +134,20 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
       self.loss_curve_, self.n_iter_, self.t_ = [], 0, 0
     else:
       params, opt_state, ledger = self._params(), self._opt_state, self._ledger
-    epoch = mj.make_epoch(optimizer, batch, self.alpha, compute_dtype=self._compute_dtype(),
-                          dp=self._dp(), mesh=self._mesh(), shuffle=self.shuffle)
-    key = jax.random.fold_in(jax.random.PRNGKey(self._seed), self.n_iter_)
-    params, opt_state, stats = epoch(*jax.tree.map(jnp.array, (params, opt_state)), X, labels,
-                                     key)
-    if not (bool(np.asarray(stats.finite).all()) and bool(stats.state_finite)):
-      raise mj.NonFiniteError("partial_fit: non-finite loss or gradient; the weights were kept "
-                              "from before this call")
-    steps = mj.steps_per_epoch(X.shape[0], batch)
-    self.loss_curve_.append(float(np.mean(np.asarray(stats.losses))))
+    # One more epoch of the run so far: `fit` resumed on these rows, with the run's ledger.
+    settings, mesh = self._settings(batch, self._seed, None), self._mesh()
+    record = settings.record(X.shape[0], None, 1 if mesh is None else mesh.size)
+    state = new_run(params, opt_state, record)._replace(epochs_done=self.n_iter_, ledger=ledger)
+    try:
+      result = mj.fit(params, (X, labels), optimizer=optimizer, epochs=self.n_iter_ + 1,
+                      settings=settings, mesh=mesh, resume=state)
+    except mj.NonFiniteError as err:
+      raise err.with_message(f"partial_fit: {err}; the estimator's weights were kept from "
+                             "before this call") from err
+    self.loss_curve_.append(result.history[-1]["train_loss"])
     self.n_iter_ += 1
-    self.t_ += steps
-    self._keep(params, opt_state, privacy.add_to_ledger(
-        ledger, privacy.ledger_entry(steps, self._dp(), X.shape[0], batch)))
+    self.t_ += mj.steps_per_epoch(X.shape[0], batch)
+    self._keep(result.params, result.opt_state, result.state.ledger)
     return self
 
   # ---------------------------------------------------------------------------- predicting
@@ -220,8 +219,11 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
       self._seed = int(check_random_state(state).randint(2**31 - 1))
     return self._seed
 
-  def _compute_dtype(self):
-    return None if self.compute_dtype is None else jnp.dtype(self.compute_dtype)
+  def _settings(self, batch: int, seed: int, patience: Optional[int]) -> mj.FitSettings:
+    """The run's settings in the library's terms (alpha is lambda, n_iter_no_change the
+    patience)."""
+    return mj.FitSettings(batch_size=batch, l2=self.alpha, seed=seed, patience=patience,
+                          compute_dtype=self.compute_dtype, dp=self._dp(), shuffle=self.shuffle)
 
   def _dp(self) -> Optional[privacy.DPConfig]:
     if self.dp_noise_multiplier is None:

@@ -4,6 +4,9 @@
     folder.check_resume(config, epochs)   # exact or refused (a `ResumeError` of one line)
     folder.start(config)                  # now the folder is created (or cleared with overwrite)
     fit(..., on_epoch_end=folder.save)    # the whole run state, atomically, after every epoch
+    folder.save_metrics(metrics)          # then the report and plots of the finished run
+
+Every file a run writes is written here, atomically, and listed in `OUTPUTS`.
 
 Rules: a folder that already holds anything is refused unless the run resumes it (`resume`) or
 replaces it (`overwrite`); a resume keeps every setting of the saved run except the few in
@@ -11,21 +14,26 @@ replaces it (`overwrite`); a resume keeps every setting of the saved run except 
 (by fingerprint), wherever the file now lies.
 """
 
+import csv
 import datetime
+import io
 import json
 import os
 import pathlib
-from typing import Optional
+from typing import Optional, Sequence
 
-from mlp_jax.errors import InputError, ResumeError
-from mlp_jax.io import checkpoint
+from mlp_jax.errors import InputError, NonFiniteError, ResumeError
 from mlp_jax.io.atomic_file import atomic_write, make_folder, storage_errors
+from mlp_jax.training import run
 from mlp_jax.training.run import RunState, check_more_epochs, check_unchanged
 
-CHECKPOINT = "checkpoint.npz"
-CONFIG = "config.json"  # the settings, for `mlp-jax train --config` to replay
-OUTPUTS = (CHECKPOINT, CONFIG, "metrics.json", "metrics.csv", "curves.png", "confusion.png",
-           "nonfinite_batch.json")  # what a run writes, and `overwrite` removes
+CHECKPOINT = "checkpoint.npz"  # the whole run state after the last finished epoch (`save`)
+CONFIG = "config.json"  # the settings, for `mlp-jax train --config` to replay (`start`)
+METRICS, METRICS_CSV = "metrics.json", "metrics.csv"  # a finished run's report (`save_metrics`)
+CURVES, CONFUSION = "curves.png", "confusion.png"     # its plots (`save_plots`)
+NONFINITE = "nonfinite_batch.json"  # the batch that made a NaN/Inf (`save_nonfinite`)
+OUTPUTS = (CHECKPOINT, CONFIG, METRICS, METRICS_CSV, CURVES, CONFUSION,
+           NONFINITE)  # what a run writes, and `overwrite` removes
 # Settings a resume may give anew: where the data file lies (its rows must be the same), how
 # processes find each other, and how progress is shown.
 MAY_CHANGE = ("data", "out", "resume", "overwrite", "config", "no_progress", "coordinator",
@@ -33,9 +41,9 @@ MAY_CHANGE = ("data", "out", "resume", "overwrite", "config", "no_progress", "co
 
 
 def flag(key: str) -> str:
-  """A configuration key as the command line spells it."""
-  return {"train_sha256": "training data (sha256)", "layer_sizes": "network"}.get(
-      key, "--" + key.replace("_", "-"))
+  """A configuration key (or a `FitSettings` field) as the command line spells it."""
+  return {"train_sha256": "training data (sha256)", "layer_sizes": "network",
+          "val": "--val-fraction > 0"}.get(key, "--" + key.replace("_", "-"))
 
 
 def split_seed(config: dict) -> int:
@@ -57,7 +65,7 @@ def default_out(dataset: str) -> pathlib.Path:
 class RunFolder:
   """The output folder of one run; `saved` is the run found there when resuming."""
 
-  def __init__(self, path: pathlib.Path, saved: Optional[checkpoint.SavedRun], overwrite: bool,
+  def __init__(self, path: pathlib.Path, saved: Optional[run.SavedRun], overwrite: bool,
                primary: bool = True):
     self.path, self.saved, self.overwrite, self.primary = path, saved, overwrite, primary
     self.checkpoint = path / CHECKPOINT
@@ -81,7 +89,7 @@ class RunFolder:
       held = sorted(os.listdir(path)) if exists else []
     saved = None
     if resume and (path / CHECKPOINT).exists():
-      saved = checkpoint.load_run(path / CHECKPOINT)
+      saved = run.load_run(path / CHECKPOINT)
     elif resume and held:
       raise ResumeError(f"--resume: {path} holds no {CHECKPOINT} to resume (it holds "
                         f"{', '.join(held[:4])}); use --overwrite to replace it")
@@ -124,4 +132,35 @@ class RunFolder:
   def save(self, state: RunState) -> None:
     """Writes the run state after an epoch, atomically (only the primary process writes)."""
     if self.primary:
-      checkpoint.save_run(self.checkpoint, state, config=self.config, arrays=self.arrays)
+      run.save_run(self.checkpoint, state, config=self.config, arrays=self.arrays)
+
+  def save_metrics(self, metrics: dict) -> None:
+    """The finished run's report: `metrics` as JSON, and its "history" (one row per epoch) as
+    CSV."""
+    with atomic_write(self.path / METRICS, "w") as f:
+      json.dump(metrics, f, indent=1)
+    with atomic_write(self.path / METRICS_CSV, "w") as f:
+      f.write(history_csv(metrics["history"]))
+
+  def save_plots(self, history: Sequence[dict], confusion) -> None:
+    """Learning curves and the test set's confusion matrix as PNG files; raises
+    `MissingDependencyError` without matplotlib."""
+    from mlp_jax.tools import plots
+    plots.plot_curves(history, self.path / CURVES)
+    plots.plot_confusion(confusion, self.path / CONFUSION)
+
+  def save_nonfinite(self, err: NonFiniteError) -> None:
+    """Where a run produced NaN/Inf: the epoch, step and rows of the offending batch."""
+    with atomic_write(self.path / NONFINITE, "w") as f:
+      json.dump({"epoch": err.epoch, "step": err.step,
+                 "batch_indices": err.batch_indices.tolist(), "message": str(err)}, f)
+
+
+def history_csv(history: Sequence[dict]) -> str:
+  """One CSV row per epoch record, "epoch" first, then the other keys in order."""
+  keys = sorted({k for r in history for k in r}, key=lambda k: (k != "epoch", k))
+  out = io.StringIO()
+  writer = csv.DictWriter(out, fieldnames=keys)
+  writer.writeheader()
+  writer.writerows(history)
+  return out.getvalue()

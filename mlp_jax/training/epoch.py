@@ -3,8 +3,9 @@
     epoch = make_epoch(optax.adam(1e-3), batch_size=128)   # one call per epoch
     params, opt_state, stats = epoch(params, opt_state, x, y, epoch_key(seed, e))
 
-Every gradient comes from `backprop.objective_and_grads`, (E7)-(E12) (with DP, from
-`privacy.noisy_clipped_grads`, (E13)-(E15)); jax.grad is never called.
+Each step is `step.step_body`: the gradient of `backprop.objective_and_grads`, (E7)-(E12) (with
+DP, of `privacy.noisy_clipped_grads`, (E13)-(E15)), then the optimizer's update; jax.grad is
+never called.
 
 The permutation is drawn inside the compiled call from a PRNG key, with the data resident on the
 device, so a step costs no Python dispatch and no host sync. When the batch size does not divide
@@ -23,12 +24,12 @@ from jax.sharding import Mesh
 from jax.typing import ArrayLike, DTypeLike
 
 from mlp_jax.core import checks
-from mlp_jax.core.backprop import objective_and_grads
 from mlp_jax.core.model import Params
-from mlp_jax.errors import InputError
 from mlp_jax.training import distributed, privacy
 from mlp_jax.training.optimizers import OptimizerLike, as_optimizer, steps_per_epoch
 from mlp_jax.training.permutation import permutation
+from mlp_jax.training.settings import FitSettings, check_settings
+from mlp_jax.training.step import step_body
 
 
 def epoch_batches(key: jax.Array, num_examples: int, batch_size: int,
@@ -107,39 +108,24 @@ class EpochProgram(NamedTuple):
   plan: Callable   # plan(key, num_examples) -> (indices, mask, step_keys) of the epoch
 
 
-def build_epoch(optimizer: optax.GradientTransformation, batch_size: int, l2: ArrayLike,
-                compute_dtype: Optional[DTypeLike], dp: Optional[privacy.DPConfig],
-                mesh: Optional[Mesh], shuffle: bool = True) -> EpochProgram:
-  """The compiled epoch of `make_epoch` with its step and batch plan; see `EpochProgram`."""
-  batch_size = checks.check_int(batch_size, "batch_size")
-  if dp is not None and not shuffle:
-    raise InputError("shuffle=False: DP-SGD draws its batches by Poisson sampling")
-  checks.check_real(l2, "l2")
-  dp = None if dp is None else privacy.check_dp_config(dp)
+def build_epoch(optimizer: optax.GradientTransformation, settings: FitSettings,
+                mesh: Optional[Mesh] = None) -> EpochProgram:
+  """The compiled epoch of `make_epoch` with its step and batch plan; see `EpochProgram`.
+  `settings` is checked here (`check_settings`), as `make_epoch` and `fit` pass it."""
+  settings = check_settings(settings)
+  batch_size, dp, shuffle = settings.batch_size, settings.dp, settings.shuffle
   jit_kwargs = {}
   if mesh is not None:
     distributed.check_divisible(batch_size, mesh)
     jit_kwargs["out_shardings"] = distributed.replicated_sharding(mesh)
+  body = step_body(optimizer, settings, mesh)
 
   def step(params: Params, opt_state: optax.OptState, x: jax.Array, y: jax.Array,
            idx: jax.Array, keep: jax.Array, step_key: jax.Array,
            ) -> Tuple[Params, optax.OptState, jax.Array, Params]:
     with jax.named_scope("batch"):
       xb, yb, keep = x[idx], y[idx], keep.astype(params[0].w.dtype)
-    if mesh is not None:
-      xb, yb, keep = distributed.constrain_rows((xb, yb, keep), mesh)
-    with jax.named_scope("gradients"):
-      if dp is None:
-        loss, grads = objective_and_grads(params, xb, yb, l2, compute_dtype, keep)
-      else:
-        loss, grads = privacy.noisy_clipped_grads(params, xb, yb, keep, step_key, l2, dp,
-                                                  batch_size, compute_dtype)
-    with jax.named_scope("optimizer"):
-      updates, opt_state = optimizer.update(grads, opt_state, params)
-      params = optax.apply_updates(params, updates)
-    if mesh is not None:
-      params, opt_state = distributed.constrain_replicated((params, opt_state), mesh)
-    return params, opt_state, loss, grads
+    return body(params, opt_state, xb, yb, keep, step_key)
 
   @jax.named_scope("plan")
   def plan(key: jax.Array, num_examples: int) -> Tuple[jax.Array, jax.Array, jax.Array]:
@@ -152,12 +138,14 @@ def build_epoch(optimizer: optax.GradientTransformation, batch_size: int, l2: Ar
                      **jit_kwargs)
   def epoch(params: Params, opt_state: optax.OptState, x: jax.Array, y: jax.Array,
             key: jax.Array) -> Tuple[Params, optax.OptState, EpochStats]:
-    def body(carry: Tuple[Params, optax.OptState], batch: Tuple[jax.Array, jax.Array, jax.Array]
-             ) -> Tuple[Tuple[Params, optax.OptState], jax.Array]:
+    def scan_body(carry: Tuple[Params, optax.OptState],
+                  batch: Tuple[jax.Array, jax.Array, jax.Array],
+                  ) -> Tuple[Tuple[Params, optax.OptState], jax.Array]:
       params, opt_state, loss, _ = step(*carry, x, y, *batch)
       return (params, opt_state), loss
 
-    (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), plan(key, x.shape[0]))
+    (params, opt_state), losses = jax.lax.scan(scan_body, (params, opt_state),
+                                               plan(key, x.shape[0]))
     return params, opt_state, EpochStats(losses, jnp.isfinite(losses),
                                          checks.all_finite((params, opt_state)))
 
@@ -165,18 +153,25 @@ def build_epoch(optimizer: optax.GradientTransformation, batch_size: int, l2: Ar
   return EpochProgram(epoch, step, plan)
 
 
-_cached_build_epoch = functools.lru_cache(maxsize=32)(build_epoch)
+@functools.lru_cache(maxsize=32)
+def _cached_program(optimizer: optax.GradientTransformation, batch_size: int, l2: float,
+                    compute_dtype: Optional[str], dp: Optional[privacy.DPConfig], shuffle: bool,
+                    mesh: Optional[Mesh]) -> EpochProgram:
+  """One program per optimizer object and the settings the epoch depends on (not the seed,
+  patience or what is recorded)."""
+  settings = FitSettings(batch_size=batch_size, l2=l2, compute_dtype=compute_dtype, dp=dp,
+                         shuffle=shuffle)
+  return build_epoch(optimizer, settings, mesh)
 
 
-def epoch_program(*settings) -> EpochProgram:
-  """`build_epoch(*settings)`, the same program for the same (hashable) settings, so that a later
-  `make_epoch`, `fit` or `partial_fit` with the same optimizer object and data shapes runs
-  without compiling again; unhashable settings (e.g. l2 given as an array) build anew."""
-  try:
-    hash(settings)
-  except TypeError:
-    return build_epoch(*settings)
-  return _cached_build_epoch(*settings)
+def epoch_program(optimizer: optax.GradientTransformation, settings: FitSettings,
+                  mesh: Optional[Mesh] = None) -> EpochProgram:
+  """`build_epoch(optimizer, settings, mesh)`, the same program for the same optimizer object,
+  epoch settings and mesh, so that a later `make_epoch`, `fit` or `partial_fit` with them and
+  data of the same shapes runs without compiling again."""
+  settings = check_settings(settings)
+  return _cached_program(optimizer, settings.batch_size, settings.l2, settings.compute_dtype,
+                         settings.dp, settings.shuffle, mesh)
 
 
 def make_epoch(optimizer: OptimizerLike, batch_size: int, l2: ArrayLike = 0.0, *,
@@ -185,8 +180,8 @@ def make_epoch(optimizer: OptimizerLike, batch_size: int, l2: ArrayLike = 0.0, *
   """A jitted `epoch(params, opt_state, x, y, key) -> (params, opt_state, EpochStats)`; the
   same settings (the same optimizer object) give the same, already compiled function back.
 
-  One `lax.scan` over the minibatches of a permutation drawn from `key` (with `shuffle=False`,
-  of the rows in order). The short last batch
+  One `lax.scan` of `step.step_body` over the minibatches of a permutation drawn from `key`
+  (with `shuffle=False`, of the rows in order). The short last batch
   is masked (see the module docstring), so one compilation serves any epoch of the same data
   shape. The scan checks nothing per step beyond its loss (a per-step guard over the parameters
   cost 10-25% at small batches); `EpochStats` says whether each loss and the final state are
@@ -203,8 +198,9 @@ def make_epoch(optimizer: OptimizerLike, batch_size: int, l2: ArrayLike = 0.0, *
   `optimizer` is an optax GradientTransformation, or a name "sgd", "momentum" or "adam" meaning
   `make_optimizer(name)` (a constant learning rate of 1e-3), as in `fit`.
   """
-  optimizer = as_optimizer(optimizer)
-  return epoch_program(optimizer, batch_size, l2, compute_dtype, dp, mesh, shuffle).epoch
+  settings = FitSettings(batch_size=batch_size, l2=l2, compute_dtype=compute_dtype, dp=dp,
+                         shuffle=shuffle)
+  return epoch_program(as_optimizer(optimizer), settings, mesh).epoch
 
 
 def epoch_key(seed: int, epoch: int) -> jax.Array:

@@ -22,15 +22,15 @@ from jax.typing import ArrayLike, DTypeLike
 
 from mlp_jax.core import checks
 from mlp_jax.core.model import Params
-from mlp_jax.errors import InputError, NonFiniteError
+from mlp_jax.errors import InputError, InputTypeError, NonFiniteError, ResumeError
+from mlp_jax.io.checkpoint import match_template
 from mlp_jax.training import distributed, privacy
 from mlp_jax.training.epoch import EpochProgram, epoch_key, epoch_program
 from mlp_jax.training.evaluation import evaluate_checked
 from mlp_jax.training.optimizers import OptimizerLike, as_optimizer, steps_per_epoch
-from mlp_jax.training.run import (Best, RunState, check_more_epochs, check_unchanged,
-                                  match_template, new_run, result_params)
-
-MAX_SEED = 2**32 - 1  # a PRNG key holds a 32-bit seed
+from mlp_jax.training.run import (Best, RunState, check_more_epochs, check_unchanged, new_run,
+                                  result_params)
+from mlp_jax.training.settings import FitSettings, check_settings
 
 # Fresh buffers for a whole pytree in one compiled call (one dispatch, not one per leaf).
 _copy_tree = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
@@ -60,7 +60,7 @@ class FitResult:
   history: List[Dict[str, float]]
   best_epoch: int                   # the epoch whose parameters were returned (1-based)
   stopped_early: bool
-  state: Optional[RunState] = None  # the whole run, to save (`checkpoint.save_run`) or resume
+  state: Optional[RunState] = None  # the whole run, to save (`run.save_run`) or resume
   interrupted: bool = False         # `should_stop` ended the run before `epochs`
 
 
@@ -72,7 +72,7 @@ def fit(params: Params, train: Tuple[ArrayLike, ArrayLike], *,
         should_stop: Optional[Callable[[], bool]] = None,
         compute_dtype: Optional[DTypeLike] = None, dp: Optional[privacy.DPConfig] = None,
         mesh: Optional[Mesh] = None, track_train_accuracy: bool = False,
-        shuffle: bool = True) -> FitResult:
+        shuffle: bool = True, settings: Optional[FitSettings] = None) -> FitResult:
   """Trains with the compiled epoch: shuffling, validation each epoch, optional early stopping.
 
   Args:
@@ -92,7 +92,7 @@ def fit(params: Params, train: Tuple[ArrayLike, ArrayLike], *,
       epoch.
     patience: with `val`, stop after this many epochs (>= 1) without a lower validation loss
       and return the parameters of the best epoch.
-    resume: a `RunState` (`result.state`, or `checkpoint.load_run`) to continue from. Every
+    resume: a `RunState` (`result.state`, or `run.load_run`) to continue from. Every
       setting above but `epochs` must be the saved run's, else `ResumeError`; a run that is
       finished or stopped early trains nothing. The continuation is bit-identical to a run that
       never stopped (same machine, same optimizer).
@@ -109,6 +109,8 @@ def fit(params: Params, train: Tuple[ArrayLike, ArrayLike], *,
     track_train_accuracy: also record `train_acc`, the accuracy on the whole training set after
       each epoch (one more forward pass over it).
     shuffle: False takes the rows in order every epoch (not with `dp`).
+    settings: the settings above (batch_size, l2, seed, patience, compute_dtype, dp, shuffle,
+      track_train_accuracy) as one `FitSettings` value, instead of one by one (not both).
 
   Raises:
     NonFiniteError: a step produced a NaN/Inf loss or gradient; it carries `.epoch`, `.step`,
@@ -116,33 +118,36 @@ def fit(params: Params, train: Tuple[ArrayLike, ArrayLike], *,
     ResumeError: `resume` was trained with other settings, or with more epochs than `epochs`.
   """
   optimizer = as_optimizer(optimizer)
+  settings = _one_value(settings, FitSettings(batch_size, l2, seed, patience, compute_dtype, dp,
+                                              shuffle, track_train_accuracy))
   params = checks.check_params(params if resume is None else resume.params)
   x, y = checks.check_pair(params, train, "train")
   val = None if val is None else checks.check_pair(params, val, "val")
-  settings = _settings(x.shape[0], val, epochs, batch_size, l2, seed, patience, compute_dtype,
-                       dp, mesh)
-  settings["shuffle"] = bool(shuffle)
+  checks.check_int(epochs, "epochs")
+  settings = check_settings(settings, x.shape[0], None if val is None else val[0].shape[0])
+  record = settings.record(x.shape[0], None if val is None else val[0].shape[0],
+                           1 if mesh is None else mesh.size)
   if resume is None:
     # Own copies of both (an optimizer state may alias the parameters): the epoch donates them.
-    state = new_run(*_copy_tree((params, optimizer.init(params))), settings)
+    state = new_run(*_copy_tree((params, optimizer.init(params))), record)
   else:
-    check_unchanged(resume.settings, settings, "the resumed run")
+    check_unchanged(resume.settings, record, "the resumed run")
     opt_state = resume.opt_state
     if isinstance(opt_state, list):  # leaves, as `load_run` returns them
       opt_state = match_template(opt_state, jax.eval_shape(optimizer.init, params),
-                                 "the resumed run's optimizer state")
+                                 "the resumed run's optimizer state", ResumeError)
     state = resume._replace(params=_copy_tree(resume.params), opt_state=_copy_tree(opt_state))
     if check_more_epochs(state, epochs, "the resumed run") is not None:
       return _result(state, interrupted=False)
-  program = epoch_program(optimizer, batch_size, l2, compute_dtype, dp, mesh, shuffle)
+  program = epoch_program(optimizer, settings, mesh)
   if mesh is not None:
     x, y, val, params, opt_state, best = distributed.replicate(
         (x, y, val, state.params, state.opt_state, state.best.params), mesh)  # once
     state = state._replace(params=params, opt_state=opt_state,
                            best=state.best._replace(params=best))
   while state.epochs_done < epochs and not state.stopped_early:
-    state = _train_epoch(program, state, x, y, seed)
-    state = _record_epoch(state, x, y, val, l2, dp, batch_size, patience, track_train_accuracy)
+    state = _train_epoch(program, state, x, y, settings.seed)
+    state = _record_epoch(state, x, y, val, settings)
     if on_epoch_end is not None:
       on_epoch_end(state)
     if should_stop is not None and should_stop() and state.epochs_done < epochs:
@@ -150,29 +155,21 @@ def fit(params: Params, train: Tuple[ArrayLike, ArrayLike], *,
   return _result(state, interrupted=False)
 
 
-def _settings(num_train, val, epochs, batch_size, l2, seed, patience, compute_dtype, dp, mesh):
-  """The checked settings that fix a run (all but `epochs` must be kept by a resume)."""
-  checks.check_int(epochs, "epochs")
-  batch_size = checks.check_int(batch_size, "batch_size")
-  if batch_size > num_train:
-    raise InputError(f"batch_size: expected an int in 1..{num_train} (the training set has "
-                     f"{num_train} examples), got {batch_size}")
-  if patience is not None:
-    patience = checks.check_int(patience, "patience")
-    if val is None:
-      raise InputError("patience: early stopping needs validation data (val=...)")
-  dp = None if dp is None else privacy.check_dp_config(dp)
-  return {
-      "train_examples": int(num_train),
-      "val_examples": None if val is None else int(val[0].shape[0]),
-      "batch_size": batch_size,
-      "l2": float(checks.check_real(l2, "l2")),
-      "seed": checks.check_int(seed, "seed", 0, MAX_SEED),
-      "patience": patience,
-      "compute_dtype": None if compute_dtype is None else np.dtype(compute_dtype).name,
-      "dp": None if dp is None else list(dp),
-      "devices": 1 if mesh is None else int(mesh.size),
-  }
+def _one_value(settings: Optional[FitSettings], loose: FitSettings) -> FitSettings:
+  """`settings` when given (then every loose argument must be left at its default), else the
+  loose arguments as one value."""
+  if settings is None:
+    return loose
+  if not isinstance(settings, FitSettings):
+    raise InputTypeError(f"settings: expected a FitSettings, got {type(settings).__name__}")
+  default = FitSettings()
+  given = [f.name for f in dataclasses.fields(FitSettings)
+           if getattr(loose, f.name) is not getattr(default, f.name)
+           and bool(np.any(getattr(loose, f.name) != getattr(default, f.name)))]
+  if given:
+    raise InputError(f"settings: given together with {', '.join(given)}; pass each setting "
+                     "once (in settings, or as an argument)")
+  return settings
 
 
 def _train_epoch(program: EpochProgram, state: RunState, x, y, seed) -> RunState:
@@ -186,42 +183,40 @@ def _train_epoch(program: EpochProgram, state: RunState, x, y, seed) -> RunState
     step, rows, good_params, good_state = _first_bad_step(program.step, program.plan, *before,
                                                           x, y, key)
     epoch = state.epochs_done + 1
-    err = NonFiniteError(f"non-finite loss or gradient at epoch {epoch}, step {step + 1} of "
-                         f"{finite.size}; parameters kept from before that step")
-    err.epoch, err.step, err.batch_indices = epoch, step + 1, rows
-    err.params, err.opt_state = good_params, good_state
-    raise err
+    raise NonFiniteError(f"non-finite loss or gradient at epoch {epoch}, step {step + 1} of "
+                         f"{finite.size}; parameters kept from before that step", epoch=epoch,
+                         step=step + 1, batch_indices=rows, params=good_params,
+                         opt_state=good_state)
   record = {"epoch": state.epochs_done + 1, "train_loss": float(np.mean(np.asarray(stats.losses))),
             "epoch_seconds": time.perf_counter() - start}
   return state._replace(params=params, opt_state=opt_state, epochs_done=state.epochs_done + 1,
                         history=tuple(state.history) + (record,))
 
 
-def _record_epoch(state: RunState, x, y, val, l2, dp, batch_size, patience,
-                  track_train_accuracy) -> RunState:
+def _record_epoch(state: RunState, x, y, val, settings: FitSettings) -> RunState:
   """The epoch's record completed (validation, training accuracy, epsilon), the privacy ledger
   and the early-stopping state brought up to date."""
   record = dict(state.history[-1])
   if val is not None:
-    record["val_loss"], record["val_acc"] = evaluate_checked(state.params, *val, l2)
-  if track_train_accuracy:
-    record["train_acc"] = evaluate_checked(state.params, x, y, l2)[1]
-  steps = steps_per_epoch(x.shape[0], batch_size)
-  ledger = privacy.add_to_ledger(state.ledger,
-                                 privacy.ledger_entry(steps, dp, x.shape[0], batch_size))
-  if dp is not None:
-    record["epsilon"] = privacy.ledger_epsilon(ledger, dp.delta)
+    record["val_loss"], record["val_acc"] = evaluate_checked(state.params, *val, settings.l2)
+  if settings.track_train_accuracy:
+    record["train_acc"] = evaluate_checked(state.params, x, y, settings.l2)[1]
+  steps = steps_per_epoch(x.shape[0], settings.batch_size)
+  ledger = privacy.add_to_ledger(state.ledger, privacy.ledger_entry(
+      steps, settings.dp, x.shape[0], settings.batch_size))
+  if settings.dp is not None:
+    record["epsilon"] = privacy.ledger_epsilon(ledger, settings.dp.delta)
   state = state._replace(history=tuple(state.history[:-1]) + (record,), ledger=ledger)
   if val is None:
     return state
   best = state.best
   if record["val_loss"] < best.val_loss:
     # A copy: the next epoch donates (invalidates) the buffers of `params`.
-    kept = None if patience is None else _copy_tree(state.params)
+    kept = None if settings.patience is None else _copy_tree(state.params)
     best = Best(state.epochs_done, record["val_loss"], kept, 0)
   else:
     best = best._replace(epochs_since=best.epochs_since + 1)
-  stopped = patience is not None and best.epochs_since >= patience
+  stopped = settings.patience is not None and best.epochs_since >= settings.patience
   return state._replace(best=best, stopped_early=stopped)
 
 

@@ -5,7 +5,8 @@ keys and reorders the values by a stable key-value sort. XLA's CPU sort is fast 
 operand of a primitive type; a key-value sort calls a compiled comparator for every comparison.
 On a 2-core machine one key-value sort of n = 7291 took 1.95 ms and a u32 sort with its key
 draw 0.79 ms; the whole permutation 4.1 ms with JAX's sorts and 1.6 ms with these
-(`benchmarks/epoch_experiments.py shuffle`; docs/benchmarks.md has what it buys the epoch).
+(`benchmarks/reproduce/epoch_experiments.py shuffle`; docs/benchmarks.md has what it buys the
+epoch).
 
 Here each stable key-value sort is an LSD radix sort whose passes are one-operand u32 sorts:
 with p = bits to number n positions, a pass packs a (32 - p)-bit digit of the key above the

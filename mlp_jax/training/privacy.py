@@ -18,7 +18,7 @@ truncated to a fixed capacity so that the compiled step has one shape; the priva
 
 import functools
 import math
-from typing import NamedTuple, Optional, Tuple
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -39,12 +39,13 @@ class DPConfig(NamedTuple):
   delta: float = 1e-5       # the delta of the reported (epsilon, delta)
 
 
-def check_dp_config(dp: DPConfig) -> DPConfig:
-  """Clip norm > 0 and finite, noise multiplier >= 0 and finite, delta in (0, 1)."""
+def check_dp_config(dp: DPConfig, spell: Callable[[str], str] = str) -> DPConfig:
+  """Clip norm > 0 and finite, noise multiplier >= 0 and finite, delta in (0, 1); a bad one is
+  named as `spell(field)` says (e.g. "--clip-norm" on the command line)."""
   return DPConfig(
-      float(checks.check_real(dp.clip_norm, "clip_norm", open_low=True)),
-      float(checks.check_real(dp.noise_multiplier, "noise_multiplier")),
-      float(checks.check_real(dp.delta, "delta", open_low=True, high=1.0)))
+      float(checks.check_real(dp.clip_norm, spell("clip_norm"), open_low=True)),
+      float(checks.check_real(dp.noise_multiplier, spell("noise_multiplier"))),
+      float(checks.check_real(dp.delta, spell("delta"), open_low=True, high=1.0)))
 
 
 def batch_capacity(batch_size: int, num_examples: Optional[int] = None) -> int:

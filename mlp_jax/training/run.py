@@ -4,23 +4,23 @@
     later = fit(params, train, optimizer=opt, epochs=20, resume=result.state)
 
 `RunState` is what `fit` carries from epoch to epoch and hands to `on_epoch_end`; saved with
-`checkpoint.save_run` and read back with `load_run`, a resumed run continues bit for bit as if
+`save_run` and read back with `load_run` (a file of `checkpoint.save_pytree`), a resumed run continues bit for bit as if
 it had never stopped: the same parameters, optimizer state, early-stopping counters and privacy
 ledger. A resume that would change the run (another batch size, lambda, seed, DP setting, ...)
 is refused with a `ResumeError` naming the setting, the saved value and the asked one.
 """
 
 import math
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Tuple
+import os
+import pathlib
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple, Union
 
-import jax
-import numpy as np
 import optax
 
-from mlp_jax.core import checks
 from mlp_jax.core.model import Params
-from mlp_jax.errors import ResumeError
-from mlp_jax.training.privacy import Ledger
+from mlp_jax.errors import ResumeError, describe
+from mlp_jax.io import checkpoint
+from mlp_jax.training.privacy import Ledger, LedgerEntry
 
 
 class Best(NamedTuple):
@@ -52,29 +52,6 @@ def result_params(state: RunState) -> Any:
   """The parameters a run stands for: the best epoch's when early stopping kept them, else the
   latest."""
   return state.params if state.best.params is None else state.best.params
-
-
-def match_template(leaves: Sequence[Any], template: Any, what: str) -> Any:
-  """`leaves` (a flat list) in `template`'s structure, after checking their number, shapes and
-  dtypes against its leaves (arrays or `jax.ShapeDtypeStruct`s); else `ResumeError`."""
-  expected = jax.tree.leaves(template)
-  if len(leaves) != len(expected):
-    raise ResumeError(f"{what} does not match: the file holds {len(leaves)} leaves, "
-                      f"{len(expected)} expected")
-  for i, (leaf, want) in enumerate(zip(leaves, expected)):
-    if np.shape(leaf) != np.shape(want):
-      raise ResumeError(f"{what} does not match: leaf {i} has shape {np.shape(leaf)} in the "
-                        f"file, {np.shape(want)} expected")
-    have, need = _dtype(leaf), _dtype(want)
-    if have != need:
-      raise ResumeError(f"{what} does not match: leaf {i} has dtype {have} in the file, {need} "
-                        "expected")
-  return jax.tree.unflatten(jax.tree.structure(template), list(leaves))
-
-
-def _dtype(leaf):
-  """A leaf's dtype; typed PRNG keys keep theirs (NumPy cannot name it)."""
-  return leaf.dtype if hasattr(leaf, "dtype") else checks.dtype_of(leaf)
 
 
 def check_unchanged(saved: Mapping[str, Any], asked: Mapping[str, Any], where: str,
@@ -120,3 +97,70 @@ def check_more_epochs(state: RunState, epochs: int, where: str) -> Optional[str]
   if epochs == state.epochs_done:
     return f"{where} finished: {state.epochs_done} of {epochs} epochs done; nothing to train"
   return None
+
+
+# ---------------------------------------------------------------------------- a run's file
+
+
+class SavedRun(NamedTuple):
+  """What `load_run` returns."""
+  state: RunState   # opt_state as a list of leaves: `fit(resume=...)` restores its structure
+  config: dict      # the caller's configuration (e.g. the command line of `mlp-jax train`)
+  arrays: dict      # the caller's extra arrays, {name: array} (e.g. the input scaler)
+
+
+def save_run(path: Union[str, os.PathLike], state: RunState, *, config: Optional[dict] = None,
+             arrays: Optional[Dict[str, Any]] = None) -> pathlib.Path:
+  """Writes a whole `RunState` (parameters, optimizer state, best epoch's parameters, history,
+  early-stopping state, privacy ledger, settings), with a caller's `config` dict and named
+  `arrays`, to `path` atomically (`checkpoint.save_pytree`). `load_run` reads it back and
+  `fit(resume=...)` continues it."""
+  run = {"epochs_done": int(state.epochs_done), "history": [dict(r) for r in state.history],
+         "best": {"epoch": int(state.best.epoch), "val_loss": float(state.best.val_loss),
+                  "epochs_since": int(state.best.epochs_since),
+                  "has_params": state.best.params is not None},
+         "stopped_early": bool(state.stopped_early),
+         "ledger": [list(e) for e in state.ledger], "settings": dict(state.settings)}
+  tree = {"params": state.params, "opt_state": state.opt_state,
+          "best_params": state.best.params, "arrays": dict(arrays or {})}
+  return checkpoint.save_pytree(path, tree, {"kind": "run", "run": run,
+                                             "config": checkpoint.json_dict("config", config)})
+
+
+def load_run(path: Union[str, os.PathLike], *, params_template: Any = None) -> SavedRun:
+  """Reads and verifies a file of `save_run`. Parameters come back as for
+  `checkpoint.load_checkpoint`; the optimizer state as a list of leaves, put in the optimizer's
+  structure by `fit`.
+
+  Raises:
+    CheckpointError: as `load_checkpoint`, or the file is not a run, or its record disagrees
+      with itself (epochs done, history and ledger).
+  """
+  path = pathlib.Path(path)
+  leaves, meta = checkpoint.load_pytree(path)
+  if meta.get("kind") != "run":
+    raise checkpoint.file_error(path, "holds no training run (it was not written by save_run "
+                                "or mlp-jax train)")
+  try:
+    run, best = meta["run"], meta["run"]["best"]
+    ledger = tuple(LedgerEntry(*e) for e in run["ledger"])
+    params = checkpoint.named_params(path, checkpoint.subtree(leaves, "params"),
+                                     params_template)
+    best_params = (checkpoint.named_params(path, checkpoint.subtree(leaves, "best_params"),
+                                           params_template) if best["has_params"] else None)
+    state = RunState(params, list(checkpoint.subtree(leaves, "opt_state").values()),
+                     int(run["epochs_done"]), tuple(dict(r) for r in run["history"]),
+                     Best(int(best["epoch"]), float(best["val_loss"]), best_params,
+                          int(best["epochs_since"])),
+                     bool(run["stopped_early"]), ledger, dict(run["settings"]))
+    config = dict(meta["config"])
+  except (KeyError, TypeError, ValueError) as e:
+    raise checkpoint.file_error(path, f"bad run metadata ({describe(e)})") from e
+  steps = sum(e.steps for e in ledger)
+  if len(state.history) != state.epochs_done or (state.epochs_done > 0) != (steps > 0):
+    raise checkpoint.file_error(path, f"inconsistent run: {state.epochs_done} epochs done, "
+                                f"{len(state.history)} in the history, {steps} steps in the "
+                                "ledger")
+  arrays = {name[2:-2]: a
+            for name, a in checkpoint.subtree(leaves, "arrays").items()}  # "['mean']" -> mean
+  return SavedRun(state, config, arrays)

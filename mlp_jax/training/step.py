@@ -1,7 +1,12 @@
-"""One compiled training step on the analytic gradients, on one device or sharded over a mesh.
+"""The training step on the analytic gradients: one body, for the scanned epoch and on its own.
 
     step = make_train_step(optax.adam(1e-3), l2=1e-4)     # jitted, donates params and opt_state
     params, opt_state, loss = step(params, opt_state, x, y)
+
+`step_body` is the one step there is: the batch's gradient, (E7)-(E12) (with DP, the clipped and
+noised one of `privacy.noisy_clipped_grads`, (E13)-(E15)), then the optimizer's update. The
+compiled epoch (`epoch.build_epoch`) scans it over an epoch's minibatches; `make_train_step`
+compiles it for one batch given by the caller.
 """
 
 import functools
@@ -16,8 +21,51 @@ from jax.typing import ArrayLike, DTypeLike
 from mlp_jax.core import checks
 from mlp_jax.core.backprop import objective_and_grads
 from mlp_jax.core.model import Params
-from mlp_jax.training import distributed
+from mlp_jax.training import distributed, privacy
 from mlp_jax.training.optimizers import OptimizerLike, as_optimizer
+from mlp_jax.training.settings import FitSettings, check_settings
+
+# step(params, opt_state, x, y, keep, step_key) -> (params, opt_state, loss, grads)
+StepBody = Callable[..., Tuple[Params, optax.OptState, jax.Array, Params]]
+
+
+def step_body(optimizer: optax.GradientTransformation, settings: FitSettings,
+              mesh: Optional[Mesh] = None) -> StepBody:
+  """The plain (not jitted) step `step(params, opt_state, x, y, keep=None, step_key=None)`.
+
+  Args of the step:
+    x, y: the batch, (m, n) features and (m,) labels.
+    keep: optional (m,) 0/1 in the parameters' dtype; rows with 0 are padding, left out of the
+      loss and gradient (a short last batch, or a Poisson batch's empty places). Needed with DP.
+    step_key: the PRNG key of this step's DP noise (used only with `settings.dp`).
+
+  Returns:
+    (params, opt_state, loss, grads): the updated state, the batch's loss (E6) at
+    `settings.l2` and the gradient the update used.
+
+  With `mesh`, the batch's rows are sharded along "data" and the new state is replicated.
+  """
+  l2, compute_dtype, dp = settings.l2, settings.compute_dtype, settings.dp
+
+  def step(params: Params, opt_state: optax.OptState, x: jax.Array, y: jax.Array,
+           keep: Optional[jax.Array] = None, step_key: Optional[jax.Array] = None,
+           ) -> Tuple[Params, optax.OptState, jax.Array, Params]:
+    if mesh is not None:
+      x, y, keep = distributed.constrain_rows((x, y, keep), mesh)
+    with jax.named_scope("gradients"):
+      if dp is None:
+        loss, grads = objective_and_grads(params, x, y, l2, compute_dtype, keep)
+      else:
+        loss, grads = privacy.noisy_clipped_grads(params, x, y, keep, step_key, l2, dp,
+                                                  settings.batch_size, compute_dtype)
+    with jax.named_scope("optimizer"):
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      params = optax.apply_updates(params, updates)
+    if mesh is not None:
+      params, opt_state = distributed.constrain_replicated((params, opt_state), mesh)
+    return params, opt_state, loss, grads
+
+  return step
 
 
 def make_train_step(optimizer: OptimizerLike, l2: ArrayLike = 0.0, *,
@@ -38,18 +86,16 @@ def make_train_step(optimizer: OptimizerLike, l2: ArrayLike = 0.0, *,
       compiled core of `make_data_parallel_step`, which places the inputs.
   """
   optimizer = as_optimizer(optimizer)
-  checks.check_real(l2, "l2")
+  body = step_body(optimizer, check_settings(FitSettings(l2=l2, compute_dtype=compute_dtype)),
+                   mesh)
   jit_kwargs = {} if mesh is None else {"out_shardings": distributed.replicated_sharding(mesh)}
 
   @functools.partial(jax.jit, donate_argnums=(0, 1), **jit_kwargs)
   def step(params: Params, opt_state: optax.OptState, x: ArrayLike,
            y: ArrayLike) -> Tuple[Params, optax.OptState, jax.Array]:
     params, x, y, _ = checks.check_batch(params, x, y)
-    if mesh is not None:
-      x, y = distributed.constrain_rows((x, y), mesh)
-    loss, grads = objective_and_grads(params, x, y, l2, compute_dtype)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+    params, opt_state, loss, _ = body(params, opt_state, x, y)
+    return params, opt_state, loss
 
   return step
 

@@ -1,0 +1,141 @@
+"""`mlp-jax evaluate` (a saved run on its test set) and `mlp-jax check` (the analytic gradients
+against jax.grad and finite differences, or a user's own gradient function diagnosed).
+
+As in `train_command`, heavy modules are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import os
+
+from mlp_jax.errors import InputError, describe, printable
+from mlp_jax.tables import text_block
+
+def cmd_evaluate(args, signals) -> int:
+  import numpy as np
+  import mlp_jax as mj
+  from mlp_jax.io import checkpoint, data
+  from mlp_jax.tools.train_command import DEFAULTS
+  from mlp_jax.tools import run_folder
+  from mlp_jax.training.run import load_run, result_params
+
+  saved = load_run(args.checkpoint)
+  cfg, params = saved.config, result_params(saved.state)
+  if "scaler_mean" not in saved.arrays or "dataset" not in cfg:
+    raise mj.CheckpointError(f"checkpoint {args.checkpoint}: holds no mlp-jax train run "
+                             "(no dataset or scaler); evaluate it in Python with mj.evaluate")
+  dataset = args.dataset or cfg["dataset"]
+  path = args.data or cfg.get("data")
+  splits, _ = data.load_splits(dataset, path, seed=run_folder.split_seed(cfg),
+                               num_samples=cfg.get("num_samples") or DEFAULTS["num_samples"])
+  scaler = data.Scaler(np.asarray(saved.arrays["scaler_mean"]),
+                       np.asarray(saved.arrays["scaler_scale"]))
+  x = data.apply_scaler(scaler, splits.test.x)  # the training run's scaler, nothing refitted
+  checkpoint.check_compatible(saved.state, (x.shape[1],) + tuple(mj.layer_sizes(params)[1:]))
+  y = splits.test.y
+  counts = mj.confusion_matrix(params, x, y)
+  acc = np.trace(counts) / counts.sum()
+  per_class = np.diag(counts) / np.maximum(counts.sum(1), 1)
+  print(f"{printable(args.checkpoint)}: {dataset} test set, {counts.sum()} examples")
+  print(f"accuracy {100 * acc:.2f}%")
+  print(text_block([["class"] + [str(i) for i in range(len(per_class))],
+                ["accuracy %"] + [f"{100 * a:.1f}" for a in per_class]]))
+  print("confusion matrix (rows: true, columns: predicted)")
+  print(text_block([[""] + [str(i) for i in range(len(counts))]] +
+               [[str(i)] + [str(c) for c in row] for i, row in enumerate(counts)]))
+  return 0
+
+
+def cmd_check(args, signals) -> int:
+  import contextlib
+  import jax
+  import jax.numpy as jnp
+  import mlp_jax as mj
+
+  dtype = args.dtype or "float64"
+  if args.grads is not None and dtype != "float64":
+    raise mj.InputError(f"--dtype {dtype}: --grads is always diagnosed in float64 (its "
+                        "parameters and data upcast), so that roundoff cannot hide a small "
+                        "mistake; leave --dtype out")
+  grad_fn = None if args.grads is None else load_function(args.grads)
+  x64 = jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
+  with x64:
+    sizes = (args.features,) + tuple(args.hidden) + (args.classes,)
+    params = mj.init_params(jax.random.PRNGKey(args.seed), sizes, jnp.dtype(dtype))
+    key_x, key_y = jax.random.split(jax.random.PRNGKey(args.seed + 1))
+    x = jax.random.uniform(key_x, (args.m, args.features), jnp.dtype(dtype))
+    y = jax.random.randint(key_y, (args.m,), 0, args.classes)
+    if grad_fn is None:
+      report = mj.check_gradients(params, x, y, args.l2)
+    else:
+      from mlp_jax.tools.diagnosis import diagnose
+      report = diagnose(grad_fn, params, x, y, args.l2)
+  print(report)
+  return 0 if report.passed else 1
+
+
+def load_function(spec: str):
+  """`module:function` or `path/to/file.py:function` -> the function, wrapped so that an
+  exception it raises becomes one `InputError` naming it, the exception and the user's lines."""
+  import functools
+  import importlib
+  import importlib.util
+  module_name, _, attr = spec.rpartition(":")
+  if not module_name or not attr:
+    raise InputError(f"--grads: expected module:function or file.py:function, got "
+                     f"{printable(repr(spec))}")
+  try:
+    if module_name.endswith(".py"):
+      spec_ = importlib.util.spec_from_file_location("user_grads", module_name)
+      if spec_ is None or spec_.loader is None:
+        raise ImportError(f"cannot load {module_name}")
+      module = importlib.util.module_from_spec(spec_)
+      spec_.loader.exec_module(module)
+    else:
+      module = importlib.import_module(module_name)
+  except (ImportError, OSError) as err:
+    raise InputError(f"--grads: cannot import {printable(module_name)}: {printable(err)}") from err
+  except Exception as err:  # noqa: BLE001 - the user's module raised while it was imported
+    raise InputError(f"--grads: importing {printable(module_name)} raised "
+                     f"{_user_exception(err)}") from err
+  fn = getattr(module, attr, None)
+  if not callable(fn):
+    raise InputError(f"--grads: {printable(module_name)} has no function {printable(repr(attr))}")
+
+  @functools.wraps(fn)
+  def guarded(*args, **kwargs):
+    try:
+      return fn(*args, **kwargs)
+    except Exception as err:  # noqa: BLE001 - whatever the user's code raised, reported as theirs
+      raise InputError(f"--grads: your function {printable(spec)} raised "
+                       f"{_user_exception(err)}") from err
+
+  return guarded
+
+
+def _shown_path(path: str) -> str:
+  """`path` relative to the working folder when it lies under it, else as it is."""
+  relative = os.path.relpath(path) if os.path.isabs(path) else path
+  return path if relative.startswith("..") else relative
+
+
+def _user_exception(err: BaseException) -> str:
+  """`Type: message, at file.py:LINE in func (`source`)`, naming only the user's own frames
+  (not this package's, the standard library's or an installed package's): where it was raised,
+  then where that was called from."""
+  import sysconfig
+  import traceback
+  library = [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]  # mlp_jax/
+  library += [sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")]
+  library = [os.path.abspath(p) + os.sep for p in library]
+  if isinstance(err, SyntaxError) and err.filename:
+    frames = [(err.filename, err.lineno, "<module>", (err.text or "").strip())]
+  else:
+    frames = [(f.filename, f.lineno, f.name, (f.line or "").strip())
+              for f in traceback.extract_tb(err.__traceback__)
+              if not os.path.abspath(f.filename).startswith(tuple(library))
+              and not f.filename.startswith("<")]
+  where = [f"{printable(_shown_path(file))}:{line} in {name}" + (f" ({printable(code)})" if code else "")
+           for file, line, name, code in reversed(frames)]
+  return describe(err) + (f", at {where[0]}" if where else "") + "".join(
+      f", called from {w}" for w in where[1:])

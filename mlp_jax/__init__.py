@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 # handling before JAX loads, and `import mlp_jax` costs nothing until used).
 _FROM = {
     "mlp_jax.core.backprop": ("grads", "loss_and_grads"),
-    "mlp_jax.core.checks": ("value_checks",),
+    "mlp_jax.core.validation": ("value_checks",),
     "mlp_jax.core.inference": ("forward", "predict"),
     "mlp_jax.core.model": ("Dense", "Params", "init_params", "layer_sizes"),
     "mlp_jax.core.objective": ("loss",),
@@ -51,7 +51,7 @@ _MODULES = {"data": "mlp_jax.io.data", "distributed": "mlp_jax.training.distribu
 if TYPE_CHECKING:  # the same names, for type checkers and IDEs (tests/test_architecture.py
   # holds this block and `_FROM` to each other)
   from mlp_jax.core.backprop import grads, loss_and_grads
-  from mlp_jax.core.checks import value_checks
+  from mlp_jax.core.validation import value_checks
   from mlp_jax.core.inference import forward, predict
   from mlp_jax.core.model import Dense, Params, init_params, layer_sizes
   from mlp_jax.core.objective import loss

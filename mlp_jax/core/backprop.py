@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike, DTypeLike
 
-from mlp_jax.core import checks
+from mlp_jax.core import eager
 from mlp_jax.core.model import Dense, Params, forward_activations, matmul
 from mlp_jax.core.objective import cross_entropy, log_softmax, penalised_mean
 
@@ -116,11 +116,11 @@ def _loss_and_grads_flagged(params, x, y, l2, compute_dtype=None):
   """
   loss, grads = objective_and_grads(params, x, y, l2, compute_dtype)
   k = params[-1].w.shape[1]
-  finite = jnp.isfinite(loss) & checks.all_finite(grads)
+  finite = jnp.isfinite(loss) & eager.all_finite(grads)
   return (loss, grads), ~finite | (y.min() < 0) | (y.max() >= k)
 
 
-_LOSS_AND_GRADS = checks.Compiled(objective_and_grads_jit, _loss_and_grads_flagged)
+_LOSS_AND_GRADS = eager.Compiled(objective_and_grads_jit, _loss_and_grads_flagged)
 
 
 def loss_and_grads(params: Params, x: ArrayLike, y: ArrayLike, l2: ArrayLike = 0.0, *,
@@ -138,7 +138,7 @@ def loss_and_grads(params: Params, x: ArrayLike, y: ArrayLike, l2: ArrayLike = 0
   Returns:
     (loss, grads): a scalar and a tuple of `Dense` shaped like `params`.
   """
-  return checks.checked_call(_LOSS_AND_GRADS, params, x, y, l2, l2=l2,
+  return eager.checked_call(_LOSS_AND_GRADS, params, x, y, l2, l2=l2,
                              compute_dtype=compute_dtype)
 
 

@@ -8,16 +8,16 @@ leaves and x may be nested lists). Values are not checked: a NaN in x gives NaN 
 import jax
 from jax.typing import ArrayLike
 
-from mlp_jax.core import checks, model
+from mlp_jax.core import model, validation
 from mlp_jax.core.model import Params
 
 
 def forward(params: Params, x: ArrayLike) -> jax.Array:
   """Logits of shape (m, K) for inputs x of shape (m, n), floating (cast to the parameters'
   dtype), (E1)-(E3)."""
-  return model.forward(*checks.check_features(params, x))
+  return model.forward(*validation.check_features(params, x))
 
 
 def predict(params: Params, x: ArrayLike) -> jax.Array:
   """Predicted class index of each row of x (m, n): int, shape (m,)."""
-  return model.predict(*checks.check_features(params, x))
+  return model.predict(*validation.check_features(params, x))

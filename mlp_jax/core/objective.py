@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike, DTypeLike
 
-from mlp_jax.core import checks
+from mlp_jax.core import validation
 from mlp_jax.core.model import Params, forward_activations
 
 
@@ -67,5 +67,5 @@ def loss(params: Params, x: ArrayLike, y: ArrayLike, l2: ArrayLike = 0.0) -> jax
   Returns:
     A scalar of the parameters' dtype.
   """
-  params, x, y, l2 = checks.check_batch(params, x, y, l2)
+  params, x, y, l2 = validation.check_batch(params, x, y, l2)
   return objective(params, x, y, l2)

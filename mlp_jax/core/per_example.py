@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike, DTypeLike
 
-from mlp_jax.core import checks
+from mlp_jax.core import eager, validation
 from mlp_jax.core.backprop import backprop_errors, layer_grads, mean_with_penalty, output_error
 from mlp_jax.core.model import Dense, Params, forward_activations
 from mlp_jax.core.objective import cross_entropy, log_softmax
@@ -54,12 +54,12 @@ def _per_sample_grads(params: Params, x: jax.Array, y: jax.Array) -> Params:
       for a, delta in zip(activations, deltas))
 
 
-def _compile(fn: Callable, **jit_kwargs: Any) -> checks.Compiled:
-  """`fn(params, x, y, ...)` jitted as is, and with `checks.input_flag(params, x, y)` beside."""
+def _compile(fn: Callable, **jit_kwargs: Any) -> eager.Compiled:
+  """`fn(params, x, y, ...)` jitted as is, and with `eager.input_flag(params, x, y)` beside."""
   def with_flag(params: Params, x: jax.Array, y: jax.Array, *args: Any,
                 **kwargs: Any) -> Tuple[Any, jax.Array]:
-    return fn(params, x, y, *args, **kwargs), checks.input_flag(params, x, y)
-  return checks.Compiled(jax.jit(fn, **jit_kwargs), jax.jit(with_flag, **jit_kwargs))
+    return fn(params, x, y, *args, **kwargs), eager.input_flag(params, x, y)
+  return eager.Compiled(jax.jit(fn, **jit_kwargs), jax.jit(with_flag, **jit_kwargs))
 
 
 _PER_SAMPLE_GRADS = _compile(_per_sample_grads)
@@ -80,9 +80,9 @@ def per_sample_grads(params: Params, x: ArrayLike, y: ArrayLike, *,
     their mean plus (lambda/m) W, (E14).
   """
   if chunk_size is None:
-    return checks.checked_call(_PER_SAMPLE_GRADS, params, x, y)
-  chunk_size = checks.check_int(chunk_size, "chunk_size")
-  return checks.checked_call(_PER_SAMPLE_GRADS_CHUNKED, params, x, y, chunk_size=chunk_size)
+    return eager.checked_call(_PER_SAMPLE_GRADS, params, x, y)
+  chunk_size = validation.check_int(chunk_size, "chunk_size")
+  return eager.checked_call(_PER_SAMPLE_GRADS_CHUNKED, params, x, y, chunk_size=chunk_size)
 
 
 def _per_sample_grads_chunked(params, x, y, chunk_size: int):
@@ -112,7 +112,7 @@ def per_sample_layer_norms(params: Params, x: ArrayLike, y: ArrayLike) -> Tuple[
   `w` holds ||dl_i/dW_l||_F = ||a_{l-1,i}|| ||delta_{l,i}|| and `b` holds ||delta_{l,i}||,
   computed without forming the per-example gradients. For diagnostics: which layer dominates.
   """
-  return checks.checked_call(_LAYER_NORMS, params, x, y)
+  return eager.checked_call(_LAYER_NORMS, params, x, y)
 
 
 _LAYER_NORMS = _compile(_layer_norms)
@@ -136,7 +136,7 @@ def per_sample_grad_norms(params: Params, x: ArrayLike, y: ArrayLike) -> jax.Arr
   Equals `optax.global_norm` of each slice of `per_sample_grads`, at the cost of one forward and
   one backward pass, never materialising the per-example gradients.
   """
-  return checks.checked_call(GLOBAL_NORMS, params, x, y)
+  return eager.checked_call(GLOBAL_NORMS, params, x, y)
 
 
 def clip_factors(norms: jax.Array, clip_norm: ArrayLike) -> jax.Array:
@@ -187,5 +187,5 @@ def clipped_mean_grads(params: Params, x: ArrayLike, y: ArrayLike, clip_norm: Ar
   Returns:
     A tuple of `Dense` shaped like `params`.
   """
-  checks.check_real(clip_norm, "clip_norm", open_low=True)
-  return checks.checked_call(CLIPPED_MEAN, params, x, y, clip_norm, l2, l2=l2)
+  validation.check_real(clip_norm, "clip_norm", open_low=True)
+  return eager.checked_call(CLIPPED_MEAN, params, x, y, clip_norm, l2, l2=l2)

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mlp_jax.core import checks, model
+from mlp_jax.core import model, validation
 from mlp_jax.core.model import Dense
 from mlp_jax.errors import CheckpointError, InputTypeError, describe
 from mlp_jax.io.atomic_file import atomic_write
@@ -283,7 +283,7 @@ def match_template(leaves: Sequence[Any], template: Any, what: str,
 
 def _dtype(leaf):
   """A leaf's dtype; typed PRNG keys keep theirs (NumPy cannot name it)."""
-  return leaf.dtype if hasattr(leaf, "dtype") else checks.dtype_of(leaf)
+  return leaf.dtype if hasattr(leaf, "dtype") else validation.dtype_of(leaf)
 
 
 def _matched(path: pathlib.Path, leaves: list, template, what: str):
@@ -316,7 +316,7 @@ def named_params(path: Union[str, os.PathLike], named: Dict[str, jax.Array],
     return named
   params = tuple(Dense(named[f"[{i}].w"], named[f"[{i}].b"]) for i in range(layers))
   try:
-    return checks.check_params(params)
+    return validation.check_params(params)
   except (ValueError, TypeError) as e:
     raise _error(path, f"inconsistent parameters ({e})") from e
 
@@ -354,13 +354,13 @@ def save_checkpoint(path: Union[str, os.PathLike], params: Any,
     `path` as a `pathlib.Path`. On any exception a previous file at `path` is left untouched.
   """
   if isinstance(params, (tuple, list)) and params and isinstance(params[0], Dense):
-    params = checks.check_params(params)
+    params = validation.check_params(params)
   elif not jax.tree.leaves(params):
     raise InputTypeError(f"params: expected a pytree of arrays, got {type(params).__name__}")
   return save_pytree(path, {"params": params, "opt_state": opt_state, "rng": rng_key}, {
       "kind": "checkpoint",
-      "epoch": checks.check_int(epoch, "epoch", 0),
-      "step": checks.check_int(step, "step", 0),
+      "epoch": validation.check_int(epoch, "epoch", 0),
+      "step": validation.check_int(step, "step", 0),
       "config": json_dict("config", config),
       "extra": json_dict("extra", extra),
       "has_opt_state": opt_state is not None,

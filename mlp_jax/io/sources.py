@@ -6,7 +6,7 @@
 
 import numpy as np
 
-from mlp_jax.core import checks
+from mlp_jax.core import validation
 from mlp_jax.errors import optional_import
 from mlp_jax.io.data_checks import Dataset, Splits, check_arrays, to_dataset
 from mlp_jax.io.transforms import Seed, check_fraction, stratified_indices
@@ -37,10 +37,10 @@ def make_synthetic(num_samples: int, num_features: int = 256, num_classes: int =
   Class centres are drawn N(0, 1) per feature; each row is its centre plus `noise` * N(0, 1).
   Labels are balanced (counts differ by at most one) and shuffled.
   """
-  num_samples = checks.check_int(num_samples, "num_samples")
-  num_features = checks.check_int(num_features, "num_features")
-  num_classes = checks.check_int(num_classes, "num_classes")
-  noise = float(checks.check_real(noise, "noise"))
+  num_samples = validation.check_int(num_samples, "num_samples")
+  num_features = validation.check_int(num_features, "num_features")
+  num_classes = validation.check_int(num_classes, "num_classes")
+  noise = float(validation.check_real(noise, "noise"))
   rng = np.random.default_rng(seed)
   centres = rng.standard_normal((num_classes, num_features), dtype=np.float32)
   y = (np.arange(num_samples) % num_classes).astype(np.int32)

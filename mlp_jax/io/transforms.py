@@ -16,7 +16,7 @@ from typing import NamedTuple, Tuple, Union
 import numpy as np
 from numpy.typing import ArrayLike
 
-from mlp_jax.core import checks
+from mlp_jax.core import validation
 from mlp_jax.errors import InputError, InputTypeError
 from mlp_jax.io.data_checks import Dataset
 
@@ -39,7 +39,7 @@ class Scaler(NamedTuple):
 
 def check_fraction(value, name: str) -> float:
   """A real number strictly between 0 and 1."""
-  return float(checks.check_real(value, name, open_low=True, high=1.0))
+  return float(validation.check_real(value, name, open_low=True, high=1.0))
 
 
 def stratified_indices(y: np.ndarray, fraction: float, seed):

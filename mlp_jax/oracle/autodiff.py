@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike, DTypeLike
 
-from mlp_jax.core import checks
+from mlp_jax.core import validation
 from mlp_jax.core.model import Params, forward
 from mlp_jax.core.objective import cross_entropy, log_softmax, objective
 
@@ -26,7 +26,7 @@ def autodiff_grads(params: Params, x: ArrayLike, y: ArrayLike, l2: ArrayLike = 0
 
   With `compute_dtype`, the forward GEMMs take inputs of that dtype, as in `loss_and_grads`.
   """
-  params, x, y, l2 = checks.check_batch(params, x, y, l2)
+  params, x, y, l2 = validation.check_batch(params, x, y, l2)
   return grad_objective(params, x, y, l2, compute_dtype=compute_dtype)
 
 
@@ -40,7 +40,7 @@ _per_sample_autodiff = jax.jit(jax.vmap(jax.grad(example_loss), in_axes=(None, 0
 
 def autodiff_per_sample_grads(params: Params, x: ArrayLike, y: ArrayLike) -> Params:
   """`jax.vmap(jax.grad(l_i))`: per-example gradients by autodiff, the oracle for (E13)."""
-  params, x, y, _ = checks.check_batch(params, x, y)
+  params, x, y, _ = validation.check_batch(params, x, y)
   return _per_sample_autodiff(params, x, y)
 
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from mlp_jax.core import checks
+from mlp_jax.core import validation
 from mlp_jax.core.backprop import backprop_errors, layer_grads, relu_masks
 from mlp_jax.core.backprop import grads as analytic_grads
 from mlp_jax.core.model import Dense, Params, forward_activations, layer_sizes
@@ -69,7 +69,7 @@ def gradient_scale(params: Params, x: ArrayLike, y: ArrayLike, l2: ArrayLike = 0
   Returns:
     A tuple of `Dense` shaped like `params`, entries >= 0, in the parameters' dtype.
   """
-  params, x, y, l2 = checks.check_batch(params, x, y, l2)
+  params, x, y, l2 = validation.check_batch(params, x, y, l2)
   return _gradient_scale(params, x, y, l2)
 
 
@@ -91,7 +91,7 @@ def per_example_gradient_scale(params: Params, x: ArrayLike, y: ArrayLike) -> Pa
   Returns:
     A tuple of `Dense` shaped like `per_sample_grads`: a leading axis of length m on every leaf.
   """
-  params, x, y, _ = checks.check_batch(params, x, y)
+  params, x, y, _ = validation.check_batch(params, x, y)
   return _per_example_gradient_scale(params, x, y)
 
 
@@ -197,7 +197,7 @@ def check_gradients(params: Params, x: ArrayLike, y: ArrayLike, l2: float = 0.0,
   Returns:
     A `GradientReport`; `print` it for a table, `.passed` for the verdict.
   """
-  params, x, y, l2 = checks.check_batch(params, x, y, l2)
+  params, x, y, l2 = validation.check_batch(params, x, y, l2)
   dtype = params[0].w.dtype
   grad_fn = analytic_grads if grad_fn is None else grad_fn
   reference = jax.tree.leaves(grad_objective(params, x, y, l2))

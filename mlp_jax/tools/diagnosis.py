@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mlp_jax.core import checks, model
+from mlp_jax.core import model, validation
 from mlp_jax.core.model import Params
 from mlp_jax.errors import InputTypeError
 from mlp_jax.oracle.autodiff import autodiff_grads, to_float64
@@ -264,7 +264,7 @@ def diagnose(grad_fn: Callable, params: Params, x, y, l2=0.0, *,
     raise InputTypeError(f"grad_fn must be callable, got {type(grad_fn).__name__}")
   if isinstance(seeds, (str, bytes)) or not all(isinstance(s, (int, np.integer)) for s in seeds):
     raise InputTypeError(f"seeds must be a sequence of ints, got {seeds!r}")
-  params, x, y, l2 = checks.check_batch(params, x, y, l2)
+  params, x, y, l2 = validation.check_batch(params, x, y, l2)
   l2, m, sizes, leaves = float(l2), int(x.shape[0]), model.layer_sizes(params), param_leaves(params)
   count = max(len(seeds), 2)   # fresh batch sizes: m, then 7, 13, ..., none equal to a width
   ms = ([b for b in dict.fromkeys((m,) + BATCH_SIZES) if b not in sizes] or [m]) * count

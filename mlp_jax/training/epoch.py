@@ -23,7 +23,7 @@ import optax
 from jax.sharding import Mesh
 from jax.typing import ArrayLike, DTypeLike
 
-from mlp_jax.core import checks
+from mlp_jax.core import eager
 from mlp_jax.core.model import Params
 from mlp_jax.training import distributed, privacy
 from mlp_jax.training.optimizers import OptimizerLike, as_optimizer, steps_per_epoch
@@ -147,7 +147,7 @@ def build_epoch(optimizer: optax.GradientTransformation, settings: FitSettings,
     (params, opt_state), losses = jax.lax.scan(scan_body, (params, opt_state),
                                                plan(key, x.shape[0]))
     return params, opt_state, EpochStats(losses, jnp.isfinite(losses),
-                                         checks.all_finite((params, opt_state)))
+                                         eager.all_finite((params, opt_state)))
 
   epoch = epoch if mesh is None else distributed.with_replicated_args(epoch, mesh)
   return EpochProgram(epoch, step, plan)

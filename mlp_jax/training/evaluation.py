@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from mlp_jax.core import checks
+from mlp_jax.core import validation
 from mlp_jax.core.model import Params, forward, predict
 from mlp_jax.core.objective import cross_entropy, l2_penalty, log_softmax
 
@@ -44,12 +44,12 @@ def evaluate(params: Params, x: ArrayLike, y: ArrayLike,
   it; the default `l2=0` gives the bare mean cross-entropy. Accuracy is the fraction of rows
   whose argmax logit is the label.
   """
-  return evaluate_checked(*checks.check_batch(params, x, y, l2))
+  return evaluate_checked(*validation.check_batch(params, x, y, l2))
 
 
 def evaluate_checked(params: Params, x: jax.Array, y: jax.Array,
                      l2: ArrayLike) -> Tuple[float, float]:
-  """`evaluate` on arrays already checked (and on the device): no pass over x for checks."""
+  """`evaluate` on arrays already checked (and on the device): no pass over x for validation."""
   ce, correct = _sums(params, x, y, chunk=min(8192, x.shape[0]))
   m = x.shape[0]
   return float(ce) / m + float(l2_penalty(params, l2, m)), int(correct) / m
@@ -61,7 +61,7 @@ _predict_jit = jax.jit(predict)  # one compiled program per shape, reused across
 def confusion_matrix(params: Params, x: ArrayLike, y: ArrayLike,
                      num_classes: Optional[int] = None) -> np.ndarray:
   """counts[true, predicted] over a dataset, int64 (K, K)."""
-  params, x, y, _ = checks.check_batch(params, x, y)
+  params, x, y, _ = validation.check_batch(params, x, y)
   k = params[-1].w.shape[1] if num_classes is None else num_classes
   pred = np.asarray(_predict_jit(params, x))
   counts = np.zeros((k, k), np.int64)

@@ -20,7 +20,7 @@ import optax
 from jax.sharding import Mesh
 from jax.typing import ArrayLike, DTypeLike
 
-from mlp_jax.core import checks
+from mlp_jax.core import eager, validation
 from mlp_jax.core.model import Params
 from mlp_jax.errors import InputError, InputTypeError, NonFiniteError, ResumeError
 from mlp_jax.io.checkpoint import match_template
@@ -43,7 +43,7 @@ def _first_bad_step(step, plan, params, opt_state, x, y, key):
   for i in range(indices.shape[0]):
     new_params, new_state, loss, grads = step(params, opt_state, x, y, indices[i], mask[i],
                                               step_keys[i])
-    if not bool(jnp.isfinite(loss) & checks.all_finite((grads, new_params, new_state))):
+    if not bool(jnp.isfinite(loss) & eager.all_finite((grads, new_params, new_state))):
       return i, np.asarray(indices[i])[np.asarray(mask[i])], params, opt_state
     params, opt_state = new_params, new_state
   return indices.shape[0] - 1, np.asarray(indices[-1])[np.asarray(mask[-1])], params, opt_state
@@ -120,10 +120,10 @@ def fit(params: Params, train: Tuple[ArrayLike, ArrayLike], *,
   optimizer = as_optimizer(optimizer)
   settings = _one_value(settings, FitSettings(batch_size, l2, seed, patience, compute_dtype, dp,
                                               shuffle, track_train_accuracy))
-  params = checks.check_params(params if resume is None else resume.params)
-  x, y = checks.check_pair(params, train, "train")
-  val = None if val is None else checks.check_pair(params, val, "val")
-  checks.check_int(epochs, "epochs")
+  params = validation.check_params(params if resume is None else resume.params)
+  x, y = validation.check_pair(params, train, "train")
+  val = None if val is None else validation.check_pair(params, val, "val")
+  validation.check_int(epochs, "epochs")
   settings = check_settings(settings, x.shape[0], None if val is None else val[0].shape[0])
   record = settings.record(x.shape[0], None if val is None else val[0].shape[0],
                            1 if mesh is None else mesh.size)

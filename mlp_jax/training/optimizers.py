@@ -5,7 +5,7 @@ from typing import Any, Optional, Union
 
 import optax
 
-from mlp_jax.core import checks
+from mlp_jax.core import validation
 from mlp_jax.errors import InputError, InputTypeError
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
@@ -28,11 +28,11 @@ def make_optimizer(name: str = "adam", lr: float = 1e-3, *, schedule: str = "con
     raise InputError(f"optimizer: expected one of {', '.join(OPTIMIZERS)}, got {name!r}")
   if schedule not in SCHEDULES:
     raise InputError(f"schedule: expected one of {', '.join(SCHEDULES)}, got {schedule!r}")
-  lr = float(checks.check_real(lr, "lr", open_low=True))
+  lr = float(validation.check_real(lr, "lr", open_low=True))
   if schedule == "cosine":
     if total_steps is None:
       raise InputError("total_steps: the cosine schedule needs a step count >= 1, got None")
-    total_steps = checks.check_int(total_steps, "total_steps")
+    total_steps = validation.check_int(total_steps, "total_steps")
   return _optimizer(name, lr, schedule, total_steps if schedule == "cosine" else None)
 
 

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike, DTypeLike
 
-from mlp_jax.core import checks
+from mlp_jax.core import validation
 from mlp_jax.core.backprop import mean_with_penalty
 from mlp_jax.core.model import Params
 from mlp_jax.core.objective import penalised_mean
@@ -43,9 +43,9 @@ def check_dp_config(dp: DPConfig, spell: Callable[[str], str] = str) -> DPConfig
   """Clip norm > 0 and finite, noise multiplier >= 0 and finite, delta in (0, 1); a bad one is
   named as `spell(field)` says (e.g. "--clip-norm" on the command line)."""
   return DPConfig(
-      float(checks.check_real(dp.clip_norm, spell("clip_norm"), open_low=True)),
-      float(checks.check_real(dp.noise_multiplier, spell("noise_multiplier"))),
-      float(checks.check_real(dp.delta, spell("delta"), open_low=True, high=1.0)))
+      float(validation.check_real(dp.clip_norm, spell("clip_norm"), open_low=True)),
+      float(validation.check_real(dp.noise_multiplier, spell("noise_multiplier"))),
+      float(validation.check_real(dp.delta, spell("delta"), open_low=True, high=1.0)))
 
 
 def batch_capacity(batch_size: int, num_examples: Optional[int] = None) -> int:
@@ -161,7 +161,7 @@ def ledger_epsilon(ledger: Ledger, delta: float) -> float:
   """
   pld = _accounting()
 
-  delta = float(checks.check_real(delta, "delta", open_low=True, high=1.0))
+  delta = float(validation.check_real(delta, "delta", open_low=True, high=1.0))
   entries = [LedgerEntry(*e) for e in ledger if e[0] > 0]
   if not entries:
     return 0.0

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import DTypeLike
 
-from mlp_jax.core import checks
+from mlp_jax.core import validation
 from mlp_jax.errors import InputError, InputTypeError
 from mlp_jax.training import privacy
 
@@ -70,13 +70,13 @@ def check_settings(settings: FitSettings, train_examples: Optional[int] = None,
   With `train_examples`, the checks against the data too: the batch size is at most the
   training set's size, and `patience` needs validation data (`val_examples` not None).
   """
-  batch_size = checks.check_int(settings.batch_size, spell("batch_size"))
+  batch_size = validation.check_int(settings.batch_size, spell("batch_size"))
   if train_examples is not None and batch_size > train_examples:
     raise InputError(f"{spell('batch_size')}: expected an int in 1..{train_examples} (the "
                      f"training set has {train_examples} examples), got {batch_size}")
   patience = settings.patience
   if patience is not None:
-    patience = checks.check_int(patience, spell("patience"))
+    patience = validation.check_int(patience, spell("patience"))
     if train_examples is not None and val_examples is None:
       raise InputError(f"{spell('patience')}: early stopping needs validation data "
                        f"({spell('val')})")
@@ -85,8 +85,8 @@ def check_settings(settings: FitSettings, train_examples: Optional[int] = None,
     raise InputError(f"{spell('shuffle')}=False: DP-SGD draws its batches by Poisson sampling")
   return FitSettings(
       batch_size=batch_size,
-      l2=float(checks.check_real(settings.l2, spell("l2"))),
-      seed=checks.check_int(settings.seed, spell("seed"), 0, MAX_SEED),
+      l2=float(validation.check_real(settings.l2, spell("l2"))),
+      seed=validation.check_int(settings.seed, spell("seed"), 0, MAX_SEED),
       patience=patience,
       compute_dtype=_dtype_name(settings.compute_dtype, spell("compute_dtype")),
       dp=dp,

@@ -18,7 +18,7 @@ import optax
 from jax.sharding import Mesh
 from jax.typing import ArrayLike, DTypeLike
 
-from mlp_jax.core import checks
+from mlp_jax.core import validation
 from mlp_jax.core.backprop import objective_and_grads
 from mlp_jax.core.model import Params
 from mlp_jax.training import distributed, privacy
@@ -93,7 +93,7 @@ def make_train_step(optimizer: OptimizerLike, l2: ArrayLike = 0.0, *,
   @functools.partial(jax.jit, donate_argnums=(0, 1), **jit_kwargs)
   def step(params: Params, opt_state: optax.OptState, x: ArrayLike,
            y: ArrayLike) -> Tuple[Params, optax.OptState, jax.Array]:
-    params, x, y, _ = checks.check_batch(params, x, y)
+    params, x, y, _ = validation.check_batch(params, x, y)
     params, opt_state, loss, _ = body(params, opt_state, x, y)
     return params, opt_state, loss
 

@@ -1,12 +1,8 @@
-"""Checks at the public boundary: shapes, dtypes, label range, finiteness, penalty.
+"""Argument validation at the public boundary: shapes, dtypes, label range, finiteness, numbers.
 
-The eager public calls (`loss_and_grads`, `per_sample_*`, `clipped_mean_grads`) compute a flag
-inside their compiled call (non-finite result or input, a label outside 0..K-1) and read it back,
-one wait for the device per call; only a raised flag runs the detailed checks that name the
-problem. `with value_checks(False):` skips that read-back for a hot loop (static checks still
-run); docs/architecture.md gives its measured cost.
-
-The other checks run outside compiled code. On traced values (inside a user's `jax.jit`) only
+The eager public calls check values through a flag their compiled call raises (`eager`);
+`value_checks(False)` turns those value checks off for a hot loop. The checks here run outside
+compiled code. On traced values (inside a user's `jax.jit`) only
 the static checks (rank, shape, dtype) run, at trace time, so a compiled step pays nothing for
 them; on concrete arrays the value checks (labels in 0..K-1, finite features, lambda >= 0) run
 too.
@@ -19,7 +15,7 @@ import contextvars
 import math
 import numbers
 import operator
-from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Iterator, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -188,43 +184,6 @@ def check_pair(params: Params, data: Tuple[ArrayLike, ArrayLike],
   y = _labels_static(params, data[1], x.shape[0], f"{name}.y")
   _check_values(params, x, y, f"{name}.x", f"{name}.y")
   return jnp.asarray(x, params[0].w.dtype), jnp.asarray(y)
-
-
-def all_finite(tree: Any) -> jax.Array:
-  """A scalar bool: every entry of every leaf of `tree` is finite (traceable)."""
-  finite = jnp.asarray(True)
-  for leaf in jax.tree.leaves(tree):
-    finite &= jnp.isfinite(leaf).all()
-  return finite
-
-
-def input_flag(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
-  """Traceable: True when x has a NaN or Inf or a label lies outside 0..K-1."""
-  k = params[-1].w.shape[1]
-  return ~jnp.isfinite(x).all() | (y.min() < 0) | (y.max() >= k)
-
-
-class Compiled(NamedTuple):
-  """One compiled public call in two forms, both `(params, x, y, *args, **kwargs)`."""
-  plain: Callable    # -> result
-  flagged: Callable  # -> (result, flag): flag raised by bad input or a non-finite result
-
-
-def checked_call(compiled: Compiled, params: Sequence[Dense], x: ArrayLike, y: ArrayLike,
-                 *args: Any, l2: ArrayLike = 0.0, **kwargs: Any) -> Any:
-  """An eager public call: the static checks, then `compiled.plain` when value checks are off,
-  else `compiled.flagged` and one read of its flag (a wait for the device). A raised flag runs
-  the detailed checks that name the problem; when they find none (finite inputs, an overflow in
-  the parameters) the result stands as computed. `args` and `kwargs` go to the compiled call
-  as given (`l2` is only checked here)."""
-  params, x, y, _ = check_batch(params, x, y, l2, values=False)
-  if not value_checks_enabled():
-    return compiled.plain(params, x, y, *args, **kwargs)
-  out, flag = compiled.flagged(params, x, y, *args, **kwargs)
-  if is_concrete(flag) and bool(flag):
-    check_batch(params, x, y, l2)
-    check_finite_params(params)
-  return out
 
 
 def check_finite_params(params: Params) -> None:

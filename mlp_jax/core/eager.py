@@ -1,0 +1,56 @@
+"""The eager-call protocol: a compiled public call raises a flag, and only a raised flag pays
+for the checks that name the problem.
+
+The eager public calls (`loss_and_grads`, `per_sample_*`, `clipped_mean_grads`) compute a flag
+inside their compiled call (non-finite result or input, a label outside 0..K-1) and read it back,
+one wait for the device per call; only a raised flag runs the detailed checks of `validation`
+that name the problem. `with value_checks(False):` skips that read-back for a hot loop (static
+checks still run); docs/architecture.md gives its measured cost.
+"""
+
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from mlp_jax.core.model import Dense, Params
+from mlp_jax.core.validation import (check_batch, check_finite_params, is_concrete,
+                                     value_checks_enabled)
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """A scalar bool: every entry of every leaf of `tree` is finite (traceable)."""
+  finite = jnp.asarray(True)
+  for leaf in jax.tree.leaves(tree):
+    finite &= jnp.isfinite(leaf).all()
+  return finite
+
+
+def input_flag(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
+  """Traceable: True when x has a NaN or Inf or a label lies outside 0..K-1."""
+  k = params[-1].w.shape[1]
+  return ~jnp.isfinite(x).all() | (y.min() < 0) | (y.max() >= k)
+
+
+class Compiled(NamedTuple):
+  """One compiled public call in two forms, both `(params, x, y, *args, **kwargs)`."""
+  plain: Callable    # -> result
+  flagged: Callable  # -> (result, flag): flag raised by bad input or a non-finite result
+
+
+def checked_call(compiled: Compiled, params: Sequence[Dense], x: ArrayLike, y: ArrayLike,
+                 *args: Any, l2: ArrayLike = 0.0, **kwargs: Any) -> Any:
+  """An eager public call: the static checks, then `compiled.plain` when value checks are off,
+  else `compiled.flagged` and one read of its flag (a wait for the device). A raised flag runs
+  the detailed checks that name the problem; when they find none (finite inputs, an overflow in
+  the parameters) the result stands as computed. `args` and `kwargs` go to the compiled call
+  as given (`l2` is only checked here)."""
+  params, x, y, _ = check_batch(params, x, y, l2, values=False)
+  if not value_checks_enabled():
+    return compiled.plain(params, x, y, *args, **kwargs)
+  out, flag = compiled.flagged(params, x, y, *args, **kwargs)
+  if is_concrete(flag) and bool(flag):
+    check_batch(params, x, y, l2)
+    check_finite_params(params)
+  return out

@@ -28,8 +28,8 @@ _FROM = {
                        "MissingDependencyError", "MLPJaxError", "NonFiniteError", "ResumeError",
                        "StorageError"),
     "mlp_jax.io.compilation_cache": ("enable_compilation_cache",),
-    "mlp_jax.io.checkpoint": ("Checkpoint", "load_checkpoint", "load_pytree", "save_checkpoint",
-                              "save_pytree"),
+    "mlp_jax.io.checkpoint": ("Checkpoint", "load_checkpoint", "save_checkpoint"),
+    "mlp_jax.io.pytree_file": ("load_pytree", "save_pytree"),
     "mlp_jax.oracle.autodiff": ("autodiff_grads", "autodiff_per_sample_grads"),
     "mlp_jax.oracle.check": ("GradientReport", "check_gradients", "relative_error"),
     "mlp_jax.training.distributed": ("make_mesh", "replicate", "shard_batch"),
@@ -62,8 +62,8 @@ if TYPE_CHECKING:  # the same names, for type checkers and IDEs (tests/test_arch
                               StorageError)
   from mlp_jax.io import data
   from mlp_jax.io.compilation_cache import enable_compilation_cache
-  from mlp_jax.io.checkpoint import (Checkpoint, load_checkpoint, load_pytree, save_checkpoint,
-                                     save_pytree)
+  from mlp_jax.io.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+  from mlp_jax.io.pytree_file import load_pytree, save_pytree
   from mlp_jax.oracle.autodiff import autodiff_grads, autodiff_per_sample_grads
   from mlp_jax.oracle.check import GradientReport, check_gradients, relative_error
   from mlp_jax.training import distributed

@@ -23,7 +23,7 @@ from jax.typing import ArrayLike, DTypeLike
 from mlp_jax.core import eager, validation
 from mlp_jax.core.model import Params
 from mlp_jax.errors import InputError, InputTypeError, NonFiniteError, ResumeError
-from mlp_jax.io.checkpoint import match_template
+from mlp_jax.io.pytree_file import match_template
 from mlp_jax.training import distributed, privacy
 from mlp_jax.training.epoch import EpochProgram, epoch_key, epoch_program
 from mlp_jax.training.evaluation import evaluate_checked

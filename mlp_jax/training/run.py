@@ -4,9 +4,9 @@
     later = fit(params, train, optimizer=opt, epochs=20, resume=result.state)
 
 `RunState` is what `fit` carries from epoch to epoch and hands to `on_epoch_end`; saved with
-`save_run` and read back with `load_run` (a file of `checkpoint.save_pytree`), a resumed run continues bit for bit as if
-it had never stopped: the same parameters, optimizer state, early-stopping counters and privacy
-ledger. A resume that would change the run (another batch size, lambda, seed, DP setting, ...)
+`save_run` and read back with `load_run` (a file of `pytree_file.save_pytree`), a resumed run
+continues bit for bit as if it had never stopped: the same parameters, optimizer state,
+early-stopping counters and privacy ledger. A resume that would change the run (another batch size, lambda, seed, DP setting, ...)
 is refused with a `ResumeError` naming the setting, the saved value and the asked one.
 """
 
@@ -19,7 +19,7 @@ import optax
 
 from mlp_jax.core.model import Params
 from mlp_jax.errors import ResumeError, describe
-from mlp_jax.io import checkpoint
+from mlp_jax.io import checkpoint, pytree_file
 from mlp_jax.training.privacy import Ledger, LedgerEntry
 
 
@@ -113,7 +113,7 @@ def save_run(path: Union[str, os.PathLike], state: RunState, *, config: Optional
              arrays: Optional[Dict[str, Any]] = None) -> pathlib.Path:
   """Writes a whole `RunState` (parameters, optimizer state, best epoch's parameters, history,
   early-stopping state, privacy ledger, settings), with a caller's `config` dict and named
-  `arrays`, to `path` atomically (`checkpoint.save_pytree`). `load_run` reads it back and
+  `arrays`, to `path` atomically (`pytree_file.save_pytree`). `load_run` reads it back and
   `fit(resume=...)` continues it."""
   run = {"epochs_done": int(state.epochs_done), "history": [dict(r) for r in state.history],
          "best": {"epoch": int(state.best.epoch), "val_loss": float(state.best.val_loss),
@@ -123,8 +123,8 @@ def save_run(path: Union[str, os.PathLike], state: RunState, *, config: Optional
          "ledger": [list(e) for e in state.ledger], "settings": dict(state.settings)}
   tree = {"params": state.params, "opt_state": state.opt_state,
           "best_params": state.best.params, "arrays": dict(arrays or {})}
-  return checkpoint.save_pytree(path, tree, {"kind": "run", "run": run,
-                                             "config": checkpoint.json_dict("config", config)})
+  return pytree_file.save_pytree(path, tree, {"kind": "run", "run": run,
+                                             "config": pytree_file.json_dict("config", config)})
 
 
 def load_run(path: Union[str, os.PathLike], *, params_template: Any = None) -> SavedRun:
@@ -137,30 +137,30 @@ def load_run(path: Union[str, os.PathLike], *, params_template: Any = None) -> S
       with itself (epochs done, history and ledger).
   """
   path = pathlib.Path(path)
-  leaves, meta = checkpoint.load_pytree(path)
+  leaves, meta = pytree_file.load_pytree(path)
   if meta.get("kind") != "run":
-    raise checkpoint.file_error(path, "holds no training run (it was not written by save_run "
+    raise pytree_file.file_error(path, "holds no training run (it was not written by save_run "
                                 "or mlp-jax train)")
   try:
     run, best = meta["run"], meta["run"]["best"]
     ledger = tuple(LedgerEntry(*e) for e in run["ledger"])
-    params = checkpoint.named_params(path, checkpoint.subtree(leaves, "params"),
+    params = checkpoint.named_params(path, pytree_file.subtree(leaves, "params"),
                                      params_template)
-    best_params = (checkpoint.named_params(path, checkpoint.subtree(leaves, "best_params"),
+    best_params = (checkpoint.named_params(path, pytree_file.subtree(leaves, "best_params"),
                                            params_template) if best["has_params"] else None)
-    state = RunState(params, list(checkpoint.subtree(leaves, "opt_state").values()),
+    state = RunState(params, list(pytree_file.subtree(leaves, "opt_state").values()),
                      int(run["epochs_done"]), tuple(dict(r) for r in run["history"]),
                      Best(int(best["epoch"]), float(best["val_loss"]), best_params,
                           int(best["epochs_since"])),
                      bool(run["stopped_early"]), ledger, dict(run["settings"]))
     config = dict(meta["config"])
   except (KeyError, TypeError, ValueError) as e:
-    raise checkpoint.file_error(path, f"bad run metadata ({describe(e)})") from e
+    raise pytree_file.file_error(path, f"bad run metadata ({describe(e)})") from e
   steps = sum(e.steps for e in ledger)
   if len(state.history) != state.epochs_done or (state.epochs_done > 0) != (steps > 0):
-    raise checkpoint.file_error(path, f"inconsistent run: {state.epochs_done} epochs done, "
+    raise pytree_file.file_error(path, f"inconsistent run: {state.epochs_done} epochs done, "
                                 f"{len(state.history)} in the history, {steps} steps in the "
                                 "ledger")
   arrays = {name[2:-2]: a
-            for name, a in checkpoint.subtree(leaves, "arrays").items()}  # "['mean']" -> mean
+            for name, a in pytree_file.subtree(leaves, "arrays").items()}  # "['mean']" -> mean
   return SavedRun(state, config, arrays)

@@ -11,6 +11,51 @@ import os
 from mlp_jax.errors import InputError, describe, printable
 from mlp_jax.tables import text_block
 
+EXAMPLES_EVALUATE = """examples:
+  mlp-jax evaluate runs/deep/checkpoint.npz
+  mlp-jax evaluate runs/esl/checkpoint.npz --data zip.train.gz
+"""
+EXAMPLES_CHECK = """examples:
+  mlp-jax check                                  # the 256-256-10 network, float64
+  mlp-jax check --hidden 512 128 --m 13 --l2 0.5 --dtype float32
+  mlp-jax check --grads my_backprop.py:grads     # diagnose a hand-written gradient
+"""
+
+
+def add_evaluate_parser(sub, formatter) -> None:
+  """The `evaluate` subcommand's parser, added to `sub` (argparse subparsers)."""
+  from mlp_jax.io import data
+  fmt = formatter
+  e = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix",
+                     epilog=EXAMPLES_EVALUATE, formatter_class=fmt)
+  e.add_argument("checkpoint")
+  e.add_argument("--dataset", choices=data.DATASETS,
+                 help="defaults to the dataset the checkpoint was trained on")
+  e.add_argument("--data", help="USPS file, as for train")
+  e.set_defaults(func=cmd_evaluate)
+
+
+def add_check_parser(sub, formatter) -> None:
+  """The `check` subcommand's parser, added to `sub` (argparse subparsers)."""
+  fmt = formatter
+  c = sub.add_parser("check", help="analytic gradients vs jax.grad vs finite differences; "
+                                   "exit status 1 if a bar is missed",
+                     epilog=EXAMPLES_CHECK, formatter_class=fmt)
+  c.add_argument("--features", type=int, default=256, help="input width n")
+  c.add_argument("--hidden", type=int, nargs="+", default=[256], help="hidden widths")
+  c.add_argument("--classes", type=int, default=10, help="classes K")
+  c.add_argument("--m", type=int, default=37, help="batch size (differs from the widths)")
+  c.add_argument("--l2", type=float, default=0.1, help="penalty lambda of (E6)")
+  c.add_argument("--dtype", choices=["float32", "float64"],
+                 help="dtype of the check (default: float64; --grads is always float64)")
+  c.add_argument("--seed", type=int, default=0, help="of the parameters and data")
+  c.add_argument("--grads", metavar="MODULE:FUNCTION",
+                 help="diagnose your own gradient function grad_fn(params, x, y, l2) -> tuple "
+                      "of Dense (float64, several draws): which parameter is wrong, where, and "
+                      "the likely mistake")
+  c.set_defaults(func=cmd_check)
+
+
 def cmd_evaluate(args, signals) -> int:
   import numpy as np
   import mlp_jax as mj

@@ -143,19 +143,19 @@ def test_accelerator_script_quick_cpu_run(tmp_path):
 
 
 def test_epoch_profile_counts_each_thunks_own_time():
-  import epoch
+  import epoch_profile
   events = [  # a loop thunk holding two thunks on one thread, one thunk on another
       {"pid": 1, "tid": 1, "ts": 0, "dur": 100, "name": "while.1"},
       {"pid": 1, "tid": 1, "ts": 10, "dur": 30, "name": "dot.2"},
       {"pid": 1, "tid": 1, "ts": 50, "dur": 20, "name": "fusion.3"},
       {"pid": 1, "tid": 2, "ts": 20, "dur": 15, "name": "fusion.4"},
   ]
-  assert sorted(epoch._self_times(events)) == [
+  assert sorted(epoch_profile._self_times(events)) == [
       ("dot.2", 30), ("fusion.3", 20), ("fusion.4", 15), ("while.1", 50)]
 
 
 def test_epoch_profile_classes_thunks_by_dot_and_named_scope():
-  import epoch
+  import epoch_profile
   hlo = """
 %fused_computation.1 (p0: f32[2,2], p1: f32[2,2]) -> f32[2,2] {
   ROOT %dot.9 = f32[2,2]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
@@ -170,7 +170,7 @@ ENTRY %main (a: f32[2,2]) -> f32[2,2] {
   ROOT %while.1 = f32[2,2]{1,0} while(%a), condition=%c, body=%b
 }
 """
-  classes = epoch._hlo_classes(hlo)
+  classes = epoch_profile._hlo_classes(hlo)
   assert {k: classes[k] for k in ("ynn_fusion", "gather_fusion", "add_fusion", "exp_fusion",
                                   "sort.0", "while.1")} == {
       "ynn_fusion": "GEMMs", "gather_fusion": "gather", "add_fusion": "optimizer",

@@ -30,6 +30,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 import epoch as bench  # noqa: E402
+import epoch_profile  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -69,7 +70,8 @@ def shuffle(args):
 def timeline(args):
   """The thunks of one step in the middle of a traced epoch: start (us, from the step's first
   thunk), duration, thread, category."""
-  classes, events, _, _ = bench.trace_epochs(*usps(), args.batch, epochs=1)
+  classes, events, _, _ = epoch_profile.trace_epochs(*usps(), args.batch, 1, bench.optimizer(),
+                                                   bench.L2)
   events = [e for e in events
             if e["name"] in classes or e["name"].startswith("SlinkyThreadPool")]
   events.sort(key=lambda e: e["ts"])

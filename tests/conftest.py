@@ -96,6 +96,16 @@ def make_batch(seed, layer_sizes, m, dtype, scale=1.0):
   return jnp.asarray(x), jnp.asarray(y)
 
 
+# The small net of the training tests (test_step, test_epoch, test_fit, test_optimizers, test_run,
+# test_evaluation): 12 features, 16 hidden units, 5 classes.
+TRAIN_SIZES = (12, 16, 5)
+
+
+def train_batch(n=50, seed=0, dtype=jnp.float32):
+  """A batch for `TRAIN_SIZES`: inputs (n, 12) of the dtype and labels (n,) in 0..4."""
+  return make_batch(seed, TRAIN_SIZES, n, dtype)
+
+
 def shape_id(shape):
   """A parametrize id for a ((layer sizes), m) case, e.g. "256x256x10-m37"."""
   return "x".join(map(str, shape[0])) + f"-m{shape[1]}"

@@ -18,7 +18,7 @@ import optax
 import pytest
 
 import mlp_jax as mj
-from mlp_jax.io import checkpoint as ckpt_lib
+from mlp_jax.io import pytree_file
 from mlp_jax.io.checkpoint import Checkpoint, check_compatible, load_checkpoint, save_checkpoint
 
 SIZES = (4, 8, 3)
@@ -195,14 +195,20 @@ def test_any_pytree_round_trips_bit_exactly(tmp_path, standard_promotion):
     mj.load_pytree(path, template={"params": params})
 
 
-def test_new_file_mode_follows_umask(tmp_path):
-  umask = os.umask(0o022)
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+@pytest.mark.parametrize("umask, mode", [(0o027, 0o640), (0o002, 0o664), (0o077, 0o600)],
+                         ids=["027", "002", "077"])
+def test_new_file_mode_follows_umask(tmp_path, umask, mode):
+  """0o666 less the umask, as `open` gives: three umasks, three answers, none the 0o644 a fixed
+  mode would give (027 and 002 not the temp file's 0o600 either). The umask belongs to the
+  process (pytest-xdist workers are processes) and is restored whatever happens."""
+  params = mj.init_params(jax.random.PRNGKey(0), SIZES)
+  before = os.umask(umask)
   try:
-    path = save_checkpoint(tmp_path / "c.npz", mj.init_params(jax.random.PRNGKey(0), SIZES),
-                           epoch=0)
+    path = save_checkpoint(tmp_path / "c.npz", params, epoch=0)
   finally:
-    os.umask(umask)
-  assert os.stat(path).st_mode & 0o777 == 0o644  # not the temp file's 0o600
+    os.umask(before)
+  assert oct(os.stat(path).st_mode & 0o777) == oct(mode)
 
 
 @pytest.mark.parametrize("kwargs, kind, match", [
@@ -241,7 +247,7 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch, where):
     raise OSError(5, "Input/output error")
 
   if where in ("write", "interrupt"):
-    monkeypatch.setattr(ckpt_lib.np, "savez", write_half_then_fail)
+    monkeypatch.setattr(pytree_file.np, "savez", write_half_then_fail)
   else:
     monkeypatch.setattr(os, where, fail)
   newer = jax.tree.map(lambda a: a + 1, params)
@@ -259,20 +265,8 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch, where):
   assert_bits_equal(ckpt.params, params)
 
 
-CHILD = r"""
-import sys
-import numpy as np
-from mlp_jax.io.checkpoint import save_checkpoint
-from mlp_jax.core.model import Dense
-path = sys.argv[1]
-for i in range(1, 10**6):
-  params = (Dense(np.full((256, 1024), i, np.float32), np.full((1024,), i, np.float32)),
-            Dense(np.full((1024, 256), i, np.float32), np.full((256,), i, np.float32)))
-  opt_state = [np.full((256, 1024), -i, np.float32), np.int32(i)]
-  save_checkpoint(path, params, opt_state, epoch=i, step=10 * i, config={"i": i})
-  if i == 1:
-    print("saved", flush=True)
-"""
+# Saves checkpoint after checkpoint until killed (see its docstring).
+WRITER = pathlib.Path(__file__).parent / "programs" / "checkpoint_writer.py"
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
@@ -284,7 +278,7 @@ def test_sigkill_mid_save_leaves_a_valid_checkpoint(tmp_path):
   delays = random.Random(0)
   epochs = []
   for trial in range(3):
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, str(WRITER), str(path)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env, cwd=tmp_path)
     try:
       ready, _, _ = select.select([proc.stdout], [], [], 90)
@@ -515,15 +509,18 @@ def test_mismatched_opt_state_template(saved, standard_promotion):
           "expected", opt_state_template=half)
 
 
-def test_restore_opt_state_after_a_load_without_template(tmp_path, standard_promotion):
+def test_optimizer_state_matched_after_a_load_without_template(tmp_path, standard_promotion):
   opt, params, state = trained_state("adam", sizes=(64, 128, 10), steps=1)
   path = save_checkpoint(tmp_path / "ckpt.npz", params, state, epoch=1)
   plain = load_checkpoint(path)
   assert isinstance(plain.opt_state, list)  # leaves only, before the template is known
-  assert_bits_equal(ckpt_lib.restore_opt_state(plain, opt.init(params), path), state)
+  assert_bits_equal(pytree_file.match_in_file(path, plain.opt_state, opt.init(params),
+                                              "optimizer state"), state)
   sgd = optax.sgd(1e-2, momentum=0.9).init(mj.init_params(jax.random.PRNGKey(0), (64, 128, 10)))
   with pytest.raises(mj.CheckpointError, match=f"{path}.*the file holds 9 leaves, 4 expected"):
-    ckpt_lib.restore_opt_state(plain, sgd, path)
+    pytree_file.match_in_file(path, plain.opt_state, sgd, "optimizer state")
+  with pytest.raises(mj.ResumeError, match="^optimizer state does not match: the file holds 9"):
+    pytree_file.match_template(plain.opt_state, sgd, "optimizer state", mj.ResumeError)
 
 
 def test_check_compatible(saved):

@@ -4,28 +4,21 @@ Each case runs in a fresh Python process: JAX's cache settings are per process.
 """
 
 import os
+import pathlib
 import subprocess
 import sys
 
 import pytest
 
-PROGRAM = """
-import hashlib, sys
-import jax, numpy as np
-import mlp_jax as mj
-print(mj.enable_compilation_cache(*sys.argv[1:]))
-params = mj.init_params(jax.random.PRNGKey(0))
-x = np.linspace(-1, 1, 32 * 256, dtype=np.float32).reshape(32, 256)
-g = mj.grads(params, x, np.arange(32) % 10, l2=0.1)
-print(hashlib.sha256(b"".join(np.asarray(l).tobytes() for l in jax.tree.leaves(g))).hexdigest())
-"""
+# Prints the cache folder and a digest of one gradient (see its docstring).
+PROGRAM = pathlib.Path(__file__).parent / "programs" / "cached_grads.py"
 
 
 def _run(env_changes, *args):
   env = {k: v for k, v in os.environ.items()
          if k not in ("MLP_JAX_COMPILATION_CACHE", "JAX_COMPILATION_CACHE_DIR")}
   env.update(env_changes)
-  done = subprocess.run([sys.executable, "-c", PROGRAM, *args], env=env, capture_output=True,
+  done = subprocess.run([sys.executable, str(PROGRAM), *args], env=env, capture_output=True,
                         text=True, timeout=300)
   assert done.returncode == 0, done.stderr
   folder, digest = done.stdout.split()

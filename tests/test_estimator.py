@@ -38,8 +38,12 @@ def test_in_a_pipeline_with_cross_validation_and_grid_search():
   pipe = make_pipeline(StandardScaler(), mj.MLPClassifier(**SMALL))
   scores = cross_val_score(pipe, X, y, cv=3)
   assert scores.shape == (3,) and scores.mean() > 0.9
-  grid = GridSearchCV(pipe, {"mlpclassifier__alpha": [1e-4, 1.0]}, cv=2).fit(X, y)
-  assert grid.best_params_["mlpclassifier__alpha"] in (1e-4, 1.0)
+  # A penalty so strong it flattens the net, listed first: GridSearchCV keeps the first of equal
+  # scores, so it picks the weak one only if alpha reaches each clone's training.
+  grid = GridSearchCV(pipe, {"mlpclassifier__alpha": [100.0, 1e-4]}, cv=2).fit(X, y)
+  strong, weak = grid.cv_results_["mean_test_score"]
+  assert strong < 0.8 and weak > 0.9
+  assert grid.best_params_ == {"mlpclassifier__alpha": 1e-4}
   assert grid.score(X, y) > 0.9
 
 

@@ -122,13 +122,18 @@ def test_ledger_epsilon_equals_dp_accounting_composed_by_hand_over_mixed_sigma()
 
 
 def test_a_ledger_with_non_private_steps_has_no_finite_epsilon():
+  import dp_accounting
+  from dp_accounting import pld
   dp = privacy.ledger_entry(10, privacy.DPConfig(1.0, 1.1), 1000, 50)
   plain = privacy.ledger_entry(10, None, 1000, 50)
   assert privacy.ledger_epsilon((plain, dp), 1e-5) == float("inf")
   assert privacy.ledger_epsilon((dp, plain), 1e-5) == float("inf")
   assert privacy.ledger_epsilon((), 1e-5) == 0.0
-  assert privacy.ledger_epsilon((dp,), 1e-5) == privacy.dp_epsilon(
-      privacy.DPConfig(1.0, 1.1), 1000, 50, 10)
+  # The DP entry alone: 10 steps of sigma 1.1 on batches of 50 (capacity 50 + 4 sqrt(50) + 1)
+  # out of 1000, as dp-accounting's PLD accountant composes them.
+  acc = pld.PLDAccountant()
+  acc.compose(dp_accounting.TruncatedSubsampledGaussianDpEvent(1000, 50 / 1000, 80, 1.1), 10)
+  assert privacy.ledger_epsilon((dp,), 1e-5) == pytest.approx(acc.get_epsilon(1e-5), rel=1e-9)
 
 
 def test_resumed_dp_run_reports_the_uninterrupted_epsilon_to_the_last_digit(standard_promotion):

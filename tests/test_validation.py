@@ -88,9 +88,23 @@ def test_shape_checks_run_under_jit_and_value_checks_are_skipped(batch):
     jax.jit(mj.grads)(params, jnp.ones((5, 3)), y)
   out = jax.jit(mj.grads)(params, x, y)  # traced labels are not read back to the host
   assert out[0].w.shape == (4, 3)
-  # Labels the eager call refuses (see above) pass unread under jit: no host round trip.
+  # Labels the eager call refuses (see above) pass unread under jit.
   out_of_range = jax.jit(mj.grads)(params, x, jnp.asarray([9, 9, 9, 9, 9]))
   assert out_of_range[0].w.shape == (4, 3)
+
+
+@pytest.mark.parametrize("fn", FUNCS, ids=lambda f: f.__name__)
+def test_a_jitted_call_has_no_host_round_trip(fn, batch):
+  """Under a user's jit nothing is read back to Python: the compiled program has no host
+  callback (a check that read the values there, even without raising, would add one)."""
+  params, x, y = batch
+  assert "callback" not in jax.jit(fn).lower(params, x, y).as_text()
+
+  def with_a_read(params, x, y):  # the same call with a read-back: what the assertion sees
+    jax.debug.callback(lambda labels: None, y)
+    return fn(params, x, y)
+
+  assert "callback" in jax.jit(with_a_read).lower(params, x, y).as_text()
 
 
 def test_numpy_and_list_inputs_are_accepted(batch):

@@ -118,15 +118,16 @@ def fit(params: Params, train: Tuple[ArrayLike, ArrayLike], *,
     ResumeError: `resume` was trained with other settings, or with more epochs than `epochs`.
   """
   optimizer = as_optimizer(optimizer)
-  settings = _one_value(settings, FitSettings(batch_size, l2, seed, patience, compute_dtype, dp,
-                                              shuffle, track_train_accuracy))
+  settings = _one_value(settings, FitSettings(
+      batch_size=batch_size, l2=l2, seed=seed, patience=patience, compute_dtype=compute_dtype,
+      dp=dp, shuffle=shuffle, track_train_accuracy=track_train_accuracy))
   params = validation.check_params(params if resume is None else resume.params)
   x, y = validation.check_pair(params, train, "train")
   val = None if val is None else validation.check_pair(params, val, "val")
   validation.check_int(epochs, "epochs")
-  settings = check_settings(settings, x.shape[0], None if val is None else val[0].shape[0])
-  record = settings.record(x.shape[0], None if val is None else val[0].shape[0],
-                           1 if mesh is None else mesh.size)
+  num_val = None if val is None else val[0].shape[0]
+  settings = check_settings(settings, x.shape[0], num_val)  # the one check of the settings
+  record = settings.record(x.shape[0], num_val, 1 if mesh is None else mesh.size)
   if resume is None:
     # Own copies of both (an optimizer state may alias the parameters): the epoch donates them.
     state = new_run(*_copy_tree((params, optimizer.init(params))), record)

@@ -1,4 +1,13 @@
-"""The `mlp-jax` command end to end, on tiny data in a temporary folder."""
+"""The `mlp-jax` command end to end, on tiny data in a temporary folder: the parser's frame
+(`cli`: help, version, defaults) and what each command (train, evaluate, check) writes and prints,
+and its one-line errors, as a user meets them.
+
+One file for the three command modules (`cli`, `train_command`, `eval_commands`), not a
+test_eval_commands.py beside it: it holds about as many train tests as evaluate and check tests,
+and several run one command on what another wrote (evaluate on the run train just made, on the
+rows each seed held out), which no one command module owns. The train command's argument checks
+and the run folder's rules are in test_train_command.py and test_run_folder.py.
+"""
 
 import json
 import os
@@ -10,8 +19,10 @@ import h5py
 import numpy as np
 import pytest
 
+import mlp_jax as mj
 from mlp_jax.training import run as run_file
 from mlp_jax.tools import cli, run_folder
+from test_train_command import EXIT_ERROR
 
 TINY = ["--dataset", "synthetic", "--num-samples", "300", "--hidden", "8", "--epochs", "3",
         "--batch-size", "32", "--no-progress"]
@@ -20,7 +31,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _run(args, capsys):
-  code = cli.main(args)
+  code = cli.main([str(a) for a in args])
   out, err = capsys.readouterr()
   return code, out, err
 
@@ -283,6 +294,14 @@ def test_evaluate_on_a_file_that_is_no_checkpoint_says_so(tmp_path, capsys, cont
   code, _, err = _run(["evaluate", str(path)], capsys)
   line = _one_error_line(err)
   assert code == 2 and "not a mlp_jax checkpoint" in line and "allow_pickle" not in line, line
+
+
+def test_evaluate_refuses_a_library_checkpoint_with_one_line(tmp_path, capsys):
+  import jax
+  path = mj.save_checkpoint(tmp_path / "lib.npz", mj.init_params(jax.random.PRNGKey(0),
+                                                                 (256, 8, 10)), epoch=1)
+  code, _, err = _run(["evaluate", path], capsys)
+  assert code == EXIT_ERROR and "holds no training run" in _one_error_line(err)
 
 
 def test_seed_keeps_the_held_out_rows_and_split_seed_moves_them(tmp_path, capsys):

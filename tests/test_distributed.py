@@ -48,83 +48,15 @@ def _free_port() -> int:
 
 # ---------------------------------------------------------------- 8 simulated devices, one run
 
-EIGHT_DEVICES = r"""
-import json, re
-import jax, jax.numpy as jnp, numpy as np, optax
-jax.config.update("jax_default_matmul_precision", "highest")
-import mlp_jax as mj
-from mlp_jax.training import distributed
-
-def rel(a, b):
-  return max(mj.relative_error(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-def replicated(tree, n):
-  return all(l.sharding.is_fully_replicated and len(l.sharding.device_set) == n
-             for l in jax.tree.leaves(tree))
-
-def error(fn):
-  try:
-    fn()
-  except mj.InputError as err:
-    return str(err)
-  return None
-
-copy = lambda t: jax.tree.map(jnp.array, t)
-rng = np.random.default_rng(0)
-x = jnp.asarray(rng.standard_normal((100, 12)).astype(np.float32))
-y = jnp.asarray(rng.integers(0, 5, 100).astype(np.int32))
-params = mj.init_params(jax.random.PRNGKey(0), (12, 16, 5))
-opt = optax.adam(1e-2)
-mesh = mj.make_mesh()
-out = {"device_count": jax.device_count(), "mesh_size": mesh.size}
-
-# One step on a global batch of 64: 8 devices, 4 of the 8, and the single-device step.
-want_p, _, want_loss = mj.make_train_step(opt, l2=1e-2)(copy(params), opt.init(params), x[:64], y[:64])
-for n in (8, 4):
-  step = mj.make_data_parallel_step(opt, mj.make_mesh(n), l2=1e-2)
-  got_p, got_s, got_loss = step(copy(params), opt.init(params), x[:64], y[:64])
-  out[f"step{n}"] = {"rel": rel(got_p, want_p), "loss_rel": abs(float(got_loss) / float(want_loss) - 1),
-                     "replicated": replicated((got_p, got_s), n)}
-rows = distributed.rows_sharding(mj.make_mesh(4))  # the last step built: 4 devices
-hlo = step.compiled.lower(got_p, got_s, jax.device_put(x[:64], rows),
-                          jax.device_put(y[:64], rows)).compile().as_text()
-out["step_collectives"] = sorted(set(re.findall(
-    r"\b(all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)\(", hlo)))
-
-# A whole epoch (100 rows, batches of 16: the short last one masked), plain and DP-SGD.
-for name, dp in (("epoch", None), ("dp_epoch", mj.DPConfig(clip_norm=0.5, noise_multiplier=1.1))):
-  key = jax.random.PRNGKey(3)
-  sharded = mj.make_epoch(opt, 16, 1e-2, dp=dp, mesh=mesh)
-  p1, s1, st1 = sharded(copy(params), opt.init(params), x, y, key)
-  p0, s0, st0 = mj.make_epoch(opt, 16, 1e-2, dp=dp)(copy(params), opt.init(params), x, y, key)
-  hlo = sharded.__wrapped__.lower(*distributed.replicate(
-      (params, opt.init(params), x, y, key), mesh)).compile().as_text()
-  out[name] = {"rel": rel(p1, p0), "state_rel": rel(s1, s0),
-               "loss_rel": float(np.max(np.abs(np.asarray(st1.losses) / np.asarray(st0.losses) - 1))),
-               "steps": int(st1.losses.shape[0]), "replicated": replicated((p1, s1), 8),
-               "rows_per_device": sorted(set(int(m) for m in re.findall(r"f32\[(\d+),12\]", hlo)) - {100})}
-
-# fit with validation: the same history and parameters.
-kwargs = dict(optimizer=opt, epochs=2, batch_size=16, l2=1e-3, seed=4, val=(x[:30], y[:30]))
-r1, r0 = mj.fit(params, (x, y), mesh=mesh, **kwargs), mj.fit(params, (x, y), **kwargs)
-out["fit"] = {"rel": rel(r1.params, r0.params), "replicated": replicated(r1.params, 8),
-              "val_loss": [r["val_loss"] for r in r1.history], "val_loss_ref": [r["val_loss"] for r in r0.history]}
-
-# Bad input.
-out["errors"] = {
-    "epoch_batch": error(lambda: mj.make_epoch(opt, 10, mesh=mj.make_mesh(4))),
-    "fit_batch": error(lambda: mj.fit(params, (x, y), optimizer=opt, epochs=1, batch_size=12, mesh=mesh)),
-    "step_batch": error(lambda: mj.make_data_parallel_step(opt, mj.make_mesh(4))(copy(params), opt.init(params), x[:10], y[:10])),
-    "too_many": error(lambda: mj.make_mesh(16)),
-}
-print("RESULT " + json.dumps(out))
-"""
+# Prints the 8-device results as one JSON line (see its docstring).
+EIGHT_DEVICES = pathlib.Path(__file__).parent / "programs" / "eight_devices.py"
 
 
 @pytest.fixture(scope="module")
 def eight():
-  """The results of EIGHT_DEVICES, run once in a subprocess with 8 simulated CPU devices."""
-  proc = subprocess.run([sys.executable, "-c", EIGHT_DEVICES], env=_env(8), cwd=ROOT,
+  """The results of the EIGHT_DEVICES program, run once in a subprocess with 8 simulated CPU
+  devices."""
+  proc = subprocess.run([sys.executable, str(EIGHT_DEVICES)], env=_env(8), cwd=ROOT,
                         capture_output=True, text=True, timeout=TIMEOUT_S)
   lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
   assert proc.returncode == 0 and lines, proc.stderr[-4000:]
@@ -213,35 +145,8 @@ def test_cli_devices_above_what_exists_exits_2_before_writing(tmp_path, capsys):
 
 # ---------------------------------------------------------------- two processes on loopback
 
-WORKER = r"""
-import json, sys
-import jax, numpy as np, optax
-jax.config.update("jax_default_matmul_precision", "highest")
-import mlp_jax as mj
-
-pid, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-mj.initialize_distributed(f"127.0.0.1:{port}", 2, pid, timeout_s=60)
-mesh = mj.make_mesh()  # 2 processes x 2 devices
-rng = np.random.default_rng(0)  # the same data in every process
-x = rng.standard_normal((60, 12)).astype(np.float32)
-y = rng.integers(0, 5, 60).astype(np.int32)
-params = mj.init_params(jax.random.PRNGKey(0), (12, 16, 5))
-opt = optax.adam(1e-2)
-fitted = mj.fit(params, (x, y), optimizer=opt, epochs=2, batch_size=16, l2=1e-3, seed=1,
-                val=(x[:20], y[:20]), mesh=mesh)
-# Each process feeds only its own rows of the global batch of 32.
-step = mj.make_data_parallel_step(opt, mesh, l2=1e-3)
-gx, gy = mj.shard_batch(mesh, *mj.process_shard((x[:32], y[:32])))
-p, s = params, opt.init(params)
-for _ in range(3):
-  p, s, loss = step(p, s, gx, gy)
-if mj.is_primary():
-  np.savez(out, *[np.asarray(l) for l in jax.tree.leaves((fitted.params, p))])
-print("RESULT " + json.dumps({
-    "pid": pid, "primary": mj.is_primary(), "devices": jax.device_count(),
-    "local_devices": jax.local_device_count(), "local_rows": int(gx.addressable_shards[0].data.shape[0]),
-    "replicated": all(l.sharding.is_fully_replicated for l in jax.tree.leaves((fitted.params, p)))}))
-"""
+# One of the two processes: joins the other, trains, reports (see its docstring).
+WORKER = pathlib.Path(__file__).parent / "programs" / "loopback_worker.py"
 
 
 def _run_processes(commands, env, timeout=TIMEOUT_S):
@@ -275,12 +180,10 @@ def _skip_if_no_cross_process_collectives(results):
 
 
 def test_two_processes_train_to_the_parameters_of_one(tmp_path):
-  script = tmp_path / "worker.py"
-  script.write_text(WORKER)
   port = _free_port()
   outs = [tmp_path / f"result{i}.npz" for i in range(2)]
   results = _run_processes(
-      [[sys.executable, str(script), str(i), str(port), str(outs[i])] for i in range(2)], _env(2))
+      [[sys.executable, str(WORKER), str(i), str(port), str(outs[i])] for i in range(2)], _env(2))
   _skip_if_no_cross_process_collectives(results)
   reports = [json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[7:])
              for _, out, _ in results]

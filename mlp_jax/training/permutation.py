@@ -13,7 +13,7 @@ with p = bits to number n positions, a pass packs a (32 - p)-bit digit of the ke
 element's current position, sorts the packed words, and reads the new order from their low p
 bits. Ties in the digit are broken by position, so each pass is stable, and so is the whole
 sort: two passes for n <= 65536, more beyond. The result equals JAX's own permutation for the
-same key (tests/test_training.py checks it against `jax.random.permutation`).
+same key (tests/test_permutation.py checks it against `jax.random.permutation`).
 """
 
 import jax

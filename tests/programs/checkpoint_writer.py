@@ -1,5 +1,5 @@
 """Saves checkpoints to the path given, one after another, until killed: a writer for
-test_checkpoint's kill-mid-save test.
+test_atomic_file's kill-mid-save test.
 
     python checkpoint_writer.py PATH
 

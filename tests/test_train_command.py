@@ -1,0 +1,162 @@
+"""`mlp-jax train` (`train_command`) through `cli.main`: every argument checked before anything
+is written (exit 2, one line, not even an empty folder), data the OS will not hand over refused
+without hanging, and a diverging run that names its batch and keeps its last good epoch. The run
+folder's own rules (claiming, overwrite, resume, faults, Ctrl-C and kill -9) are in
+test_run_folder.py, which takes its helpers from here."""
+
+import json
+import os
+import pathlib
+
+import pytest
+
+import mlp_jax as mj
+from mlp_jax.tools import cli
+
+pytestmark = pytest.mark.usefixtures("standard_promotion")  # optax inside the CLI
+TINY = ["--dataset", "synthetic", "--num-samples", "300", "--hidden", "8", "--epochs", "3",
+        "--batch-size", "32", "--val-fraction", "0.2", "--schedule", "constant", "--no-progress"]
+EXIT_ERROR, EXIT_STORAGE, EXIT_INTERRUPTED = 2, 74, 130
+
+
+def _run(args, capsys):
+  code = cli.main([str(a) for a in args])
+  out, err = capsys.readouterr()
+  return code, out, err
+
+
+def _one_error_line(err: str) -> str:
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("mlp-jax: error: "), err
+  return lines[0]
+
+
+def _with(args, **changes):
+  """TINY-like arguments with options replaced (value None: the option removed)."""
+  out, i = [], 0
+  while i < len(args):
+    key = args[i][2:].replace("-", "_")
+    takes_value = i + 1 < len(args) and not args[i + 1].startswith("--")
+    if key in changes:
+      i += 2 if takes_value else 1
+      continue
+    out.append(args[i])
+    if takes_value:
+      out.append(args[i + 1])
+    i += 2 if takes_value else 1
+  for key, value in changes.items():
+    if value is None:
+      continue
+    out.append("--" + key.replace("_", "-"))
+    if value is not True:
+      out.extend(value if isinstance(value, list) else [value])
+  return out
+
+
+# ----------------------------------------------------------------- arguments, before anything
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(epochs="0"), "--epochs: expected an int >= 1, got 0"),
+    (dict(epochs="-1"), "--epochs: expected an int >= 1, got -1"),
+    (dict(batch_size="0"), "--batch-size: expected an int >= 1, got 0"),
+    (dict(batch_size="100000"), "--batch-size: expected an int in 1..192 (the training set has "
+                                "192 examples), got 100000"),
+    (dict(batch_size="100000", dp=True), "--batch-size: expected an int in 1..192"),
+    (dict(seed="-1"), "--seed: expected an int in 0..4294967295, got -1"),
+    (dict(seed=str(2**64)), "--seed: expected an int in 0..4294967295, got 18446744073709551616"),
+    (dict(val_fraction="-0.1"), "--val-fraction: expected a fraction in [0, 1), got -0.1"),
+    (dict(val_fraction="1"), "--val-fraction: expected a fraction in [0, 1), got 1"),
+    (dict(patience="0"), "--patience: expected an int >= 1, got 0"),
+    (dict(patience="-2"), "--patience: expected an int >= 1, got -2"),
+    (dict(patience="2", val_fraction="0"), "--patience: early stopping needs validation data "
+                                             "(--val-fraction > 0)"),
+    (dict(data="usps.h5"), "--data usps.h5: only used with --dataset usps"),
+    (dict(dataset="digits"), "--num-samples 300: only used with --dataset synthetic"),
+    (dict(shifts="8"), "--shifts 8: only used with --augment"),
+    (dict(noise_multiplier="2"), "--noise-multiplier 2.0: only used with --dp"),
+    (dict(dp=True, delta="0"), "--delta: expected a finite value in (0, 1), got 0"),
+    (dict(dp=True, clip_norm="0"), "--clip-norm: expected a finite value > 0, got 0"),
+    (dict(dp=True, noise_multiplier="-1"), "--noise-multiplier: expected a finite value >= 0"),
+    (dict(lr="0"), "--lr: expected a finite value > 0, got 0"),
+    (dict(lr="nan"), "--lr: expected a finite value > 0, got nan"),
+    (dict(l2="-1"), "--l2: expected a finite value >= 0, got -1"),
+    (dict(hidden="0"), "--hidden: expected widths >= 1, got [0]"),
+    (dict(resume=True, overwrite=True), "--resume and --overwrite: choose one"),
+    (dict(out=""), "--out: expected a folder name, got ''"),
+], ids=lambda v: "-".join(f"{k}={w}" for k, w in v.items()) if isinstance(v, dict) else None)
+def test_bad_arguments_exit_2_with_one_line_and_create_nothing(tmp_path, capsys, monkeypatch,
+                                                                 change, message):
+  monkeypatch.chdir(tmp_path)
+  args = _with(TINY, **({"out": str(tmp_path / "run")} | change))
+  code, _, err = _run(["train", *args], capsys)
+  assert code == EXIT_ERROR and message in _one_error_line(err)
+  assert os.listdir(tmp_path) == []  # no output folder, not even an empty one
+
+
+def test_resume_needs_out(tmp_path, capsys, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  code, _, err = _run(["train", *TINY, "--resume"], capsys)
+  assert code == EXIT_ERROR and "--resume: give the run's folder with --out" in err
+  assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_fifo_or_device_as_data_is_refused_without_hanging(tmp_path, capsys, kind):
+  if kind == "fifo":
+    path = tmp_path / "usps.h5"
+    os.mkfifo(path)
+  else:
+    path = pathlib.Path("/dev/zero")
+    if not path.exists():
+      pytest.skip("no /dev/zero")
+  code, _, err = _run(["train", "--dataset", "usps", "--data", path, "--out",
+                       tmp_path / "run", "--no-progress"], capsys)
+  assert code == EXIT_ERROR and "is not a regular file" in _one_error_line(err)
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("given, says", [
+    ("locked/usps.h5", "cannot read"),                       # a file in a folder without x
+    ("locked", "cannot look inside the folder"),            # the folder itself, as --data
+], ids=["file_in_folder", "folder"])
+def test_data_the_os_refuses_to_reach_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch,
+                                                             given, says):
+  locked = tmp_path / "locked"
+  locked.mkdir()
+  (locked / "usps.h5").write_bytes(b"")
+  locked.chmod(0o600)  # readable, not searchable: nothing inside can be reached
+  if os.geteuid() == 0:  # root reaches anything: the refusal is simulated at stat
+    real_stat = pathlib.Path.stat
+
+    def stat(self, *args, **kwargs):
+      if locked in self.parents:
+        raise PermissionError(13, "Permission denied", str(self))
+      return real_stat(self, *args, **kwargs)
+    monkeypatch.setattr(pathlib.Path, "stat", stat)
+  try:
+    code, _, err = _run(["train", "--dataset", "usps", "--data", tmp_path / given, "--out",
+                         tmp_path / "run", "--no-progress"], capsys)
+  finally:
+    locked.chmod(0o700)
+  line = _one_error_line(err)
+  assert code == EXIT_ERROR and str(tmp_path / given) in line and says in line \
+      and "Permission denied" in line, line
+  assert not (tmp_path / "run").exists()
+
+
+def test_a_diverging_run_names_the_batch_and_keeps_the_last_good_epoch(tmp_path, capsys):
+  out = tmp_path / "run"
+  code, _, err = _run(["train", *_with(TINY, optimizer="sgd", lr="1e25", epochs="5",
+                                       out=str(out))], capsys)
+  line = _one_error_line(err)
+  assert code == EXIT_ERROR and "non-finite loss or gradient at epoch" in line
+  assert f"offending batch in {out}/nonfinite_batch.json" in line
+  record = json.loads((out / "nonfinite_batch.json").read_text())
+  assert record["epoch"] >= 1 and len(record["batch_indices"]) >= 1
+  if record["epoch"] > 1:  # the epochs before it are saved, and finite
+    state = mj.load_run(out / "checkpoint.npz").state
+    assert state.epochs_done == record["epoch"] - 1
+  else:
+    assert "no epoch had finished" in line and not (out / "checkpoint.npz").exists()

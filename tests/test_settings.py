@@ -126,15 +126,19 @@ def test_the_record_holds_what_a_resume_must_keep():
 def test_the_epoch_cache_keys_on_what_the_epoch_computes():
   opt = optax.sgd(0.1)
   base = FitSettings(batch_size=8, l2=0.1)
-  program = epoch_lib.epoch_program(opt, base)
+
+  def program(optimizer, settings):  # as fit and make_epoch call it: on checked settings
+    return epoch_lib.epoch_program(optimizer, check_settings(settings))
+
+  first = program(opt, base)
   for same in (dataclasses.replace(base, seed=3), dataclasses.replace(base, patience=4),
                dataclasses.replace(base, track_train_accuracy=True),
                dataclasses.replace(base, batch_size=np.int32(8), l2=np.float64(0.1))):
-    assert epoch_lib.epoch_program(opt, same) is program  # no new compile for these
+    assert program(opt, same) is first  # no new compile for these
   for other in (dataclasses.replace(base, l2=0.2), dataclasses.replace(base, batch_size=4),
                 dataclasses.replace(base, shuffle=False)):
-    assert epoch_lib.epoch_program(opt, other) is not program
-  assert epoch_lib.epoch_program(optax.sgd(0.1), base) is not program  # another optimizer
+    assert program(opt, other) is not first
+  assert program(optax.sgd(0.1), base) is not first  # another optimizer object
 
 
 def test_non_finite_error_keeps_its_fields_in_other_words():

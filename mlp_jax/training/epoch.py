@@ -110,9 +110,14 @@ class EpochProgram(NamedTuple):
 
 def build_epoch(optimizer: optax.GradientTransformation, settings: FitSettings,
                 mesh: Optional[Mesh] = None) -> EpochProgram:
-  """The compiled epoch of `make_epoch` with its step and batch plan; see `EpochProgram`.
-  `settings` is checked here (`check_settings`), as `make_epoch` and `fit` pass it."""
-  settings = check_settings(settings)
+  """The compiled epoch of `make_epoch` with its step and batch plan, built anew; see
+  `EpochProgram`. `settings` is checked first (`check_settings`)."""
+  return _build(optimizer, check_settings(settings), mesh)
+
+
+def _build(optimizer: optax.GradientTransformation, settings: FitSettings,
+           mesh: Optional[Mesh]) -> EpochProgram:
+  """`build_epoch` of settings already checked."""
   batch_size, dp, shuffle = settings.batch_size, settings.dp, settings.shuffle
   jit_kwargs = {}
   if mesh is not None:
@@ -161,15 +166,15 @@ def _cached_program(optimizer: optax.GradientTransformation, batch_size: int, l2
   patience or what is recorded)."""
   settings = FitSettings(batch_size=batch_size, l2=l2, compute_dtype=compute_dtype, dp=dp,
                          shuffle=shuffle)
-  return build_epoch(optimizer, settings, mesh)
+  return _build(optimizer, settings, mesh)
 
 
 def epoch_program(optimizer: optax.GradientTransformation, settings: FitSettings,
                   mesh: Optional[Mesh] = None) -> EpochProgram:
   """`build_epoch(optimizer, settings, mesh)`, the same program for the same optimizer object,
   epoch settings and mesh, so that a later `make_epoch`, `fit` or `partial_fit` with them and
-  data of the same shapes runs without compiling again."""
-  settings = check_settings(settings)
+  data of the same shapes runs without compiling again. `settings` as `check_settings`
+  returns them (`fit` and `make_epoch` check them once, before)."""
   return _cached_program(optimizer, settings.batch_size, settings.l2, settings.compute_dtype,
                          settings.dp, settings.shuffle, mesh)
 
@@ -198,8 +203,8 @@ def make_epoch(optimizer: OptimizerLike, batch_size: int, l2: ArrayLike = 0.0, *
   `optimizer` is an optax GradientTransformation, or a name "sgd", "momentum" or "adam" meaning
   `make_optimizer(name)` (a constant learning rate of 1e-3), as in `fit`.
   """
-  settings = FitSettings(batch_size=batch_size, l2=l2, compute_dtype=compute_dtype, dp=dp,
-                         shuffle=shuffle)
+  settings = check_settings(FitSettings(batch_size=batch_size, l2=l2, compute_dtype=compute_dtype,
+                                       dp=dp, shuffle=shuffle))
   return epoch_program(as_optimizer(optimizer), settings, mesh).epoch
 
 

@@ -1,0 +1,90 @@
+"""Output layers and their losses, each with its hand-derived output error beside it,
+(E22)-(E26).
+
+    out = OUTPUTS["sigmoid_binary_cross_entropy"]
+    yhat = out.predict(z)        # (m, K) probabilities or values from the last layer's z
+    l = out.loss(z, y)           # (m,) each example's loss, computed stably from z
+    e = out.error(z, y)          # (m, K) dl_i/dz_i: the output error that (E7) is for softmax
+
+Every pairing here is a canonical link, so the error is the prediction minus the target
+(divided by K for the squared error, whose loss is a mean over the K outputs): the recursion
+(E10) and the gradients (E8)-(E12) stay one code path whatever the output. The batch objective
+with per-example weights s_i is (E26): sum_i s_i l_i / sum_i s_i plus lambda / (2 sum_i s_i)
+times sum ||W||^2, `objective.penalised_mean(l, params, l2, m=sum(s), weights=s)`; with s = 1
+it is (E6).
+"""
+
+from typing import Callable, Dict, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from mlp_jax.core.objective import cross_entropy, log_softmax
+
+
+class Output(NamedTuple):
+  """An output layer: its prediction, its per-example loss and their output error."""
+  name: str
+  predict: Callable[[jax.Array], jax.Array]           # z (m, K) -> yhat (m, K)
+  loss: Callable[[jax.Array, jax.Array], jax.Array]   # (z, y) -> l (m,)
+  error: Callable[[jax.Array, jax.Array], jax.Array]  # (z, y) -> dl/dz (m, K)
+  targets: str                                        # what y holds, for the checks
+
+
+def softmax_cross_entropy() -> Output:
+  """(E22) yhat = softmax(z), l = -log yhat_t for the class t of the example; e = yhat - onehot(t),
+  (E7). y: int labels (m,) in 0..K-1."""
+  def error(z, y):
+    return jnp.exp(log_softmax(z)) - jax.nn.one_hot(y, z.shape[1], dtype=z.dtype)
+
+  return Output("softmax_cross_entropy", jax.nn.softmax,
+                lambda z, y: cross_entropy(log_softmax(z), y), error,
+                "class labels (m,) in 0..K-1")
+
+
+def sigmoid_binary_cross_entropy() -> Output:
+  """(E23) yhat_k = sigma(z_k), one independent probability per output (binary: K = 1;
+  multilabel: K labels). l = sum_k [-y_k log yhat_k - (1 - y_k) log(1 - yhat_k)]
+  = sum_k [softplus(z_k) - y_k z_k], the form computed (finite for any z); e = yhat - y, since
+  softplus' = sigma. y: (m, K) in [0, 1] (0/1 indicators)."""
+  def loss(z, y):
+    return jnp.sum(jax.nn.softplus(z) - y * z, axis=1)
+
+  return Output("sigmoid_binary_cross_entropy", jax.nn.sigmoid, loss,
+                lambda z, y: jax.nn.sigmoid(z) - y, "indicators (m, K) in [0, 1]")
+
+
+def identity_squared_error() -> Output:
+  """(E24) yhat = z, l = (1/2K) sum_k (z_k - y_k)^2, half the mean over the K outputs (the loss
+  scikit-learn's MLPRegressor reports); e = (yhat - y) / K. y: real (m, K)."""
+  def loss(z, y):
+    return 0.5 * jnp.mean(jnp.square(z - y), axis=1)
+
+  return Output("identity_squared_error", lambda z: z, loss, lambda z, y: (z - y) / z.shape[1],
+                "real values (m, K)")
+
+
+def poisson_log_link() -> Output:
+  """(E25) yhat = exp(z), l = sum_k [y_k log(y_k / yhat_k) - y_k + yhat_k] (the Poisson
+  deviance / 2, zero at yhat = y; y log y is 0 at y = 0) = sum_k [e^{z_k} - y_k z_k + y_k log y_k
+  - y_k]; e = e^z - y = yhat - y. y: counts or rates (m, K), >= 0."""
+  def loss(z, y):
+    return jnp.sum(jnp.exp(z) - y * z + jax.scipy.special.xlogy(y, y) - y, axis=1)
+
+  return Output("poisson_log_link", jnp.exp, loss, lambda z, y: jnp.exp(z) - y,
+                "counts (m, K) >= 0")
+
+
+def weighted_top_error(error: jax.Array, sample_weight: jax.Array) -> jax.Array:
+  """(E26) The error the backward pass starts from, for the objective with per-example weights:
+  s_i e_i / sum_i s_i for every row (E / m when every s_i = 1). Shapes (m, K), (m,)."""
+  return error * (sample_weight / sample_weight.sum())[:, None].astype(error.dtype)
+
+
+# Every output by name.
+OUTPUTS: Dict[str, Output] = {
+    "softmax_cross_entropy": softmax_cross_entropy(),
+    "sigmoid_binary_cross_entropy": sigmoid_binary_cross_entropy(),
+    "identity_squared_error": identity_squared_error(),
+    "poisson_log_link": poisson_log_link(),
+}

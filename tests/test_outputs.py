@@ -175,3 +175,29 @@ def test_scikit_learns_multi_output_gradient_is_K_times_that_of_its_loss():
         jnp.asarray(yhat)).sum(axis=0))
   np.testing.assert_allclose(ours, of_loss, rtol=1e-12)
   np.testing.assert_allclose(intercept_grads[-1], k * ours, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("activation", ["identity", "logistic", "tanh", "leaky_relu", "gelu"])
+def test_per_example_norms_E15_carry_over_to_every_activation_and_output(name, activation,
+                                                                         dtype, rtol):
+  """(E13)-(E15) read only the layer inputs and the error signals, so the per-example norms of
+  `per_example` hold for any activation and output once the error signals are theirs."""
+  from mlp_jax.core import per_example
+  sizes, m = (5, 7, 6, 4), 8
+  params = model.init_params(jax.random.PRNGKey(1), sizes, jnp.dtype(dtype))
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(m, 5)), dtype)
+  _, y = _problem(name, dtype, m=m, k=4, seed=3)
+  act, out = ACTIVATIONS[activation], OUTPUTS[name]
+  activations, derivatives, z = _forward(params, x, act)
+  deltas = backprop.backprop_errors(params, activations, out.error(z, y), masks=derivatives)
+  ours = per_example._global_norms(activations, deltas)
+
+  def example_loss(params, xi, yi):
+    _, _, zi = _forward(params, xi[None], act)
+    return out.loss(zi, yi[None])[0]
+
+  per_example_grads = jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0))(params, x, y)
+  reference = jnp.sqrt(sum(jnp.sum(jnp.square(g.reshape(m, -1)), axis=1)
+                           for g in jax.tree.leaves(per_example_grads)))
+  assert_tree_close(ours, reference, rtol)

@@ -129,3 +129,18 @@ def test_partial_fit_compiles_its_epoch_once():
     clf.partial_fit(X, y)
     clf.partial_fit(X, y)
   assert compiles() == 0
+
+
+@pytest.mark.parametrize("params, message", [
+    (dict(alpha=-1.0), "alpha: expected a finite value >= 0, got -1"),
+    (dict(dp_noise_multiplier=1.0, dp_clip_norm=0.0),
+     "dp_clip_norm: expected a finite value > 0, got 0"),
+    (dict(dp_noise_multiplier=-1.0), "dp_noise_multiplier: expected a finite value >= 0"),
+    (dict(dp_noise_multiplier=1.0, dp_delta=2.0), "dp_delta: expected a finite value in (0, 1)"),
+    (dict(compute_dtype="int8"), "compute_dtype: expected a floating dtype, got int8"),
+])
+def test_a_bad_setting_is_named_as_the_estimators_parameter(params, message):
+  X, y = np.random.default_rng(0).normal(size=(40, 4)), np.arange(40) % 2
+  with pytest.raises((mj.InputError, mj.InputTypeError)) as info:
+    mj.MLPClassifier(hidden_layer_sizes=(3,), max_iter=1, **params).fit(X, y)
+  assert str(info.value).startswith(message)

@@ -31,6 +31,12 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 import mlp_jax as mj
 from mlp_jax.training import privacy
 from mlp_jax.training.run import new_run
+from mlp_jax.training.settings import check_settings
+
+# The estimator's parameter behind each setting of `FitSettings` that it spells otherwise.
+_PARAMETER_OF = {"l2": "alpha", "seed": "random_state", "patience": "n_iter_no_change",
+                 "clip_norm": "dp_clip_norm", "noise_multiplier": "dp_noise_multiplier",
+                 "delta": "dp_delta", "val": "early_stopping=True"}
 
 
 class MLPClassifier(ClassifierMixin, BaseEstimator):
@@ -221,9 +227,12 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
 
   def _settings(self, batch: int, seed: int, patience: Optional[int]) -> mj.FitSettings:
     """The run's settings in the library's terms (alpha is lambda, n_iter_no_change the
-    patience)."""
-    return mj.FitSettings(batch_size=batch, l2=self.alpha, seed=seed, patience=patience,
-                          compute_dtype=self.compute_dtype, dp=self._dp(), shuffle=self.shuffle)
+    patience), checked by `check_settings` with a bad one named as the estimator's parameter
+    (`alpha`, not `l2`)."""
+    settings = mj.FitSettings(batch_size=batch, l2=self.alpha, seed=seed, patience=patience,
+                              compute_dtype=self.compute_dtype, dp=self._dp(),
+                              shuffle=self.shuffle)
+    return check_settings(settings, spell=lambda name: _PARAMETER_OF.get(name, name))
 
   def _dp(self) -> Optional[privacy.DPConfig]:
     if self.dp_noise_multiplier is None:

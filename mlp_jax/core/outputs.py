@@ -19,6 +19,7 @@ from typing import Callable, Dict, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from mlp_jax.core.backprop import output_error
 from mlp_jax.core.objective import cross_entropy, log_softmax
 
 
@@ -34,12 +35,9 @@ class Output(NamedTuple):
 def softmax_cross_entropy() -> Output:
   """(E22) yhat = softmax(z), l = -log yhat_t for the class t of the example; e = yhat - onehot(t),
   (E7). y: int labels (m,) in 0..K-1."""
-  def error(z, y):
-    return jnp.exp(log_softmax(z)) - jax.nn.one_hot(y, z.shape[1], dtype=z.dtype)
-
   return Output("softmax_cross_entropy", jax.nn.softmax,
-                lambda z, y: cross_entropy(log_softmax(z), y), error,
-                "class labels (m,) in 0..K-1")
+                lambda z, y: cross_entropy(log_softmax(z), y),
+                lambda z, y: output_error(log_softmax(z), y), "class labels (m,) in 0..K-1")
 
 
 def sigmoid_binary_cross_entropy() -> Output:

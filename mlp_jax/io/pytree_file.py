@@ -134,11 +134,13 @@ def _digest(entries: list, metadata: dict, arrays: Dict[str, np.ndarray]) -> str
   return h.hexdigest()
 
 
-def _error(path: pathlib.Path, problem: str) -> CheckpointError:
+def file_error(path: Union[str, os.PathLike], problem: str) -> CheckpointError:
+  """The `CheckpointError` of a problem with the file at `path`: "checkpoint PATH: problem"."""
   return CheckpointError(f"checkpoint {path}: {problem}")
 
 
 _NPY_MAGIC = b"\x93NUMPY"
+_SINGLE_NPY = "truncated or not a mlp_jax checkpoint (a single .npy array, not an npz)"
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first member, or an empty zip
 
 
@@ -147,31 +149,31 @@ def _open_npz(path: pathlib.Path):
   try:
     mode = path.stat().st_mode
   except FileNotFoundError as e:
-    raise _error(path, "no such file") from e
+    raise file_error(path, "no such file") from e
   except OSError as e:
-    raise _error(path, f"cannot read ({describe(e)})") from e
+    raise file_error(path, f"cannot read ({describe(e)})") from e
   if stat.S_ISDIR(mode):
-    raise _error(path, "is a directory, not a checkpoint file")
+    raise file_error(path, "is a directory, not a checkpoint file")
   if not stat.S_ISREG(mode):
-    raise _error(path, "is not a regular file (a pipe, socket or device)")
+    raise file_error(path, "is not a regular file (a pipe, socket or device)")
   try:
     with open(path, "rb") as f:
       magic = f.read(len(_NPY_MAGIC))
   except OSError as e:
-    raise _error(path, f"cannot read ({describe(e)})") from e
+    raise file_error(path, f"cannot read ({describe(e)})") from e
   if magic == _NPY_MAGIC:
-    raise _error(path, "truncated or not a mlp_jax checkpoint (a single .npy array, not an npz)")
+    raise file_error(path, _SINGLE_NPY)
   if magic[:4] not in _ZIP_MAGIC:  # numpy would try it as a pickle and hint at allow_pickle
     what = "an empty file" if not magic else "not an npz (zip) archive"
-    raise _error(path, f"truncated or not a mlp_jax checkpoint ({what})")
+    raise file_error(path, f"truncated or not a mlp_jax checkpoint ({what})")
   try:
     npz = np.load(path, allow_pickle=False)
   except PermissionError as e:
-    raise _error(path, f"cannot read ({describe(e)})") from e
+    raise file_error(path, f"cannot read ({describe(e)})") from e
   except _READ_ERRORS as e:
-    raise _error(path, f"truncated or not a mlp_jax checkpoint ({describe(e)})") from e
+    raise file_error(path, f"truncated or not a mlp_jax checkpoint ({describe(e)})") from e
   if not isinstance(npz, np.lib.npyio.NpzFile):
-    raise _error(path, "truncated or not a mlp_jax checkpoint (a single .npy array, not an npz)")
+    raise file_error(path, _SINGLE_NPY)
   return npz
 
 
@@ -179,18 +181,18 @@ def _read(path: pathlib.Path) -> Tuple[Dict[str, jax.Array], dict]:
   """({name: leaf}, metadata) of a verified file."""
   with _open_npz(path) as npz:
     if META_KEY not in npz.files:
-      raise _error(path, f"not a mlp_jax checkpoint (no {META_KEY} metadata)")
+      raise file_error(path, f"not a mlp_jax checkpoint (no {META_KEY} metadata)")
     meta = _parse_meta(path, _member(path, npz, META_KEY))
     names = [entry["name"] for entry in meta["leaves"]]
     missing = [name for name in names if name not in npz.files]
     if missing:
-      raise _error(path, f"missing arrays {missing} listed in the metadata")
+      raise file_error(path, f"missing arrays {missing} listed in the metadata")
     unexpected = sorted(set(npz.files) - set(names) - {META_KEY})
     if unexpected:
-      raise _error(path, f"arrays {unexpected} not listed in the metadata")
+      raise file_error(path, f"arrays {unexpected} not listed in the metadata")
     arrays = {name: _member(path, npz, name) for name in names}
   if _digest(meta["leaves"], meta["metadata"], arrays) != meta["sha256"]:
-    raise _error(path, "checksum mismatch: file corrupted or edited")
+    raise file_error(path, "checksum mismatch: file corrupted or edited")
   return {e["name"]: _restore_leaf(path, e, arrays[e["name"]]) for e in meta["leaves"]}, \
       meta["metadata"]
 
@@ -201,10 +203,10 @@ def _member(path: pathlib.Path, npz, name: str) -> np.ndarray:
     return npz[name]
   except zipfile.BadZipFile as e:
     if "CRC" in str(e):
-      raise _error(path, "checksum mismatch: file corrupted or edited") from e
-    raise _error(path, f"truncated or not a mlp_jax checkpoint ({describe(e)})") from e
+      raise file_error(path, "checksum mismatch: file corrupted or edited") from e
+    raise file_error(path, f"truncated or not a mlp_jax checkpoint ({describe(e)})") from e
   except _READ_ERRORS as e:
-    raise _error(path, f"truncated or not a mlp_jax checkpoint ({describe(e)})") from e
+    raise file_error(path, f"truncated or not a mlp_jax checkpoint ({describe(e)})") from e
 
 
 def _parse_meta(path: pathlib.Path, raw: np.ndarray) -> dict:
@@ -212,22 +214,22 @@ def _parse_meta(path: pathlib.Path, raw: np.ndarray) -> dict:
   try:
     meta = json.loads(raw.tobytes().decode("utf-8")) if raw.dtype == np.uint8 else None
   except ValueError as e:
-    raise _error(path, f"bad metadata: not valid JSON ({describe(e)})") from e
+    raise file_error(path, f"bad metadata: not valid JSON ({describe(e)})") from e
   if not isinstance(meta, dict):
-    raise _error(path, f"bad metadata: {META_KEY} is not a JSON object")
+    raise file_error(path, f"bad metadata: {META_KEY} is not a JSON object")
   if meta.get("format") != FORMAT:
-    raise _error(path, f"not a mlp_jax checkpoint (format {meta.get('format')!r})")
+    raise file_error(path, f"not a mlp_jax checkpoint (format {meta.get('format')!r})")
   if meta.get("version") != VERSION or isinstance(meta.get("version"), bool):
-    raise _error(path, f"format version {meta.get('version')}, this mlp_jax reads version "
+    raise file_error(path, f"format version {meta.get('version')}, this mlp_jax reads version "
                  f"{VERSION}")
   leaves = meta.get("leaves")
   if not (isinstance(leaves, list) and all(isinstance(e, dict) and isinstance(e.get("name"), str)
                                            for e in leaves)
           and isinstance(meta.get("metadata"), dict) and isinstance(meta.get("sha256"), str)):
-    raise _error(path, "bad metadata: expected a leaves list, a metadata object and a sha256")
+    raise file_error(path, "bad metadata: expected a leaves list, a metadata object and a sha256")
   names = [e["name"] for e in leaves]
   if len(set(names)) != len(names) or META_KEY in names:
-    raise _error(path, "bad metadata: repeated leaf names")
+    raise file_error(path, "bad metadata: repeated leaf names")
   return meta
 
 
@@ -239,19 +241,19 @@ def _restore_leaf(path: pathlib.Path, entry: dict, stored: np.ndarray) -> jax.Ar
     stored_dtype = dtype if _npy_native(dtype) else _uint_like(dtype)
     shape = tuple(int(s) for s in entry["shape"])
   except (KeyError, TypeError, ValueError) as e:
-    raise _error(path, f"bad metadata for leaf {name!r} ({describe(e)})") from e
+    raise file_error(path, f"bad metadata for leaf {name!r} ({describe(e)})") from e
   if tuple(stored.shape) != shape or stored.dtype != stored_dtype:
-    raise _error(path, f"leaf {name!r} is {stored.dtype.name}{list(stored.shape)} in the data, "
+    raise file_error(path, f"leaf {name!r} is {stored.dtype.name}{list(stored.shape)} in the data, "
                  f"{dtype.name}{list(shape)} in the metadata")
   if jax.dtypes.canonicalize_dtype(dtype) != dtype:
-    raise _error(path, f"leaf {name!r} is {dtype.name} but JAX's 64-bit types are disabled; "
+    raise file_error(path, f"leaf {name!r} is {dtype.name} but JAX's 64-bit types are disabled; "
                  "load it inside `jax.enable_x64(True)`")
   leaf = jnp.asarray(np.asarray(stored).view(dtype))
   if "key_impl" in entry:
     try:
       return jax.random.wrap_key_data(leaf, impl=entry["key_impl"])
     except (TypeError, ValueError, KeyError) as e:
-      raise _error(path, f"cannot rebuild the PRNG key {name!r} ({describe(e)})") from e
+      raise file_error(path, f"cannot rebuild the PRNG key {name!r} ({describe(e)})") from e
   return leaf
 
 
@@ -284,11 +286,6 @@ def match_in_file(path: Union[str, os.PathLike], leaves: list, template: Any, wh
   """`match_template` for leaves read from the file at `path`: a mismatch is a `CheckpointError`
   naming the file."""
   return match_template(leaves, template, what, lambda problem: file_error(path, problem))
-
-
-def file_error(path: Union[str, os.PathLike], problem: str) -> CheckpointError:
-  """The `CheckpointError` of a problem with the file at `path`: "checkpoint PATH: problem"."""
-  return _error(pathlib.Path(path), problem)
 
 
 def subtree(leaves: Dict[str, jax.Array], key: str) -> Dict[str, jax.Array]:

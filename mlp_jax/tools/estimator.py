@@ -9,12 +9,12 @@ It minimises the objective of scikit-learn's `MLPClassifier` for ReLU hidden lay
 output, (E6): mean cross-entropy plus alpha/(2m)·Σ‖W‖² over each minibatch of m rows (`alpha` is
 the library's lambda), with the hand-derived gradients (E7)-(E12). `fit` trains with `mj.fit`,
 one compiled `lax.scan` per epoch; `partial_fit` is the run so far resumed by `mj.fit` for one
-more epoch over the rows it is given (the same epoch, ledger and NaN checks). Where it differs from scikit-learn's: `max_iter` epochs are always trained (there is no
-`tol` stop on the training loss); `early_stopping` stops on the validation *loss* after
-`n_iter_no_change` epochs without a new minimum and keeps that epoch's weights
-(`validation_scores_` still records the validation accuracy); the optimizers are "sgd",
-"momentum" (Nesterov, 0.9) and "adam", with a "constant" or "cosine" learning rate; initial
-weights are He-normal.
+more epoch over the rows it is given (the same epoch, ledger and NaN checks). Where it differs
+from scikit-learn's: `max_iter` epochs are always trained (there is no `tol` stop on the
+training loss); `early_stopping` stops on the validation *loss* after `n_iter_no_change` epochs
+without a new minimum and keeps that epoch's weights (`validation_scores_` still records the
+validation accuracy); the optimizers are "sgd", "momentum" (Nesterov, 0.9) and "adam", with a
+"constant" or "cosine" learning rate; initial weights are He-normal.
 """
 
 from typing import Any, List, Optional, Sequence, Union

@@ -22,10 +22,9 @@ EXAMPLES_CHECK = """examples:
 """
 
 
-def add_evaluate_parser(sub, formatter) -> None:
+def add_evaluate_parser(sub, fmt) -> None:
   """The `evaluate` subcommand's parser, added to `sub` (argparse subparsers)."""
   from mlp_jax.io import data
-  fmt = formatter
   e = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix",
                      epilog=EXAMPLES_EVALUATE, formatter_class=fmt)
   e.add_argument("checkpoint")
@@ -35,9 +34,8 @@ def add_evaluate_parser(sub, formatter) -> None:
   e.set_defaults(func=cmd_evaluate)
 
 
-def add_check_parser(sub, formatter) -> None:
+def add_check_parser(sub, fmt) -> None:
   """The `check` subcommand's parser, added to `sub` (argparse subparsers)."""
-  fmt = formatter
   c = sub.add_parser("check", help="analytic gradients vs jax.grad vs finite differences; "
                                    "exit status 1 if a bar is missed",
                      epilog=EXAMPLES_CHECK, formatter_class=fmt)
@@ -180,7 +178,8 @@ def _user_exception(err: BaseException) -> str:
               for f in traceback.extract_tb(err.__traceback__)
               if not os.path.abspath(f.filename).startswith(tuple(library))
               and not f.filename.startswith("<")]
-  where = [f"{printable(_shown_path(file))}:{line} in {name}" + (f" ({printable(code)})" if code else "")
+  where = [f"{printable(_shown_path(file))}:{line} in {name}"
+           + (f" ({printable(code)})" if code else "")
            for file, line, name, code in reversed(frames)]
   return describe(err) + (f", at {where[0]}" if where else "") + "".join(
       f", called from {w}" for w in where[1:])

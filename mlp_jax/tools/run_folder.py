@@ -25,7 +25,6 @@ from typing import Optional, Sequence
 from mlp_jax.errors import InputError, NonFiniteError, ResumeError
 from mlp_jax.io.atomic_file import atomic_write, make_folder, storage_errors
 from mlp_jax.training import run
-from mlp_jax.training.run import RunState, check_more_epochs, check_unchanged
 
 CHECKPOINT = "checkpoint.npz"  # the whole run state after the last finished epoch (`save`)
 CONFIG = "config.json"  # the settings, for `mlp-jax train --config` to replay (`start`)
@@ -109,11 +108,11 @@ class RunFolder:
     saved = dict(self.saved.config)
     saved["split_seed"] = split_seed(saved)
     asked = {k: v for k, v in config.items() if k not in MAY_CHANGE and k != "epochs"}
-    check_unchanged(saved, asked, where, flag)
+    run.check_unchanged(saved, asked, where, flag)
     if config.get("schedule") == "cosine" and saved.get("epochs") != epochs:
       raise ResumeError(f"{where}: its cosine schedule spans {saved.get('epochs')} epochs; a "
                         f"resume must keep --epochs {saved.get('epochs')}")
-    return check_more_epochs(self.saved.state, epochs, where)
+    return run.check_more_epochs(self.saved.state, epochs, where)
 
   def start(self, config: dict, arrays: dict) -> None:
     """Creates the folder (with `overwrite`, removes the outputs of the run it held) and keeps
@@ -129,7 +128,7 @@ class RunFolder:
     with atomic_write(self.path / CONFIG, "w") as f:
       json.dump(self.config, f, indent=1)
 
-  def save(self, state: RunState) -> None:
+  def save(self, state: run.RunState) -> None:
     """Writes the run state after an epoch, atomically (only the primary process writes)."""
     if self.primary:
       run.save_run(self.checkpoint, state, config=self.config, arrays=self.arrays)

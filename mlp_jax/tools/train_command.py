@@ -28,11 +28,11 @@ EXAMPLES_TRAIN = """examples:
 """
 
 
-def add_parser(sub, formatter) -> "argparse.ArgumentParser":
-  """The `train` subcommand's parser, added to `sub` (argparse subparsers)."""
+def add_parser(sub, fmt) -> "argparse.ArgumentParser":
+  """The `train` subcommand's parser, added to `sub` (argparse subparsers), help laid out by the
+  formatter class `fmt`."""
   from mlp_jax.io import data  # the choices below are the library's own lists
   from mlp_jax.training import optimizers
-  fmt = formatter
   t = sub.add_parser("train", help="train a network and evaluate it on the test set",
                      epilog=EXAMPLES_TRAIN, formatter_class=fmt)
   t.add_argument("--config", metavar="RUN.json",
@@ -226,7 +226,8 @@ def cmd_train(args, signals) -> int:
   num_train = splits.train.x.shape[0]
   settings = fit_settings(args, config, splits)
   sizes = (splits.train.x.shape[1],) + tuple(args.hidden) + (splits.num_classes,)
-  config.update(out=str(out), layer_sizes=list(sizes), devices=None if mesh is None else mesh.size,
+  config.update(out=str(out), layer_sizes=list(sizes),
+                devices=None if mesh is None else mesh.size,
                 train_sha256=data.fingerprint(splits.train))
   done = folder.check_resume(config, args.epochs)
   if done is not None:
@@ -325,11 +326,11 @@ def _report(args, config, splits, result, seconds, folder, mesh) -> None:
   """Test accuracy, metrics.json/.csv, plots and the summary table of a finished run."""
   import jax
   import mlp_jax as mj
-  from mlp_jax.training import privacy
   test_loss, test_acc = mj.evaluate(result.params, splits.test.x, splits.test.y, args.l2)
   counts = mj.confusion_matrix(result.params, splits.test.x, splits.test.y)
   history, out = result.history, folder.path
-  epsilon = (privacy.ledger_epsilon(result.state.ledger, config["delta"]) if args.dp else None)
+  # fit's last record holds the whole run's epsilon, from its ledger at --delta.
+  epsilon = history[-1]["epsilon"] if args.dp else None
   metrics = {"loss_definition": LOSS_DEFINITION, "config": config, "history": history,
              "best_epoch": result.best_epoch,
              "stopped_early": result.stopped_early, "test_loss": test_loss,

@@ -6,8 +6,9 @@
 `RunState` is what `fit` carries from epoch to epoch and hands to `on_epoch_end`; saved with
 `save_run` and read back with `load_run` (a file of `pytree_file.save_pytree`), a resumed run
 continues bit for bit as if it had never stopped: the same parameters, optimizer state,
-early-stopping counters and privacy ledger. A resume that would change the run (another batch size, lambda, seed, DP setting, ...)
-is refused with a `ResumeError` naming the setting, the saved value and the asked one.
+early-stopping counters and privacy ledger. A resume that would change the run (another batch
+size, lambda, seed, DP setting, ...) is refused with a `ResumeError` naming the setting, the
+saved value and the asked one.
 """
 
 import math

@@ -22,14 +22,14 @@ training loop (medians over the rounds; see WARMUP for why). Tables:
   3. what each change to the epoch bought: the mlp_jax epoch with the later changes undone
      (the shuffle of `training/permutation.py`, XLA's region-analysis copy insertion), timed in
      turns, after checking that all variants give the same parameters bit for bit;
-  4. with --profile (default), where the compiled epoch's time goes, per step, at B = 32, 128,
-     512: a `jax.profiler` trace of XLA's CPU thunks, each thunk classed by the HLO it runs
-     (GEMMs, the minibatch gather, the rest of the gradient, the optimizer, the shuffle, other:
-     the loop's own bookkeeping) and the rest of the epoch's wall time, spent in no thunk: XLA
-     waking its other thread to run the next thunk (hand-offs), and the part of an Eigen GEMM
-     that runs on the thread pool after its thunk has returned: XLA runs the products with a
-     transposed left operand, A^T Delta, that way (the other GEMMs are YNNPACK thunks, which
-     return when their work is done); the trace cannot tell the two apart.
+  4. unless --no-profile, where the compiled epoch's time goes, per step, at B = 32, 128, 512
+     (epoch_profile.py): a `jax.profiler` trace of XLA's CPU thunks, each thunk classed by the
+     HLO it runs (GEMMs, the minibatch gather, the rest of the gradient, the optimizer, the
+     shuffle, other: the loop's own bookkeeping) and the rest of the epoch's wall time, spent
+     in no thunk: XLA waking its other thread to run the next thunk (hand-offs), and the part of
+     an Eigen GEMM that runs on the thread pool after its thunk has returned: XLA runs the
+     products with a transposed left operand, A^T Delta, that way (the other GEMMs are YNNPACK
+     thunks, which return when their work is done); the trace cannot tell the two apart.
 
 Writes results/epoch[_quick].json and .md, and results/epoch[_quick].png (time per epoch vs
 batch size, a line per column) when matplotlib is installed.
@@ -207,17 +207,28 @@ def ablation(x, y, batch: int, rounds: int) -> Dict:
       params = jax.tree.map(jnp.copy, init)
       params, state, _ = epoch_fn(params, opt.init(params), x, y, training.epoch_key(0, 0))
     results[variant] = jax.tree.map(np.asarray, params)
-    runs[variant] = [epoch_fn, params, state, []]
+    runs[variant] = [epoch_fn, params, state]
   first = jax.tree.leaves(results["before"])
   for variant, tree in results.items():
     assert all(a.tobytes() == b.tobytes() for a, b in zip(first, jax.tree.leaves(tree))), variant
-  for r in range(rounds * BLOCK):
-    for variant, run in runs.items():
+  return time_in_turns(runs, x, y, rounds * BLOCK)
+
+
+def time_in_turns(runs: Dict[str, list], x, y, epochs: int) -> Dict:
+  """{name: timing dict (seconds)} of `epochs` epochs of every run, the runs in turns: epoch r
+  of each, then epoch r + 1, epoch r shuffled with `epoch_key(0, r + 1)`.
+
+  `runs` maps a name to [epoch_fn, params, opt_state]: a compiled (donating) epoch and the state
+  it goes on from, replaced in the list after every epoch.
+  """
+  times = {name: [] for name in runs}
+  for r in range(epochs):
+    for name, run in runs.items():
       t0 = time.perf_counter()
       run[1], run[2], stats = run[0](run[1], run[2], x, y, training.epoch_key(0, r + 1))
       jax.block_until_ready((run[1], stats))
-      run[3].append(time.perf_counter() - t0)
-  return {v: common.summarize(run[3]) for v, run in runs.items()}
+      times[name].append(time.perf_counter() - t0)
+  return {name: common.summarize(t) for name, t in times.items()}
 
 
 # ---- output --------------------------------------------------------------------------------------

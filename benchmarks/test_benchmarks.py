@@ -190,6 +190,7 @@ def test_epoch_quick_run_writes_every_table(tmp_path):  # 20-30 s
       assert {c: t["calls"] for c, t in r["timings"].items()} == {
           "mlp_jax": calls, "numpy": calls, "sklearn": calls, "floor": calls}
   assert [a["batch"] for a in payload["ablation"]] == [32, 128, 512]
+  assert [p["batch_size"] for p in payload["profile"]] == [32, 128, 512]
   for p in payload["profile"]:
     assert p["us_per_step"]["GEMMs"] > 0 and p["us_per_step"]["shuffle"] > 0
   text = (tmp_path / "epoch_quick.md").read_text()

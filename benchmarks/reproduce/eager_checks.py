@@ -5,7 +5,7 @@ update, and `mj.per_sample_grad_norms`; each with the value checks on (the defau
 `mj.value_checks(False)`, and as the unchecked compiled core. Medians of 7 interleaved
 repetitions.
 
-    python benchmarks/reproduce/eager_checks.py [OUT.json]  # default benchmarks/results/
+    python benchmarks/reproduce/eager_checks.py [OUT.json]  # default results/eager_checks.json
 
 The "before the switch" rows of docs/architecture.md came from this script as it stood at commit
 352347a (`git show 352347a:benchmarks/eager_checks.py`), which could also run on the layout of

@@ -158,7 +158,7 @@ def variants(args):
         jax.block_until_ready(params)
       finally:
         backprop.layer_grads = saved
-      runs[name] = [fn, params, state, []]
+      runs[name] = [fn, params, state]
 
     add("library", lambda: training.build_epoch(opt, settings).epoch)
     add("contiguous slices", lambda: _sliced_epoch(opt, batch))
@@ -175,14 +175,9 @@ def variants(args):
         finally:
           training.compiler_options = options
       add(name, build)
-    for r in range(args.rounds):
-      for run in runs.values():
-        t0 = time.perf_counter()
-        run[1], run[2], out = run[0](run[1], run[2], x, y, training.epoch_key(0, r + 1))
-        jax.block_until_ready((run[1], out))
-        run[3].append(time.perf_counter() - t0)
-    print(f"B={batch}: " + ", ".join(f"{n} {1e3 * statistics.median(r[3]):.1f}"
-                                     for n, r in runs.items()), flush=True)
+    timings = bench.time_in_turns(runs, x, y, args.rounds)
+    print(f"B={batch}: " + ", ".join(f"{n} {1e3 * t['median']:.1f}" for n, t in timings.items()),
+          flush=True)
   print("loss + gradients, 256-256-10 (ms): m, library, A^T copied")
   params = mj.init_params(jax.random.PRNGKey(0))
   plain = jax.jit(lambda p, x, y: backprop.objective_and_grads(p, x, y, bench.L2))
@@ -284,7 +279,8 @@ def hlo(args):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(description=__doc__,  # --help lists the commands
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="what", required=True)
   sub.add_parser("shuffle").set_defaults(run=shuffle)
   t = sub.add_parser("timeline")

@@ -8,6 +8,7 @@ extra).
     python benchmarks/reproduce/install_size.py
 """
 
+import argparse
 import importlib.metadata as md
 import os
 import re
@@ -49,6 +50,7 @@ def closure(names):
 
 
 def main():
+  argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help
   base = closure(CORE)
   print(f"plain install: {sum(base.values()) / 1e6:.0f} MB, {len(base)} distributions")
   for name, size in sorted(base.items(), key=lambda kv: -kv[1]):

@@ -1,5 +1,6 @@
 """Shared test setup: strict JAX numerics, tolerances by dtype, dtype and jit-mode fixtures, the
-Hypothesis profiles (repeatable by default, HYPOTHESIS_PROFILE=explore for random draws)."""
+Hypothesis profiles (repeatable by default, HYPOTHESIS_PROFILE=explore for random draws), and every
+helper more than one test file uses (test files import from here, never from each other)."""
 
 import contextlib
 import os
@@ -12,6 +13,7 @@ import hypothesis  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+import optax  # noqa: E402
 import pytest  # noqa: E402
 
 # Hypothesis profiles. "default" (CI, the README's `pytest -n 2`): the same examples on every run
@@ -116,27 +118,18 @@ def copy_tree(tree):
   return jax.tree.map(jnp.array, tree)
 
 
-def wait_for_epochs(out, proc, epochs: int, timeout: float = 120.0) -> None:
-  """Until the run in folder `out` has a checkpoint of at least `epochs` epochs (`proc`, the
-  process training it, must still be running)."""
-  import time
-
-  from mlp_jax import CheckpointError, load_run
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    assert proc.poll() is None, proc.communicate()
-    try:
-      if load_run(out / "checkpoint.npz").state.epochs_done >= epochs:
-        return
-    except CheckpointError:
-      pass
-    time.sleep(0.05)
-  raise AssertionError("the run did not reach its epochs in time")
-
-
 def trees_bit_equal(a, b) -> bool:
   """Every leaf pair equal bit for bit (same values; for floats, NaNs aside)."""
   return all(np.array_equal(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def assert_bits_equal(actual, expected):
+  """Same tree structure, and every leaf with the same shape, dtype and bytes."""
+  assert jax.tree.structure(actual) == jax.tree.structure(expected)
+  for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+    a, e = np.asarray(a), np.asarray(e)
+    assert a.shape == e.shape and a.dtype == e.dtype, (a.shape, a.dtype, e.shape, e.dtype)
+    assert a.tobytes() == e.tobytes()
 
 
 def tree_rel_errors(actual, reference, scale=None):
@@ -164,3 +157,158 @@ def standard_promotion():
   """optax mixes int32 step counts with floats: allow JAX's standard promotion for its tests."""
   with jax.numpy_dtype_promotion("standard"):
     yield
+
+
+# ------------------------------------------- hidden activations (test_activations, test_outputs)
+
+
+def forward_with_derivatives(params, x, act):
+  """The forward pass with every hidden layer's activation `act` (core/activations.py): the
+  layers' inputs [x, A_1, ..., A_{L-1}], the hidden layers' g'(H_l) (what the backward pass
+  reads in place of the ReLU masks), and the top layer's Z (m, K)."""
+  from mlp_jax.core import model
+  activations, derivatives = [x], []
+  for layer in params[:-1]:
+    h = model.affine(layer, activations[-1])
+    activations.append(act.forward(h))
+    derivatives.append(act.derivative(h, activations[-1]))
+  return activations, derivatives, model.affine(params[-1], activations[-1])
+
+
+# ------------------------------- saved files (test_pytree_file, test_checkpoint, test_atomic_file)
+
+CHECKPOINT_SIZES = (4, 8, 3)  # the small net these files hold
+OPTIMIZERS = {
+    "adam": lambda: optax.adam(1e-2),
+    "sgd_momentum": lambda: optax.sgd(1e-2, momentum=0.9),
+}
+
+
+def trained_state(opt_name, sizes=CHECKPOINT_SIZES, dtype=jnp.float32, steps=2):
+  """Params and optimizer state after a few updates, so no leaf is trivially zero."""
+  import mlp_jax as mj
+  opt = OPTIMIZERS[opt_name]()
+  params = mj.init_params(jax.random.PRNGKey(0), sizes, dtype)
+  state = opt.init(params)
+  for _ in range(steps):
+    updates, state = opt.update(params, state, params)  # params as stand-in gradients
+    params = optax.apply_updates(params, updates)
+  return opt, params, state
+
+
+def refused(path, *needles, **load_kwargs) -> str:
+  """Loads `path`, expecting one one-line CheckpointError naming the file and each needle."""
+  import mlp_jax as mj
+  from mlp_jax.io.checkpoint import load_checkpoint
+  with pytest.raises(mj.CheckpointError) as info:
+    load_checkpoint(path, **load_kwargs)
+  message = str(info.value)
+  assert isinstance(info.value, ValueError)
+  assert str(path) in message and "\n" not in message, message
+  for needle in needles:
+    assert needle in message, message
+  return message
+
+
+def save_adam_checkpoint(folder):
+  """A checkpoint with adam state for (64, 128, 10) in `folder`: its path, the optimizer state's
+  template, and its bytes."""
+  from mlp_jax.io.checkpoint import save_checkpoint
+  opt, params, state = trained_state("adam", sizes=(64, 128, 10), steps=1)
+  path = save_checkpoint(folder / "good.npz", params, state, epoch=3,
+                         rng_key=jax.random.PRNGKey(5))
+  return path, opt.init(params), path.read_bytes()
+
+
+@pytest.fixture
+def saved(tmp_path, standard_promotion):
+  """`save_adam_checkpoint` in the test's folder: path, optimizer template, bytes."""
+  return save_adam_checkpoint(tmp_path)
+
+
+# ------------------------------------------------ USPS-like data (test_usps_files, test_transforms,
+# test_sources)
+
+
+def usps_like(seed, m):
+  """m rows of 256 values k/16 (exact in binary and as ESL's "%.4f" of 2v - 1), labels 0..9."""
+  from mlp_jax.io.data_checks import Dataset
+  rng = np.random.default_rng(seed)
+  x = (rng.integers(0, 17, size=(m, 256)) / 16).astype(np.float32)
+  return Dataset(x, (np.arange(m) % 10).astype(np.int32))
+
+
+def assert_splits_equal(got, want):
+  """Each part of two splits: the same x and y, as float32 and int32."""
+  for part_got, part_want in zip(got, want):
+    np.testing.assert_array_equal(part_got.x, part_want.x)
+    np.testing.assert_array_equal(part_got.y, part_want.y)
+    assert part_got.x.dtype == np.float32 and part_got.y.dtype == np.int32
+
+
+# -------------- the `mlp-jax` command (test_cli, test_train_command, test_run_folder, test_signals)
+
+EXIT_ERROR, EXIT_STORAGE, EXIT_INTERRUPTED = 2, 74, 130  # bad input, an OS fault, Ctrl-C
+# A 3-epoch run on 300 synthetic rows: seconds.
+TINY = ["--dataset", "synthetic", "--num-samples", "300", "--hidden", "8", "--epochs", "3",
+        "--batch-size", "32", "--no-progress"]
+# The same at a constant rate and a stated validation fraction (test_train_command,
+# test_run_folder): a run a resume may lengthen, whose settings the refusals quote.
+TINY_CONSTANT = ["--dataset", "synthetic", "--num-samples", "300", "--hidden", "8", "--epochs",
+                 "3", "--batch-size", "32", "--val-fraction", "0.2", "--schedule", "constant",
+                 "--no-progress"]
+
+
+def run_cli(args, capsys):
+  """`cli.main` on `args` (each made a str) in this process: (exit code, stdout, stderr)."""
+  from mlp_jax.tools import cli
+  code = cli.main([str(a) for a in args])
+  out, err = capsys.readouterr()
+  return code, out, err
+
+
+def one_error_line(err: str) -> str:
+  """The command's error output, checked to be the one line "mlp-jax: error: ...": that line."""
+  lines = err.splitlines()
+  assert len(lines) == 1 and lines[0].startswith("mlp-jax: error: "), err
+  return lines[0]
+
+
+def with_options(args, **changes):
+  """TINY-like arguments with options replaced (value None: the option removed)."""
+  out, i = [], 0
+  while i < len(args):
+    key = args[i][2:].replace("-", "_")
+    takes_value = i + 1 < len(args) and not args[i + 1].startswith("--")
+    if key in changes:
+      i += 2 if takes_value else 1
+      continue
+    out.append(args[i])
+    if takes_value:
+      out.append(args[i + 1])
+    i += 2 if takes_value else 1
+  for key, value in changes.items():
+    if value is None:
+      continue
+    out.append("--" + key.replace("_", "-"))
+    if value is not True:
+      out.extend(value if isinstance(value, list) else [value])
+  return out
+
+
+def wait_for_epochs(out, proc, epochs: int, timeout: float = 120.0) -> None:
+  """Until the run in folder `out` has a checkpoint of at least `epochs` epochs (`proc`, the
+  process training it, must still be running)."""
+  import time
+
+  from mlp_jax import CheckpointError, load_run
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    assert proc.poll() is None, proc.communicate()
+    try:
+      if load_run(out / "checkpoint.npz").state.epochs_done >= epochs:
+        return
+    except CheckpointError:
+      pass
+    time.sleep(0.05)
+  raise AssertionError("the run did not reach its epochs in time")

@@ -9,7 +9,7 @@ import pytest
 from mlp_jax.core import backprop, model
 from mlp_jax.core.activations import ACTIVATIONS, leaky_relu
 from mlp_jax.core.objective import cross_entropy, log_softmax, penalised_mean
-from conftest import assert_tree_close, make_batch
+from conftest import assert_tree_close, forward_with_derivatives, make_batch
 
 NAMES = sorted(ACTIVATIONS)
 REFERENCE = {  # what each forward must equal: JAX's own function of the same name
@@ -61,24 +61,15 @@ def test_the_kink_takes_the_left_derivative(name, expected, dtype):
   assert float(jax.grad(lambda h: act.forward(h).sum())(zero)[0, 0]) == pytest.approx(expected)
 
 
-def _objective(params, x, y, l2, forward):
-  """(E6) for a network whose hidden layers all use `forward`: the oracle's function."""
-  a = x
-  for layer in params[:-1]:
-    a = forward(model.affine(layer, a))
-  logits = model.affine(params[-1], a)
+def _objective(params, x, y, l2, act):
+  """(E6) for a network whose hidden layers all use `act`: the oracle's function."""
+  _, _, logits = forward_with_derivatives(params, x, act)
   return penalised_mean(cross_entropy(log_softmax(logits), y), params, l2, x.shape[0])
 
 
 def _hand_grads(params, x, y, l2, act):
   """(E7)-(E12) with (E10) generalised: the ReLU masks replaced by g'(H_l) of the activation."""
-  activations, derivatives = [x], []
-  for layer in params[:-1]:
-    h = model.affine(layer, activations[-1])
-    a = act.forward(h)
-    activations.append(a)
-    derivatives.append(act.derivative(h, a))
-  logits = model.affine(params[-1], activations[-1])
+  activations, derivatives, logits = forward_with_derivatives(params, x, act)
   error = jnp.exp(log_softmax(logits)) - jax.nn.one_hot(y, logits.shape[1], dtype=logits.dtype)
   deltas = backprop.backprop_errors(params, activations, error / x.shape[0],
                                     masks=derivatives)
@@ -92,5 +83,5 @@ def test_the_recursion_E10_carries_every_activation(name, sizes, m, dtype, rtol)
   params = model.init_params(jax.random.PRNGKey(3), sizes, jnp.dtype(dtype))
   x, y = make_batch(4, sizes, m, dtype)
   act = ACTIVATIONS[name]
-  reference = jax.grad(_objective)(params, x, y, 0.3, act.forward)
+  reference = jax.grad(_objective)(params, x, y, 0.3, act)
   assert_tree_close(_hand_grads(params, x, y, 0.3, act), reference, rtol)

@@ -18,7 +18,7 @@ import pytest
 import mlp_jax as mj
 from mlp_jax.io import pytree_file
 from mlp_jax.io.checkpoint import load_checkpoint, save_checkpoint
-from test_pytree_file import SIZES, assert_bits_equal
+from conftest import CHECKPOINT_SIZES as SIZES, assert_bits_equal
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -82,7 +82,6 @@ def test_sigkill_mid_save_leaves_a_valid_checkpoint(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
   delays = random.Random(0)
-  epochs = []
   for trial in range(3):
     proc = subprocess.Popen([sys.executable, str(WRITER), str(path)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env, cwd=tmp_path)
@@ -108,7 +107,6 @@ def test_sigkill_mid_save_leaves_a_valid_checkpoint(tmp_path):
     for leaf in jax.tree.leaves(ckpt.params):
       assert np.all(np.asarray(leaf) == i)  # every leaf from the same save
     assert np.all(np.asarray(ckpt.opt_state[0]) == -i) and int(ckpt.opt_state[1]) == i
-    epochs.append(i)
   # A stale temp file from a kill does not get in the way of the next save.
   params = mj.init_params(jax.random.PRNGKey(0), SIZES)
   assert load_checkpoint(save_checkpoint(path, params, epoch=99)).epoch == 99

@@ -13,14 +13,8 @@ import pytest
 
 import mlp_jax as mj
 from mlp_jax.io.checkpoint import Checkpoint, check_compatible, load_checkpoint, save_checkpoint
-from test_pytree_file import (OPTIMIZERS, SIZES, assert_bits_equal, refused,
-                              save_adam_checkpoint, trained_state)
-
-
-@pytest.fixture
-def saved(tmp_path, standard_promotion):
-  """`save_adam_checkpoint` in the test's folder: path, optimizer template, bytes."""
-  return save_adam_checkpoint(tmp_path)
+from conftest import (CHECKPOINT_SIZES as SIZES, OPTIMIZERS, assert_bits_equal, refused,
+                      trained_state)
 
 
 # ------------------------------------------------------------------------------- round trips

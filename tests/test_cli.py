@@ -22,18 +22,10 @@ import pytest
 import mlp_jax as mj
 from mlp_jax.training import run as run_file
 from mlp_jax.tools import cli, run_folder
-from test_train_command import EXIT_ERROR
+from conftest import EXIT_ERROR, TINY, one_error_line as _one_error_line, run_cli as _run
 
-TINY = ["--dataset", "synthetic", "--num-samples", "300", "--hidden", "8", "--epochs", "3",
-        "--batch-size", "32", "--no-progress"]
 pytestmark = pytest.mark.usefixtures("standard_promotion")  # optax inside the CLI
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _run(args, capsys):
-  code = cli.main([str(a) for a in args])
-  out, err = capsys.readouterr()
-  return code, out, err
 
 
 def test_train_writes_every_output(tmp_path, capsys):
@@ -225,12 +217,6 @@ def test_version_and_help_defaults(capsys):
   for default in ("(default: usps)", "(default: 200)", "(default: 128)", "(default: momentum)",
                   "(default: 0.1)", "(default: cosine)", "(default: 256)", "(default: 0)"):
     assert default in text, default
-
-
-def _one_error_line(err: str) -> str:
-  lines = err.splitlines()
-  assert len(lines) == 1 and lines[0].startswith("mlp-jax: error: "), err
-  return lines[0]
 
 
 USER_RAISES = """import mlp_jax as mj

@@ -13,7 +13,7 @@ from mlp_jax.core import backprop, model
 from mlp_jax.core.activations import ACTIVATIONS
 from mlp_jax.core.objective import penalised_mean
 from mlp_jax.core.outputs import OUTPUTS, weighted_top_error
-from conftest import assert_tree_close
+from conftest import assert_tree_close, forward_with_derivatives
 
 NAMES = sorted(OUTPUTS)
 
@@ -70,25 +70,15 @@ def test_binary_cross_entropy_is_finite_at_extreme_logits():
   np.testing.assert_array_equal(np.asarray(out.error(z, y)), [[1.0, -1.0, 0.0]])
 
 
-def _forward(params, x, act):
-  """Every layer's input and every hidden layer's g'(H): what the backward pass reads."""
-  activations, derivatives = [x], []
-  for layer in params[:-1]:
-    h = model.affine(layer, activations[-1])
-    activations.append(act.forward(h))
-    derivatives.append(act.derivative(h, activations[-1]))
-  return activations, derivatives, model.affine(params[-1], activations[-1])
-
-
 def _weighted_objective(params, x, y, s, l2, act, out):
   """(E26): sum_i s_i l_i / sum_i s_i + lambda / (2 sum_i s_i) sum ||W||^2."""
-  _, _, z = _forward(params, x, act)
+  _, _, z = forward_with_derivatives(params, x, act)
   return penalised_mean(out.loss(z, y), params, l2, s.sum(), weights=s)
 
 
 def _hand_grads(params, x, y, s, l2, act, out):
   """The weighted objective's gradient: (E26)'s top error, then (E10) and (E8)-(E12)."""
-  activations, derivatives, z = _forward(params, x, act)
+  activations, derivatives, z = forward_with_derivatives(params, x, act)
   top = weighted_top_error(out.error(z, y), s)
   deltas = backprop.backprop_errors(params, activations, top, masks=derivatives)
   return backprop.layer_grads(params, activations, deltas, l2, s.sum())
@@ -189,12 +179,12 @@ def test_per_example_norms_E15_carry_over_to_every_activation_and_output(name, a
   x = jnp.asarray(np.random.default_rng(2).normal(size=(m, 5)), dtype)
   _, y = _problem(name, dtype, m=m, k=4, seed=3)
   act, out = ACTIVATIONS[activation], OUTPUTS[name]
-  activations, derivatives, z = _forward(params, x, act)
+  activations, derivatives, z = forward_with_derivatives(params, x, act)
   deltas = backprop.backprop_errors(params, activations, out.error(z, y), masks=derivatives)
   ours = per_example._global_norms(activations, deltas)
 
   def example_loss(params, xi, yi):
-    _, _, zi = _forward(params, xi[None], act)
+    _, _, zi = forward_with_derivatives(params, xi[None], act)
     return out.loss(zi, yi[None])[0]
 
   per_example_grads = jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0))(params, x, y)

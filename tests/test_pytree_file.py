@@ -17,44 +17,7 @@ import pytest
 import mlp_jax as mj
 from mlp_jax.io import pytree_file
 from mlp_jax.io.checkpoint import load_checkpoint, save_checkpoint
-
-SIZES = (4, 8, 3)
-OPTIMIZERS = {
-    "adam": lambda: optax.adam(1e-2),
-    "sgd_momentum": lambda: optax.sgd(1e-2, momentum=0.9),
-}
-
-
-def assert_bits_equal(actual, expected):
-  """Same tree structure, and every leaf with the same shape, dtype and bytes."""
-  assert jax.tree.structure(actual) == jax.tree.structure(expected)
-  for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
-    a, e = np.asarray(a), np.asarray(e)
-    assert a.shape == e.shape and a.dtype == e.dtype, (a.shape, a.dtype, e.shape, e.dtype)
-    assert a.tobytes() == e.tobytes()
-
-
-def trained_state(opt_name, sizes=SIZES, dtype=jnp.float32, steps=2):
-  """Params and optimizer state after a few updates, so no leaf is trivially zero."""
-  opt = OPTIMIZERS[opt_name]()
-  params = mj.init_params(jax.random.PRNGKey(0), sizes, dtype)
-  state = opt.init(params)
-  for _ in range(steps):
-    updates, state = opt.update(params, state, params)  # params as stand-in gradients
-    params = optax.apply_updates(params, updates)
-  return opt, params, state
-
-
-def refused(path, *needles, **load_kwargs) -> str:
-  """Loads `path`, expecting one one-line CheckpointError naming the file and each needle."""
-  with pytest.raises(mj.CheckpointError) as info:
-    load_checkpoint(path, **load_kwargs)
-  message = str(info.value)
-  assert isinstance(info.value, ValueError)
-  assert str(path) in message and "\n" not in message, message
-  for needle in needles:
-    assert needle in message, message
-  return message
+from conftest import CHECKPOINT_SIZES as SIZES, assert_bits_equal, refused, trained_state
 
 
 def repack(src, dst, edit_meta=None, drop=(), add=None, replace=None):
@@ -134,7 +97,7 @@ def test_any_pytree_round_trips_bit_exactly(tmp_path, standard_promotion):
   path = mj.save_pytree(tmp_path / "tree.npz", tree, {"note": "any pytree"})
   back, meta = mj.load_pytree(path, template=tree)
   assert meta == {"note": "any pytree"}
-  assert_bits_equal(jax.tree.map(lambda k: k, {k: v for k, v in back.items() if k != "key"}),
+  assert_bits_equal({k: v for k, v in back.items() if k != "key"},
                     {k: v for k, v in tree.items() if k != "key"})
   assert_bits_equal(jax.random.key_data(back["key"]), jax.random.key_data(tree["key"]))
   flat, _ = mj.load_pytree(path)  # without a template: leaves by key path
@@ -149,21 +112,6 @@ def test_any_pytree_round_trips_bit_exactly(tmp_path, standard_promotion):
 
 
 # ------------------------------------------------------------------------------- corruption
-
-
-def save_adam_checkpoint(folder):
-  """A checkpoint with adam state for (64, 128, 10) in `folder`: its path, the optimizer state's
-  template, and its bytes."""
-  opt, params, state = trained_state("adam", sizes=(64, 128, 10), steps=1)
-  path = save_checkpoint(folder / "good.npz", params, state, epoch=3,
-                         rng_key=jax.random.PRNGKey(5))
-  return path, opt.init(params), path.read_bytes()
-
-
-@pytest.fixture
-def saved(tmp_path, standard_promotion):
-  """`save_adam_checkpoint` in the test's folder."""
-  return save_adam_checkpoint(tmp_path)
 
 
 def test_missing_file_and_directory(tmp_path):

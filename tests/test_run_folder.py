@@ -1,8 +1,8 @@
 """The run folder (`run_folder`), as `mlp-jax train` keeps it: a resume that continues exactly
 or is refused with one line and nothing written, a folder never silently replaced (a new one by
 default, `--resume` or `--overwrite` otherwise), OS faults as one line and exit 74 with the last
-checkpoint kept, Ctrl-C and kill -9 survived. Driven through `cli.main`, with the helpers of
-test_train_command.py."""
+checkpoint kept, Ctrl-C and kill -9 survived. Driven through `cli.main` (in-process) and
+`python -m mlp_jax.tools.cli` (subprocesses, for the signals)."""
 
 import os
 import pathlib
@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 import mlp_jax as mj
-from conftest import wait_for_epochs
 from mlp_jax.tools import cli
-from test_train_command import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_STORAGE, TINY, _one_error_line,
-                                _run, _with)
+from conftest import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_STORAGE, TINY_CONSTANT as TINY
+from conftest import one_error_line as _one_error_line, run_cli as _run, wait_for_epochs
+from conftest import with_options as _with
 
 pytestmark = pytest.mark.usefixtures("standard_promotion")  # optax inside the CLI
 

@@ -16,7 +16,7 @@ import time
 import pytest
 
 import mlp_jax as mj
-from conftest import wait_for_epochs
+from conftest import TINY, wait_for_epochs
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGTERM") or os.name != "posix",
                                 reason="needs POSIX signals")
@@ -44,8 +44,6 @@ def one_line(err: str) -> str:
   return lines[0]
 
 
-TINY = ["--dataset", "synthetic", "--num-samples", "300", "--hidden", "8", "--epochs", "3",
-        "--batch-size", "32", "--no-progress"]
 # Epochs of several seconds on a 2-core CPU (more on a busy one): room for signals mid-epoch.
 SLOW = ["--dataset", "synthetic", "--num-samples", "6000", "--hidden", "1024", "1024",
         "--batch-size", "8", "--epochs", "20", "--optimizer", "adam", "--lr", "1e-4",

@@ -6,7 +6,7 @@ import pytest
 
 from mlp_jax.errors import InputError
 from mlp_jax.io import sources
-from test_usps_files import assert_splits_equal
+from conftest import assert_splits_equal
 
 # --- 8x8 digits --------------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 is written (exit 2, one line, not even an empty folder), data the OS will not hand over refused
 without hanging, and a diverging run that names its batch and keeps its last good epoch. The run
 folder's own rules (claiming, overwrite, resume, faults, Ctrl-C and kill -9) are in
-test_run_folder.py, which takes its helpers from here."""
+test_run_folder.py."""
 
 import json
 import os
@@ -11,46 +11,10 @@ import pathlib
 import pytest
 
 import mlp_jax as mj
-from mlp_jax.tools import cli
+from conftest import EXIT_ERROR, TINY_CONSTANT as TINY, one_error_line as _one_error_line
+from conftest import run_cli as _run, with_options as _with
 
 pytestmark = pytest.mark.usefixtures("standard_promotion")  # optax inside the CLI
-TINY = ["--dataset", "synthetic", "--num-samples", "300", "--hidden", "8", "--epochs", "3",
-        "--batch-size", "32", "--val-fraction", "0.2", "--schedule", "constant", "--no-progress"]
-EXIT_ERROR, EXIT_STORAGE, EXIT_INTERRUPTED = 2, 74, 130
-
-
-def _run(args, capsys):
-  code = cli.main([str(a) for a in args])
-  out, err = capsys.readouterr()
-  return code, out, err
-
-
-def _one_error_line(err: str) -> str:
-  lines = err.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("mlp-jax: error: "), err
-  return lines[0]
-
-
-def _with(args, **changes):
-  """TINY-like arguments with options replaced (value None: the option removed)."""
-  out, i = [], 0
-  while i < len(args):
-    key = args[i][2:].replace("-", "_")
-    takes_value = i + 1 < len(args) and not args[i + 1].startswith("--")
-    if key in changes:
-      i += 2 if takes_value else 1
-      continue
-    out.append(args[i])
-    if takes_value:
-      out.append(args[i + 1])
-    i += 2 if takes_value else 1
-  for key, value in changes.items():
-    if value is None:
-      continue
-    out.append("--" + key.replace("_", "-"))
-    if value is not True:
-      out.extend(value if isinstance(value, list) else [value])
-  return out
 
 
 # ----------------------------------------------------------------- arguments, before anything

@@ -9,7 +9,7 @@ from mlp_jax.errors import InputError
 from mlp_jax.io import transforms
 from mlp_jax.io.data_checks import Dataset
 from mlp_jax.io.sources import make_synthetic
-from test_usps_files import usps_like
+from conftest import usps_like
 
 FUZZ = settings(max_examples=50, deadline=None)
 

@@ -15,6 +15,7 @@ from mlp_jax.errors import DataFileError
 from mlp_jax.io import usps_files
 from mlp_jax.io.data_checks import Dataset, Splits
 from mlp_jax.io.usps_files import load_usps
+from conftest import assert_splits_equal, usps_like
 
 USPS_H5 = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "usps" / "usps.h5"
 TRAIN_COUNTS = [1194, 1005, 731, 658, 652, 556, 664, 645, 542, 644]
@@ -23,14 +24,6 @@ FUZZ = settings(max_examples=50, deadline=None)
 
 
 # --- small USPS-like files ---------------------------------------------------------------------
-
-
-def usps_like(seed, m):
-  """m rows of 256 values k/16 (exact in binary and as ESL's "%.4f" of 2v - 1), labels 0..9."""
-  rng = np.random.default_rng(seed)
-  x = (rng.integers(0, 17, size=(m, 256)) / 16).astype(np.float32)
-  return Dataset(x, (np.arange(m) % 10).astype(np.int32))
-
 
 TRAIN, TEST = usps_like(0, 20), usps_like(1, 10)
 
@@ -68,13 +61,6 @@ def write_esl(directory, train=TRAIN, test=TEST, gz=False, name="zip.train"):
   return train_path
 
 
-def assert_splits_equal(got, want):
-  for part_got, part_want in zip(got, want):
-    np.testing.assert_array_equal(part_got.x, part_want.x)
-    np.testing.assert_array_equal(part_got.y, part_want.y)
-    assert part_got.x.dtype == np.float32 and part_got.y.dtype == np.int32
-
-
 def assert_proper_usps(splits):
   assert isinstance(splits, Splits)
   for part in splits:
@@ -90,7 +76,6 @@ def assert_proper_usps(splits):
 def usps():
   """The USPS copy inside the package: no file or download needed."""
   return load_usps()
-
 
 
 def test_real_usps_sizes_labels_and_range(usps):

@@ -10,9 +10,13 @@ The backward pass is written out, with shapes for a batch of m rows:
 
 with A_0 = X. The ReLU mask uses a_l > 0, which equals h_l > 0, so the derivative at h = 0 is 0
 as in the derivation. One forward pass serves both the loss and the gradients.
+
+Another network (`network.Network`) changes two lines and nothing else: E is its output's error,
+(E22)-(E25), and the mask 1[A_l > 0] is its activation's derivative g_l'(H_l), (E16)-(E21);
+per-example weights s_i replace E / m by s_i e_i / sum_i s_i, (E26).
 """
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import functools
 
@@ -20,14 +24,20 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike, DTypeLike
 
-from mlp_jax.core import eager
-from mlp_jax.core.model import Dense, Params, forward_activations, matmul
-from mlp_jax.core.objective import cross_entropy, log_softmax, penalised_mean
+from mlp_jax.core import eager, validation
+from mlp_jax.core.model import Dense, Params, forward_pass, matmul
+from mlp_jax.core.network import DEFAULT_OUTPUT, SOURCE, Network, network
+from mlp_jax.core.objective import penalised_mean
+from mlp_jax.core.outputs import cross_entropy, log_softmax, output_error
 
 
-def output_error(log_probs: jax.Array, y: jax.Array) -> jax.Array:
-  """dl_i/dz_i = yhat_i - y_i for every row, (E7); shape (m, K)."""
-  return jnp.exp(log_probs) - jax.nn.one_hot(y, log_probs.shape[1], dtype=log_probs.dtype)
+def losses_and_errors(net: Network, z: jax.Array, y: jax.Array) -> Tuple[jax.Array, jax.Array]:
+  """Each example's loss l_i (m,) and output error dl_i/dz_i (m, K) of the network's output,
+  (E5) and (E7) for softmax (from one log-softmax), (E22)-(E25) for the others."""
+  if net.output == DEFAULT_OUTPUT:
+    log_probs = log_softmax(z)
+    return cross_entropy(log_probs, y), output_error(log_probs, y)
+  return net.out.loss(z, y), net.out.error(z, y)
 
 
 def relu_masks(activations: Sequence[jax.Array]) -> Tuple[jax.Array, ...]:
@@ -81,17 +91,17 @@ def mean_with_penalty(sums: Params, params: Params, l2: ArrayLike, m: ArrayLike)
 
 def objective_and_grads(params: Params, x: jax.Array, y: jax.Array, l2: ArrayLike,
                         compute_dtype: Optional[DTypeLike] = None,
-                        mask: Optional[jax.Array] = None) -> Tuple[jax.Array, Params]:
+                        mask: Optional[jax.Array] = None,
+                        net: Network = SOURCE) -> Tuple[jax.Array, Params]:
   """The loss (E6) and its analytic gradient without input checks: traceable, the training core.
 
   `mask`, optional (m,) of 0/1 in the parameters' dtype, marks padding rows with 0: loss and
   gradients are then exactly those of (E6) over the unmasked rows, with m = sum(mask). This lets
-  a short last minibatch reuse the compiled step of a full one.
+  a short last minibatch reuse the compiled step of a full one. Any weights s_i >= 0 do the
+  same: (E26) with m = sum(s), the `sample_weight` of `loss_and_grads`.
   """
-  logits, activations = forward_activations(params, x, compute_dtype)
-  log_probs = log_softmax(logits)
-  per_example = cross_entropy(log_probs, y)
-  error = output_error(log_probs, y)  # (E7)
+  logits, activations, derivatives = forward_pass(params, x, compute_dtype, net)
+  per_example, error = losses_and_errors(net, logits, y)  # (E5), (E7); (E22)-(E25)
   if mask is None:
     m: Union[int, jax.Array] = x.shape[0]
     top = error / m
@@ -99,50 +109,63 @@ def objective_and_grads(params: Params, x: jax.Array, y: jax.Array, l2: ArrayLik
     m = mask.sum()
     top = error * (mask / m)[:, None]
   loss = penalised_mean(per_example, params, l2, m, mask)
-  deltas = backprop_errors(params, activations, top, compute_dtype)
+  deltas = backprop_errors(params, activations, top, compute_dtype, derivatives)
   return loss, layer_grads(params, activations, deltas, l2, m, compute_dtype)
 
 
-objective_and_grads_jit = jax.jit(objective_and_grads, static_argnames="compute_dtype")
+objective_and_grads_jit = jax.jit(objective_and_grads, static_argnames=("compute_dtype", "net"))
 
 
-@functools.partial(jax.jit, static_argnames="compute_dtype")
-def _loss_and_grads_flagged(params, x, y, l2, compute_dtype=None):
-  """The core plus a flag raised by a non-finite loss or gradient, or a label outside 0..K-1.
+@functools.partial(jax.jit, static_argnames=("compute_dtype", "net"))
+def _loss_and_grads_flagged(params, x, y, l2, compute_dtype=None, mask=None, net=SOURCE):
+  """The core plus a flag raised by a non-finite loss or gradient, or a target out of range.
 
   NaN or Inf anywhere in x reaches the loss or the gradient of W1 (= X^T Delta_1), so the flag
   covers the value checks of the inputs at the cost of reductions over y and the gradient, not a
   pass over x.
   """
-  loss, grads = objective_and_grads(params, x, y, l2, compute_dtype)
-  k = params[-1].w.shape[1]
+  loss, grads = objective_and_grads(params, x, y, l2, compute_dtype, mask, net)
   finite = jnp.isfinite(loss) & eager.all_finite(grads)
-  return (loss, grads), ~finite | (y.min() < 0) | (y.max() >= k)
+  return (loss, grads), ~finite | eager.targets_flag(params, y, net)
 
 
 _LOSS_AND_GRADS = eager.Compiled(objective_and_grads_jit, _loss_and_grads_flagged)
 
 
 def loss_and_grads(params: Params, x: ArrayLike, y: ArrayLike, l2: ArrayLike = 0.0, *,
-                   compute_dtype: Optional[DTypeLike] = None) -> Tuple[jax.Array, Params]:
+                   compute_dtype: Optional[DTypeLike] = None, activation: Any = "relu",
+                   output: str = DEFAULT_OUTPUT, sample_weight: Optional[ArrayLike] = None,
+                   ) -> Tuple[jax.Array, Params]:
   """The loss (E6) and its analytic gradient (E7)-(E12), from one shared forward pass.
 
   Args:
     params: tuple of `Dense`, any depth.
     x: features (m, n), floating; cast to the parameters' dtype.
-    y: integer labels (m,) in 0..K-1.
+    y: the targets `output` takes: integer labels (m,) in 0..K-1 for softmax (the default);
+      real values (m, K) for the others (`outputs.OUTPUTS`).
     l2: the penalty lambda >= 0 (traced: changing it does not recompile).
     compute_dtype: optional GEMM input dtype (e.g. jnp.bfloat16); products are accumulated,
-      and softmax and the loss computed, in the parameters' dtype.
+      and the output layer and the loss computed, in the parameters' dtype.
+    activation: the hidden layers' activation, "relu" by default, or one per hidden layer
+      (a name, "leaky_relu:SLOPE" or an `Activation`; see `network`), (E16)-(E21).
+    output: the output layer and its loss, "softmax_cross_entropy" by default, (E22)-(E25).
+    sample_weight: optional per-example weights s_i >= 0 (m,): the weighted objective (E26).
 
   Returns:
     (loss, grads): a scalar and a tuple of `Dense` shaped like `params`.
   """
-  return eager.checked_call(_LOSS_AND_GRADS, params, x, y, l2, l2=l2,
-                             compute_dtype=compute_dtype)
+  net = network(activation, output)
+  weights = None
+  if sample_weight is not None:
+    weights = validation.check_sample_weight(sample_weight, validation.check_params(params),
+                                             jnp.shape(x)[0])
+  return eager.checked_call(_LOSS_AND_GRADS, params, x, y, l2, l2=l2, net=net,
+                            compute_dtype=compute_dtype, mask=weights)
 
 
 def grads(params: Params, x: ArrayLike, y: ArrayLike, l2: ArrayLike = 0.0, *,
-          compute_dtype: Optional[DTypeLike] = None) -> Params:
+          compute_dtype: Optional[DTypeLike] = None, activation: Any = "relu",
+          output: str = DEFAULT_OUTPUT, sample_weight: Optional[ArrayLike] = None) -> Params:
   """The analytic gradient of (E6), (E7)-(E12); see `loss_and_grads`."""
-  return loss_and_grads(params, x, y, l2, compute_dtype=compute_dtype)[1]
+  return loss_and_grads(params, x, y, l2, compute_dtype=compute_dtype, activation=activation,
+                        output=output, sample_weight=sample_weight)[1]

@@ -8,6 +8,7 @@ that name the problem. `with value_checks(False):` skips that read-back for a ho
 checks still run); docs/architecture.md gives its measured cost.
 """
 
+import math
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from mlp_jax.core.model import Dense, Params
+from mlp_jax.core.network import SOURCE, Network
 from mlp_jax.core.validation import (check_batch, check_finite_params, is_concrete,
                                      value_checks_enabled)
 
@@ -27,10 +29,23 @@ def all_finite(tree: Any) -> jax.Array:
   return finite
 
 
-def input_flag(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
-  """Traceable: True when x has a NaN or Inf or a label lies outside 0..K-1."""
-  k = params[-1].w.shape[1]
-  return ~jnp.isfinite(x).all() | (y.min() < 0) | (y.max() >= k)
+def targets_flag(params: Params, y: jax.Array, net: Network = SOURCE) -> jax.Array:
+  """Traceable: True when a label lies outside 0..K-1, or a real target is NaN, Inf or outside
+  the output's range."""
+  out = net.out
+  if out.labels:
+    return (y.min() < 0) | (y.max() >= params[-1].w.shape[1])
+  flag = ~jnp.isfinite(y).all()
+  if out.low > -math.inf:
+    flag |= y.min() < out.low
+  if out.high < math.inf:
+    flag |= y.max() > out.high
+  return flag
+
+
+def input_flag(params: Params, x: jax.Array, y: jax.Array, net: Network = SOURCE) -> jax.Array:
+  """Traceable: True when x has a NaN or Inf or a target is out of range (`targets_flag`)."""
+  return ~jnp.isfinite(x).all() | targets_flag(params, y, net)
 
 
 class Compiled(NamedTuple):
@@ -40,17 +55,17 @@ class Compiled(NamedTuple):
 
 
 def checked_call(compiled: Compiled, params: Sequence[Dense], x: ArrayLike, y: ArrayLike,
-                 *args: Any, l2: ArrayLike = 0.0, **kwargs: Any) -> Any:
-  """An eager public call: the static checks, then `compiled.plain` when value checks are off,
-  else `compiled.flagged` and one read of its flag (a wait for the device). A raised flag runs
-  the detailed checks that name the problem; when they find none (finite inputs, an overflow in
-  the parameters) the result stands as computed. `args` and `kwargs` go to the compiled call
-  as given (`l2` is only checked here)."""
-  params, x, y, _ = check_batch(params, x, y, l2, values=False)
+                 *args: Any, l2: ArrayLike = 0.0, net: Network = SOURCE, **kwargs: Any) -> Any:
+  """An eager public call of a network `net`: the static checks, then `compiled.plain` when
+  value checks are off, else `compiled.flagged` and one read of its flag (a wait for the
+  device). A raised flag runs the detailed checks that name the problem; when they find none
+  (finite inputs, an overflow in the parameters) the result stands as computed. `args`,
+  `kwargs` and `net` go to the compiled call (`l2` is only checked here)."""
+  params, x, y, _ = check_batch(params, x, y, l2, values=False, net=net)
   if not value_checks_enabled():
-    return compiled.plain(params, x, y, *args, **kwargs)
-  out, flag = compiled.flagged(params, x, y, *args, **kwargs)
+    return compiled.plain(params, x, y, *args, net=net, **kwargs)
+  out, flag = compiled.flagged(params, x, y, *args, net=net, **kwargs)
   if is_concrete(flag) and bool(flag):
-    check_batch(params, x, y, l2)
+    check_batch(params, x, y, l2, net=net)
     check_finite_params(params)
   return out

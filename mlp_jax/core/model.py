@@ -2,8 +2,10 @@
 
 Parameters are a tuple of `Dense` layers, a pytree that optax, `jax.tree_util`, sharding and
 checkpointing handle with no glue. Inputs are rows: `x` has shape (m, n), layer l maps
-(m, fan_in) to (m, fan_out) by `x @ w + b`, every layer but the last is followed by a ReLU, and
-the last layer's output are the logits `z` of shape (m, K).
+(m, fan_in) to (m, fan_out) by `x @ w + b`, every layer but the last is followed by its
+activation (ReLU in the source's network; `network.Network` names the others), and the last
+layer's output are the logits `z` of shape (m, K), which the output layer (`outputs`) maps to
+predictions.
 """
 
 import functools
@@ -14,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike, DTypeLike
 
+from mlp_jax.core.network import SOURCE, Network
 from mlp_jax.errors import InputError, InputTypeError
 
 
@@ -110,39 +113,61 @@ def matmul(a: jax.Array, b: jax.Array, compute_dtype: Optional[DTypeLike] = None
                     preferred_element_type=out_dtype)
 
 
+def forward_pass(
+    params: Params, x: ArrayLike, compute_dtype: Optional[DTypeLike] = None,
+    net: Network = SOURCE, with_derivatives: bool = True,
+) -> Tuple[jax.Array, Tuple[ArrayLike, ...], Tuple[jax.Array, ...]]:
+  """Forward pass keeping what the backward pass needs, (E1)-(E3) with the network's
+  activations.
+
+  Returns:
+    (z, activations, derivatives): the last layer's output z (m, K), (E3); the input of every
+    layer, `(x, a_1, ..., a_{L-1})` with a_l = g_l(h_l), (E1)-(E2); and g_l'(h_l) of every
+    hidden layer, (m, d_l), (E16)-(E21), computed here where h_l is at hand (for ReLU the bool
+    mask 1[a_l > 0] of (E10), `Activation.backward_factor`); empty with
+    `with_derivatives=False`.
+  """
+  activations: List[Any] = [x]
+  derivatives: List[jax.Array] = []
+  for layer, act in zip(params[:-1], net.hidden(len(params) - 1)):
+    h = affine(layer, activations[-1], compute_dtype)
+    activations.append(act.forward(h))
+    if with_derivatives:
+      derivatives.append(act.backward_factor(h, activations[-1]))
+  return (affine(params[-1], activations[-1], compute_dtype), tuple(activations),
+          tuple(derivatives))
+
+
 # The activations begin with x as passed: all `jax.Array`s for an array x.
 @overload
 def forward_activations(
     params: Params, x: jax.Array, compute_dtype: Optional[DTypeLike] = None,
+    net: Network = SOURCE,
 ) -> Tuple[jax.Array, Tuple[jax.Array, ...]]: ...
 
 
 @overload
 def forward_activations(
     params: Params, x: ArrayLike, compute_dtype: Optional[DTypeLike] = None,
+    net: Network = SOURCE,
 ) -> Tuple[jax.Array, Tuple[ArrayLike, ...]]: ...
 
 
 def forward_activations(
     params: Params, x: ArrayLike, compute_dtype: Optional[DTypeLike] = None,
+    net: Network = SOURCE,
 ) -> Tuple[jax.Array, Tuple[ArrayLike, ...]]:
-  """Forward pass keeping what the backward pass needs.
-
-  Returns:
-    (logits, activations): logits (m, K), (E3); activations is a tuple with the input of every
-    layer, `(x, a_1, ..., a_{L-1})`, where a_l = ReLU(h_l), (E1)-(E2).
-  """
-  activations: List[Any] = [x]
-  for layer in params[:-1]:
-    activations.append(jax.nn.relu(affine(layer, activations[-1], compute_dtype)))
-  return affine(params[-1], activations[-1], compute_dtype), tuple(activations)
+  """`forward_pass` without the derivatives: (z, (x, a_1, ..., a_{L-1}))."""
+  z, activations, _ = forward_pass(params, x, compute_dtype, net, with_derivatives=False)
+  return z, activations
 
 
-def forward(params: Params, x: ArrayLike) -> jax.Array:
-  """Logits of shape (m, K) for inputs of shape (m, n), (E1)-(E3)."""
-  return forward_activations(params, x)[0]
+def forward(params: Params, x: ArrayLike, net: Network = SOURCE) -> jax.Array:
+  """The last layer's output z (m, K) for inputs of shape (m, n), (E1)-(E3): the logits."""
+  return forward_activations(params, x, net=net)[0]
 
 
-def predict(params: Params, x: ArrayLike) -> jax.Array:
-  """Predicted class index of each row of x, shape (m,)."""
-  return jnp.argmax(forward(params, x), axis=-1)
+def predict(params: Params, x: ArrayLike, net: Network = SOURCE) -> jax.Array:
+  """What the network's output decides for each row of x: the class index (m,) for softmax,
+  0/1 indicators (m, K) for sigmoid outputs, the predicted values (m, K) for regression."""
+  return net.out.decide(forward(params, x, net))

@@ -1,12 +1,14 @@
-"""The objective: softmax cross-entropy plus the L2 penalty, (E4)-(E6).
+"""The objective: the output's loss plus the L2 penalty, (E4)-(E6) and (E26).
 
     L = (1/m) sum_i l_i + (lambda / 2m) sum_l ||W_l||_F^2,   l_i = -log softmax(z_i)[y_i]
 
-Biases are not penalised. Softmax is evaluated through a log-sum-exp shifted by the row
-maximum, so logits of +-1e4 give finite values.
+for the source's network; another output (`outputs`) brings its own l_i, and per-example
+weights s_i make it sum_i s_i l_i / sum_i s_i with m = sum_i s_i in the penalty, (E26). Biases
+are not penalised. Softmax is evaluated through a log-sum-exp shifted by the row maximum, so
+logits of +-1e4 give finite values.
 """
 
-from typing import Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -14,17 +16,8 @@ from jax.typing import ArrayLike, DTypeLike
 
 from mlp_jax.core import validation
 from mlp_jax.core.model import Params, forward_activations
-
-
-def log_softmax(logits: jax.Array) -> jax.Array:
-  """Row-wise log softmax(z), (E4), computed stably; shape (m, K)."""
-  shifted = logits - jax.lax.stop_gradient(logits.max(axis=1, keepdims=True))
-  return shifted - jnp.log(jnp.exp(shifted).sum(axis=1, keepdims=True))
-
-
-def cross_entropy(log_probs: jax.Array, y: jax.Array) -> jax.Array:
-  """Per-example loss l_i = -log yhat_{i, y_i}, (E5); shape (m,)."""
-  return -jnp.take_along_axis(log_probs, y[:, None], axis=1)[:, 0]
+from mlp_jax.core.network import DEFAULT_OUTPUT, SOURCE, Network, network
+from mlp_jax.core.outputs import cross_entropy, log_softmax  # noqa: F401 (E4), (E5) live there
 
 
 def l2_penalty(params: Params, l2: ArrayLike, m: ArrayLike) -> jax.Array:
@@ -46,26 +39,37 @@ def penalised_mean(per_example: jax.Array, params: Params, l2: ArrayLike, m: Arr
 
 
 def objective(params: Params, x: jax.Array, y: jax.Array, l2: ArrayLike = 0.0,
-              compute_dtype: Optional[DTypeLike] = None) -> jax.Array:
-  """(E6) without input checks: the function the oracle differentiates.
+              compute_dtype: Optional[DTypeLike] = None, net: Network = SOURCE,
+              weights: Optional[jax.Array] = None) -> jax.Array:
+  """(E6), or (E26) with per-example `weights` (m,), without input checks: the function the
+  oracle differentiates.
 
   `compute_dtype` (e.g. bfloat16) casts the forward GEMMs' inputs as `loss_and_grads` does.
   """
-  logits, _ = forward_activations(params, x, compute_dtype)
-  return penalised_mean(cross_entropy(log_softmax(logits), y), params, l2, x.shape[0])
+  z, _ = forward_activations(params, x, compute_dtype, net)
+  m = x.shape[0] if weights is None else weights.sum()
+  return penalised_mean(net.out.loss(z, y), params, l2, m, weights)
 
 
-def loss(params: Params, x: ArrayLike, y: ArrayLike, l2: ArrayLike = 0.0) -> jax.Array:
-  """The training objective L of (E6): mean cross-entropy plus lambda/(2m) sum ||W||^2.
+def loss(params: Params, x: ArrayLike, y: ArrayLike, l2: ArrayLike = 0.0, *,
+         activation: Any = "relu", output: str = DEFAULT_OUTPUT,
+         sample_weight: Optional[ArrayLike] = None) -> jax.Array:
+  """The training objective L of (E6): the mean loss plus lambda/(2m) sum ||W||^2.
 
   Args:
     params: tuple of `Dense`.
     x: features, (m, n), floating.
-    y: integer class labels, (m,), in 0..K-1.
+    y: the targets `output` takes: integer class labels (m,) in 0..K-1 for softmax (the
+      default); real values (m, K) for the others (`outputs.OUTPUTS`).
     l2: the penalty lambda >= 0.
+    activation: the hidden layers' activation, or one per hidden layer (`network`).
+    output: the output layer and its loss (`outputs.OUTPUTS`).
+    sample_weight: optional per-example weights s_i >= 0 (m,): the weighted mean (E26).
 
   Returns:
     A scalar of the parameters' dtype.
   """
-  params, x, y, l2 = validation.check_batch(params, x, y, l2)
-  return objective(params, x, y, l2)
+  net = network(activation, output)
+  params, x, y, l2 = validation.check_batch(params, x, y, l2, net=net)
+  weights = validation.check_sample_weight(sample_weight, params, x.shape[0])
+  return objective(params, x, y, l2, net=net, weights=weights)

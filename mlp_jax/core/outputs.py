@@ -1,5 +1,5 @@
 """Output layers and their losses, each with its hand-derived output error beside it,
-(E22)-(E26).
+(E4)-(E5), (E7) and (E22)-(E26).
 
     out = OUTPUTS["sigmoid_binary_cross_entropy"]
     yhat = out.predict(z)        # (m, K) probabilities or values from the last layer's z
@@ -14,63 +14,85 @@ times sum ||W||^2, `objective.penalised_mean(l, params, l2, m=sum(s), weights=s)
 it is (E6).
 """
 
+import math
 from typing import Callable, Dict, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from mlp_jax.core.backprop import output_error
-from mlp_jax.core.objective import cross_entropy, log_softmax
+
+def log_softmax(logits: jax.Array) -> jax.Array:
+  """Row-wise log softmax(z), (E4), computed stably; shape (m, K)."""
+  shifted = logits - jax.lax.stop_gradient(logits.max(axis=1, keepdims=True))
+  return shifted - jnp.log(jnp.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def cross_entropy(log_probs: jax.Array, y: jax.Array) -> jax.Array:
+  """Per-example loss l_i = -log yhat_{i, y_i}, (E5); shape (m,)."""
+  return -jnp.take_along_axis(log_probs, y[:, None], axis=1)[:, 0]
+
+
+def output_error(log_probs: jax.Array, y: jax.Array) -> jax.Array:
+  """dl_i/dz_i = yhat_i - y_i for every row, (E7); shape (m, K)."""
+  return jnp.exp(log_probs) - jax.nn.one_hot(y, log_probs.shape[1], dtype=log_probs.dtype)
 
 
 class Output(NamedTuple):
-  """An output layer: its prediction, its per-example loss and their output error."""
+  """An output layer: its prediction, its per-example loss, their output error, and the
+  targets it takes (class labels, or real values in [low, high])."""
   name: str
   predict: Callable[[jax.Array], jax.Array]           # z (m, K) -> yhat (m, K)
   loss: Callable[[jax.Array, jax.Array], jax.Array]   # (z, y) -> l (m,)
   error: Callable[[jax.Array, jax.Array], jax.Array]  # (z, y) -> dl/dz (m, K)
-  targets: str                                        # what y holds, for the checks
+  targets: str                                        # what y holds, for the messages
+  decide: Callable[[jax.Array], jax.Array]            # z (m, K) -> what `mj.predict` returns
+  labels: bool = False       # y: int class indices (m,) in 0..K-1; else real values (m, K)
+  low: float = -math.inf     # real targets: the least value allowed
+  high: float = math.inf     # real targets: the greatest value allowed
 
 
 def softmax_cross_entropy() -> Output:
   """(E22) yhat = softmax(z), l = -log yhat_t for the class t of the example; e = yhat - onehot(t),
-  (E7). y: int labels (m,) in 0..K-1."""
+  (E7). y: int labels (m,) in 0..K-1. Decides the most probable class, (m,)."""
   return Output("softmax_cross_entropy", jax.nn.softmax,
                 lambda z, y: cross_entropy(log_softmax(z), y),
-                lambda z, y: output_error(log_softmax(z), y), "class labels (m,) in 0..K-1")
+                lambda z, y: output_error(log_softmax(z), y), "class labels (m,) in 0..K-1",
+                lambda z: jnp.argmax(z, axis=-1), labels=True)
 
 
 def sigmoid_binary_cross_entropy() -> Output:
   """(E23) yhat_k = sigma(z_k), one independent probability per output (binary: K = 1;
   multilabel: K labels). l = sum_k [-y_k log yhat_k - (1 - y_k) log(1 - yhat_k)]
   = sum_k [softplus(z_k) - y_k z_k], the form computed (finite for any z); e = yhat - y, since
-  softplus' = sigma. y: (m, K) in [0, 1] (0/1 indicators)."""
+  softplus' = sigma. y: (m, K) in [0, 1] (0/1 indicators). Decides 1[yhat_k > 1/2] = 1[z_k > 0],
+  int (m, K)."""
   def loss(z, y):
     return jnp.sum(jax.nn.softplus(z) - y * z, axis=1)
 
   return Output("sigmoid_binary_cross_entropy", jax.nn.sigmoid, loss,
-                lambda z, y: jax.nn.sigmoid(z) - y, "indicators (m, K) in [0, 1]")
+                lambda z, y: jax.nn.sigmoid(z) - y, "indicators (m, K) in [0, 1]",
+                lambda z: (z > 0).astype(jnp.int32), low=0.0, high=1.0)
 
 
 def identity_squared_error() -> Output:
   """(E24) yhat = z, l = (1/2K) sum_k (z_k - y_k)^2, half the mean over the K outputs (the loss
-  scikit-learn's MLPRegressor reports); e = (yhat - y) / K. y: real (m, K)."""
+  scikit-learn's MLPRegressor reports); e = (yhat - y) / K. y: real (m, K). Decides yhat."""
   def loss(z, y):
     return 0.5 * jnp.mean(jnp.square(z - y), axis=1)
 
   return Output("identity_squared_error", lambda z: z, loss, lambda z, y: (z - y) / z.shape[1],
-                "real values (m, K)")
+                "real values (m, K)", lambda z: z)
 
 
 def poisson_log_link() -> Output:
   """(E25) yhat = exp(z), l = sum_k [y_k log(y_k / yhat_k) - y_k + yhat_k] (the Poisson
   deviance / 2, zero at yhat = y; y log y is 0 at y = 0) = sum_k [e^{z_k} - y_k z_k + y_k log y_k
-  - y_k]; e = e^z - y = yhat - y. y: counts or rates (m, K), >= 0."""
+  - y_k]; e = e^z - y = yhat - y. y: counts or rates (m, K), >= 0. Decides yhat."""
   def loss(z, y):
     return jnp.sum(jnp.exp(z) - y * z + jax.scipy.special.xlogy(y, y) - y, axis=1)
 
   return Output("poisson_log_link", jnp.exp, loss, lambda z, y: jnp.exp(z) - y,
-                "counts (m, K) >= 0")
+                "counts (m, K) >= 0", jnp.exp, low=0.0)
 
 
 def weighted_top_error(error: jax.Array, sample_weight: jax.Array) -> jax.Array:

@@ -22,9 +22,10 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike, DTypeLike
 
 from mlp_jax.core import eager, validation
-from mlp_jax.core.backprop import backprop_errors, layer_grads, mean_with_penalty, output_error
-from mlp_jax.core.model import Dense, Params, forward_activations
-from mlp_jax.core.objective import cross_entropy, log_softmax
+from mlp_jax.core.backprop import (backprop_errors, layer_grads, losses_and_errors,
+                                   mean_with_penalty)
+from mlp_jax.core.model import Dense, Params, forward_pass
+from mlp_jax.core.network import DEFAULT_OUTPUT, SOURCE, Network, network
 
 
 class LayerNorms(NamedTuple):
@@ -33,22 +34,23 @@ class LayerNorms(NamedTuple):
   b: jax.Array  # ||dl_i/db_l||
 
 
-def _example_errors(params: Params, x: jax.Array, y: jax.Array, compute_dtype=None):
+def _example_errors(params: Params, x: jax.Array, y: jax.Array, compute_dtype=None,
+                    net: Network = SOURCE):
   """Forward pass and per-example error signals.
 
   Returns:
     (activations, (delta_1, ..., delta_L), losses): the inputs of every layer, the error of
     every layer for each example alone, (E13), and the per-example losses l_i, (m,).
   """
-  logits, activations = forward_activations(params, x, compute_dtype)
-  log_probs = log_softmax(logits)
-  top = output_error(log_probs, y)  # (m, K), (E7) per example
-  return (activations, backprop_errors(params, activations, top, compute_dtype),
-          cross_entropy(log_probs, y))
+  logits, activations, derivatives = forward_pass(params, x, compute_dtype, net)
+  losses, top = losses_and_errors(net, logits, y)  # (m, K): (E7) per example, or (E22)-(E25)
+  return (activations, backprop_errors(params, activations, top, compute_dtype, derivatives),
+          losses)
 
 
-def _per_sample_grads(params: Params, x: jax.Array, y: jax.Array) -> Params:
-  activations, deltas, _ = _example_errors(params, x, y)
+def _per_sample_grads(params: Params, x: jax.Array, y: jax.Array,
+                      net: Network = SOURCE) -> Params:
+  activations, deltas, _ = _example_errors(params, x, y, net=net)
   return tuple(
       Dense(w=jnp.einsum("mi,mj->mij", a, delta), b=delta)
       for a, delta in zip(activations, deltas))
@@ -56,41 +58,48 @@ def _per_sample_grads(params: Params, x: jax.Array, y: jax.Array) -> Params:
 
 def _compile(fn: Callable, **jit_kwargs: Any) -> eager.Compiled:
   """`fn(params, x, y, ...)` jitted as is, and with `eager.input_flag(params, x, y)` beside."""
-  def with_flag(params: Params, x: jax.Array, y: jax.Array, *args: Any,
+  def with_flag(params: Params, x: jax.Array, y: jax.Array, *args: Any, net: Network = SOURCE,
                 **kwargs: Any) -> Tuple[Any, jax.Array]:
-    return fn(params, x, y, *args, **kwargs), eager.input_flag(params, x, y)
-  return eager.Compiled(jax.jit(fn, **jit_kwargs), jax.jit(with_flag, **jit_kwargs))
+    return fn(params, x, y, *args, net=net, **kwargs), eager.input_flag(params, x, y, net)
+  static = ("net",) + tuple(jit_kwargs.pop("static_argnames", ()))
+  return eager.Compiled(jax.jit(fn, static_argnames=static, **jit_kwargs),
+                        jax.jit(with_flag, static_argnames=static, **jit_kwargs))
 
 
 _PER_SAMPLE_GRADS = _compile(_per_sample_grads)
 
 
 def per_sample_grads(params: Params, x: ArrayLike, y: ArrayLike, *,
-                     chunk_size: Optional[int] = None) -> Params:
+                     chunk_size: Optional[int] = None, activation: Any = "relu",
+                     output: str = DEFAULT_OUTPUT) -> Params:
   """Gradients of each l_i alone, (E13): every leaf gains a leading axis of size m.
 
   Args:
     params: tuple of `Dense`.
-    x: features (m, n); y: integer labels (m,).
+    x: features (m, n); y: integer labels (m,) (or the targets of `output`).
     chunk_size: if given, examples are processed `chunk_size` at a time (`jax.lax.map`), so the
       working memory beyond the (m, ...) result is bounded by the chunk, not the batch.
+    activation, output: the network, as for `loss_and_grads`.
 
   Returns:
     A tuple of `Dense(w=(m, fan_in, fan_out), b=(m, fan_out))`. The batch gradient of (E6) is
     their mean plus (lambda/m) W, (E14).
   """
+  net = network(activation, output)
   if chunk_size is None:
-    return eager.checked_call(_PER_SAMPLE_GRADS, params, x, y)
+    return eager.checked_call(_PER_SAMPLE_GRADS, params, x, y, net=net)
   chunk_size = validation.check_int(chunk_size, "chunk_size")
-  return eager.checked_call(_PER_SAMPLE_GRADS_CHUNKED, params, x, y, chunk_size=chunk_size)
+  return eager.checked_call(_PER_SAMPLE_GRADS_CHUNKED, params, x, y, chunk_size=chunk_size,
+                            net=net)
 
 
-def _per_sample_grads_chunked(params, x, y, chunk_size: int):
-  one = lambda xy: jax.tree.map(lambda g: g[0], _per_sample_grads(params, xy[0][None], xy[1][None]))
+def _per_sample_grads_chunked(params, x, y, chunk_size: int, net: Network = SOURCE):
+  one = lambda xy: jax.tree.map(  # noqa: E731
+      lambda g: g[0], _per_sample_grads(params, xy[0][None], xy[1][None], net))
   return jax.lax.map(one, (x, y), batch_size=chunk_size)
 
 
-_PER_SAMPLE_GRADS_CHUNKED = _compile(_per_sample_grads_chunked, static_argnames="chunk_size")
+_PER_SAMPLE_GRADS_CHUNKED = _compile(_per_sample_grads_chunked, static_argnames=("chunk_size",))
 
 
 def _layer_sq_norms(activations, deltas) -> Tuple[Tuple[jax.Array, jax.Array], ...]:
@@ -100,19 +109,22 @@ def _layer_sq_norms(activations, deltas) -> Tuple[Tuple[jax.Array, jax.Array], .
       for a, d in zip(activations, deltas))
 
 
-def _layer_norms(params, x, y):
-  activations, deltas, _ = _example_errors(params, x, y)
+def _layer_norms(params, x, y, net=SOURCE):
+  activations, deltas, _ = _example_errors(params, x, y, net=net)
   return tuple(LayerNorms(w=jnp.sqrt(w2), b=jnp.sqrt(b2))
                for w2, b2 in _layer_sq_norms(activations, deltas))
 
 
-def per_sample_layer_norms(params: Params, x: ArrayLike, y: ArrayLike) -> Tuple[LayerNorms, ...]:
+def per_sample_layer_norms(params: Params, x: ArrayLike, y: ArrayLike, *,
+                           activation: Any = "relu",
+                           output: str = DEFAULT_OUTPUT) -> Tuple[LayerNorms, ...]:
   """Each example's gradient norm per leaf, (E15): a tuple of `LayerNorms(w=(m,), b=(m,))`.
 
   `w` holds ||dl_i/dW_l||_F = ||a_{l-1,i}|| ||delta_{l,i}|| and `b` holds ||delta_{l,i}||,
   computed without forming the per-example gradients. For diagnostics: which layer dominates.
+  `activation`, `output`: the network, as for `loss_and_grads`.
   """
-  return eager.checked_call(_LAYER_NORMS, params, x, y)
+  return eager.checked_call(_LAYER_NORMS, params, x, y, net=network(activation, output))
 
 
 _LAYER_NORMS = _compile(_layer_norms)
@@ -122,21 +134,23 @@ def _global_norms(activations, deltas) -> jax.Array:
   return jnp.sqrt(sum(w2 + b2 for w2, b2 in _layer_sq_norms(activations, deltas)))
 
 
-def _global_norms_of(params, x, y):
-  activations, deltas, _ = _example_errors(params, x, y)
+def _global_norms_of(params, x, y, net=SOURCE):
+  activations, deltas, _ = _example_errors(params, x, y, net=net)
   return _global_norms(activations, deltas)
 
 
 GLOBAL_NORMS = _compile(_global_norms_of)  # .plain: the unchecked core the benchmarks time
 
 
-def per_sample_grad_norms(params: Params, x: ArrayLike, y: ArrayLike) -> jax.Array:
+def per_sample_grad_norms(params: Params, x: ArrayLike, y: ArrayLike, *,
+                          activation: Any = "relu", output: str = DEFAULT_OUTPUT) -> jax.Array:
   """The global L2 norm, over all parameters, of each example's gradient of l_i, (E15); (m,).
 
   Equals `optax.global_norm` of each slice of `per_sample_grads`, at the cost of one forward and
-  one backward pass, never materialising the per-example gradients.
+  one backward pass, never materialising the per-example gradients. `activation`, `output`: the
+  network, as for `loss_and_grads`.
   """
-  return eager.checked_call(GLOBAL_NORMS, params, x, y)
+  return eager.checked_call(GLOBAL_NORMS, params, x, y, net=network(activation, output))
 
 
 def clip_factors(norms: jax.Array, clip_norm: ArrayLike) -> jax.Array:
@@ -147,7 +161,7 @@ def clip_factors(norms: jax.Array, clip_norm: ArrayLike) -> jax.Array:
 
 def clipped_grad_sum(params: Params, x: jax.Array, y: jax.Array, clip_norm: ArrayLike,
                      mask: Optional[jax.Array] = None, compute_dtype: Optional[DTypeLike] = None,
-                     ) -> Tuple[Params, jax.Array, jax.Array]:
+                     net: Network = SOURCE) -> Tuple[Params, jax.Array, jax.Array]:
   """sum_i w_i min(1, C/||g_i||) g_i, with the norms and losses; no checks, traceable.
 
   The sum is A_{l-1}^T (c * Delta_l) per layer: the per-example weights c_i scale the rows of the
@@ -160,7 +174,7 @@ def clipped_grad_sum(params: Params, x: jax.Array, y: jax.Array, clip_norm: Arra
     (sums, norms, losses): a params-shaped tuple of sums, and (m,) gradient norms ||g_i|| and
     losses l_i.
   """
-  activations, deltas, losses = _example_errors(params, x, y, compute_dtype)
+  activations, deltas, losses = _example_errors(params, x, y, compute_dtype, net)
   norms = _global_norms(activations, deltas)
   c = clip_factors(norms, clip_norm)
   c = c if mask is None else c * mask
@@ -168,8 +182,8 @@ def clipped_grad_sum(params: Params, x: jax.Array, y: jax.Array, clip_norm: Arra
   return layer_grads(params, activations, weighted, 0.0, 1, compute_dtype), norms, losses
 
 
-def _clipped_mean(params, x, y, clip_norm, l2):
-  total, _, _ = clipped_grad_sum(params, x, y, clip_norm)
+def _clipped_mean(params, x, y, clip_norm, l2, net=SOURCE):
+  total, _, _ = clipped_grad_sum(params, x, y, clip_norm, net=net)
   return mean_with_penalty(total, params, l2, x.shape[0])
 
 
@@ -177,15 +191,18 @@ CLIPPED_MEAN = _compile(_clipped_mean)  # .plain: the unchecked core the benchma
 
 
 def clipped_mean_grads(params: Params, x: ArrayLike, y: ArrayLike, clip_norm: ArrayLike,
-                       l2: ArrayLike = 0.0) -> Params:
+                       l2: ArrayLike = 0.0, *, activation: Any = "relu",
+                       output: str = DEFAULT_OUTPUT) -> Params:
   """Mean of per-example gradients clipped to norm C, plus the penalty gradient of (E6).
 
       (1/m) sum_i min(1, C/||g_i||) g_i + (lambda/m) W,   g_i = dl_i/dtheta, (E13)-(E15)
 
   One forward and one backward pass; with C = inf it equals `grads` (pass a large C).
+  `activation`, `output`: the network, as for `loss_and_grads`.
 
   Returns:
     A tuple of `Dense` shaped like `params`.
   """
   validation.check_real(clip_norm, "clip_norm", open_low=True)
-  return eager.checked_call(CLIPPED_MEAN, params, x, y, clip_norm, l2, l2=l2)
+  return eager.checked_call(CLIPPED_MEAN, params, x, y, clip_norm, l2, l2=l2,
+                            net=network(activation, output))

@@ -23,6 +23,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from mlp_jax.core.model import Dense, Params
+from mlp_jax.core.network import SOURCE, Network, check_network
 from mlp_jax.errors import InputError, InputTypeError
 
 
@@ -135,26 +136,49 @@ def _features_static(params: Params, x: Any, name: str) -> Union[np.ndarray, jax
   return x
 
 
-def _labels_static(params: Params, y: Any, m: int, name: str) -> Union[np.ndarray, jax.Array]:
+def _labels_static(params: Params, y: Any, m: int, name: str,
+                   net: Network = SOURCE) -> Union[np.ndarray, jax.Array]:
+  """The targets' static checks: class labels (m,) of an integer dtype, or, for an output that
+  takes real values, (m, K) of a real dtype."""
   k = params[-1].w.shape[1]
   if not hasattr(y, "dtype"):
     y = np.asarray(y)
-  if jnp.ndim(y) != 1 or y.shape[0] != m:
-    raise InputError(f"{name}: expected integer labels of shape ({m},), got {jnp.shape(y)}")
-  if not jnp.issubdtype(y.dtype, jnp.integer):
-    raise InputTypeError(
-        f"{name}: expected an integer dtype (class indices 0..{k - 1}), got {y.dtype}")
+  out = net.out
+  if out.labels:
+    if jnp.ndim(y) != 1 or y.shape[0] != m:
+      raise InputError(f"{name}: expected integer labels of shape ({m},), got {jnp.shape(y)}")
+    if not jnp.issubdtype(y.dtype, jnp.integer):
+      raise InputTypeError(
+          f"{name}: expected an integer dtype (class indices 0..{k - 1}), got {y.dtype}")
+    return y
+  if jnp.ndim(y) != 2 or y.shape != (m, k):
+    raise InputError(f"{name}: expected {out.targets} of shape ({m}, {k}) for output "
+                     f"{out.name}, got {jnp.shape(y)}")
+  if not (jnp.issubdtype(y.dtype, jnp.floating) or jnp.issubdtype(y.dtype, jnp.integer)
+          or y.dtype == bool):
+    raise InputTypeError(f"{name}: expected real values for output {out.name}, got {y.dtype}")
   return y
+
+
+def targets_array(params: Params, y: Any, net: Network = SOURCE) -> jax.Array:
+  """Checked targets as the compiled core takes them: labels as given, real targets in the
+  parameters' dtype."""
+  return jnp.asarray(y) if net.out.labels else jnp.asarray(y, params[0].w.dtype)
 
 
 @jax.jit
 def _device_stats(x, y):
-  """(number of non-finite entries of x, min y, max y): one compiled call, one transfer."""
-  return jnp.size(x) - jnp.isfinite(x).sum(), jnp.min(y), jnp.max(y)
+  """(number of non-finite entries of x, of y, min y, max y): one compiled call, one
+  transfer."""
+  finite = jnp.isfinite(y) if jnp.issubdtype(y.dtype, jnp.floating) else jnp.ones(y.shape, bool)
+  return (jnp.size(x) - jnp.isfinite(x).sum(), jnp.size(y) - finite.sum(),
+          jnp.min(jnp.where(finite, y, 0)), jnp.max(jnp.where(finite, y, 0)))
 
 
-def _check_values(params: Params, x, y, x_name: str = "x", y_name: str = "y") -> None:
-  """Finite features and labels in 0..K-1, for whichever of x, y holds values (not tracers)."""
+def _check_values(params: Params, x, y, x_name: str = "x", y_name: str = "y",
+                  net: Network = SOURCE) -> None:
+  """Finite features, and labels in 0..K-1 or finite targets in the output's range, for
+  whichever of x, y holds values (not tracers)."""
   k = params[-1].w.shape[1]
   x = x if x is not None and is_concrete(x) else None
   y = y if y is not None and is_concrete(y) else None
@@ -162,28 +186,45 @@ def _check_values(params: Params, x, y, x_name: str = "x", y_name: str = "y") ->
     return
   if all(a is None or isinstance(a, np.ndarray) for a in (x, y)):  # on the host already
     bad = 0 if x is None else int(x.size - np.isfinite(x).sum())
-    lo, hi = (0, 0) if y is None else (int(y.min()), int(y.max()))
+    if y is None:
+      bad_y, lo, hi = 0, 0, 0
+    else:
+      finite = np.isfinite(y) if np.issubdtype(y.dtype, np.floating) else np.ones(y.shape, bool)
+      bad_y = int(y.size - finite.sum())
+      lo, hi = (y[finite].min(), y[finite].max()) if finite.any() else (0, 0)
   else:
     with jax.ensure_compile_time_eval():  # evaluate now, even while a caller is tracing
       stats = _device_stats(jnp.zeros((1, 1)) if x is None else x,
                             jnp.zeros((1,), jnp.int32) if y is None else y)
-      bad, lo, hi = (int(v) for v in jax.device_get(stats))
+      bad, bad_y, lo, hi = jax.device_get(stats)
+      bad, bad_y = int(bad), int(bad_y)
   if bad:
     raise InputError(f"{x_name}: expected finite values, got {bad} NaN or Inf entries")
-  if lo < 0 or hi >= k:
-    raise InputError(f"{y_name}: expected labels in 0..{k - 1}, got values in {lo}..{hi}")
+  out = net.out
+  if out.labels:
+    lo, hi = int(lo), int(hi)
+    if lo < 0 or hi >= k:
+      raise InputError(f"{y_name}: expected labels in 0..{k - 1}, got values in {lo}..{hi}")
+    return
+  if bad_y:
+    raise InputError(f"{y_name}: expected finite targets, got {bad_y} NaN or Inf entries")
+  lo, hi = float(lo), float(hi)
+  if lo < out.low or hi > out.high:
+    raise InputError(f"{y_name}: expected {out.targets} for output {out.name}, got values in "
+                     f"{lo:g}..{hi:g}")
 
 
 def check_pair(params: Params, data: Tuple[ArrayLike, ArrayLike],
-               name: str) -> Tuple[jax.Array, jax.Array]:
+               name: str, net: Network = SOURCE) -> Tuple[jax.Array, jax.Array]:
   """A dataset given as a pair (x, y) (a tuple or a `data.Dataset`): shapes, dtypes, finite
-  features and labels in 0..K-1 (one read-back for both); x in the parameters' dtype."""
+  features and labels in 0..K-1 or targets in the output's range (one read-back for both); x
+  (and real targets) in the parameters' dtype."""
   if not (isinstance(data, (tuple, list)) and len(data) == 2):
     raise InputError(f"{name}: expected a pair (x, y) or a Dataset, got {type(data).__name__}")
   x = _features_static(params, data[0], f"{name}.x")
-  y = _labels_static(params, data[1], x.shape[0], f"{name}.y")
-  _check_values(params, x, y, f"{name}.x", f"{name}.y")
-  return jnp.asarray(x, params[0].w.dtype), jnp.asarray(y)
+  y = _labels_static(params, data[1], x.shape[0], f"{name}.y", net)
+  _check_values(params, x, y, f"{name}.x", f"{name}.y", net)
+  return jnp.asarray(x, params[0].w.dtype), targets_array(params, y, net)
 
 
 def check_finite_params(params: Params) -> None:
@@ -253,16 +294,43 @@ def check_features(params: Sequence[Dense], x: ArrayLike) -> Tuple[Params, jax.A
 
 
 def check_batch(params: Sequence[Dense], x: ArrayLike, y: ArrayLike, l2: ArrayLike = 0.0, *,
-                values: bool = True) -> Tuple[Params, jax.Array, jax.Array, Any]:
-  """All of the above for one call; returns (params, x, y, l2) ready for the compiled core.
+                values: bool = True, net: Network = SOURCE,
+                ) -> Tuple[Params, jax.Array, jax.Array, Any]:
+  """All of the above for one call of a network `net`; returns (params, x, y, l2) ready for the
+  compiled core (real targets in the parameters' dtype).
 
   With `values=False` only the static checks run (and lambda's): for callers that check the
   values afterwards, from the result (see `backprop.loss_and_grads`).
   """
   params = check_params(params)
+  check_network(net, len(params))
   x = _features_static(params, x, "x")
-  y = _labels_static(params, y, x.shape[0], "y")
+  y = _labels_static(params, y, x.shape[0], "y", net)
   if values and value_checks_enabled():
-    _check_values(params, x, y)
+    _check_values(params, x, y, net=net)
   check_real(l2, "l2")
-  return params, jnp.asarray(x, params[0].w.dtype), jnp.asarray(y), l2
+  return params, jnp.asarray(x, params[0].w.dtype), targets_array(params, y, net), l2
+
+
+def check_sample_weight(sample_weight: Optional[ArrayLike], params: Params,
+                        m: int) -> Optional[jax.Array]:
+  """Per-example weights (m,), real, finite, >= 0 with a positive sum, in the parameters'
+  dtype; None stays None (every weight 1). Values are checked when concrete."""
+  if sample_weight is None:
+    return None
+  if not hasattr(sample_weight, "dtype"):
+    sample_weight = np.asarray(sample_weight)
+  if jnp.shape(sample_weight) != (m,):
+    raise InputError(f"sample_weight: expected shape ({m},), got {jnp.shape(sample_weight)}")
+  if not (jnp.issubdtype(sample_weight.dtype, jnp.floating)
+          or jnp.issubdtype(sample_weight.dtype, jnp.integer)):
+    raise InputTypeError(f"sample_weight: expected real values, got {sample_weight.dtype}")
+  weights = jnp.asarray(sample_weight, params[0].w.dtype)
+  if is_concrete(weights):
+    with jax.ensure_compile_time_eval():
+      values = np.asarray(weights, np.float64)
+    if not (np.isfinite(values).all() and (values >= 0).all() and values.sum() > 0):
+      raise InputError("sample_weight: expected finite weights >= 0 with a positive sum, got "
+                       f"values in {values.min():g}..{values.max():g} summing to "
+                       f"{values.sum():g}")
+  return weights

@@ -17,11 +17,14 @@ from typing import TYPE_CHECKING
 # of them; the first use of a name imports its module (so `mlp-jax` can set up its signal
 # handling before JAX loads, and `import mlp_jax` costs nothing until used).
 _FROM = {
+    "mlp_jax.core.activations": ("Activation", "ACTIVATIONS"),
     "mlp_jax.core.backprop": ("grads", "loss_and_grads"),
     "mlp_jax.core.validation": ("value_checks",),
     "mlp_jax.core.inference": ("forward", "predict"),
     "mlp_jax.core.model": ("Dense", "Params", "init_params", "layer_sizes"),
+    "mlp_jax.core.network": ("Network",),
     "mlp_jax.core.objective": ("loss",),
+    "mlp_jax.core.outputs": ("OUTPUTS",),
     "mlp_jax.core.per_example": ("LayerNorms", "clipped_mean_grads", "per_sample_grad_norms",
                                  "per_sample_grads", "per_sample_layer_norms"),
     "mlp_jax.errors": ("CheckpointError", "DataFileError", "InputError", "InputTypeError",
@@ -50,11 +53,14 @@ _MODULES = {"data": "mlp_jax.io.data", "distributed": "mlp_jax.training.distribu
 
 if TYPE_CHECKING:  # the same names, for type checkers and IDEs (tests/test_architecture.py
   # holds this block and `_FROM` to each other)
+  from mlp_jax.core.activations import ACTIVATIONS, Activation
   from mlp_jax.core.backprop import grads, loss_and_grads
   from mlp_jax.core.validation import value_checks
   from mlp_jax.core.inference import forward, predict
   from mlp_jax.core.model import Dense, Params, init_params, layer_sizes
+  from mlp_jax.core.network import Network
   from mlp_jax.core.objective import loss
+  from mlp_jax.core.outputs import OUTPUTS
   from mlp_jax.core.per_example import (LayerNorms, clipped_mean_grads, per_sample_grad_norms,
                                         per_sample_grads, per_sample_layer_norms)
   from mlp_jax.errors import (CheckpointError, DataFileError, InputError, InputTypeError,
@@ -83,7 +89,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and IDEs (tests/test_arch
 
 
 __all__ = [  # the public API; `diagnose` and `Diagnosis` load on first use
-    "__version__", "autodiff_grads", "autodiff_per_sample_grads", "check_gradients", "Checkpoint",
+    "__version__", "Activation", "ACTIVATIONS", "autodiff_grads", "autodiff_per_sample_grads", "check_gradients", "Checkpoint",
     "CheckpointError", "clipped_mean_grads", "confusion_matrix", "data", "DataFileError", "Dense",
     "diagnose", "Diagnosis", "distributed", "DistributedError", "dp_epsilon", "DPConfig",
     "enable_compilation_cache", "evaluate", "fit", "FitResult", "FitSettings", "forward",
@@ -92,7 +98,7 @@ __all__ = [  # the public API; `diagnose` and `Diagnosis` load on first use
     "LayerNorms", "ledger_epsilon", "LedgerEntry", "load_checkpoint", "load_pytree", "load_run",
     "loss", "loss_and_grads", "make_data_parallel_step", "make_epoch", "make_mesh",
     "make_optimizer", "make_train_step", "MissingDependencyError", "MLPClassifier",
-    "MLPJaxError", "NonFiniteError",
+    "MLPJaxError", "Network", "NonFiniteError", "OUTPUTS",
     "Params", "per_sample_grad_norms", "per_sample_grads", "per_sample_layer_norms", "predict",
     "process_shard", "relative_error", "replicate", "ResumeError", "RunState", "save_checkpoint",
     "save_pytree", "save_run", "SavedRun", "shard_batch", "steps_per_epoch", "StorageError",

@@ -26,7 +26,7 @@ from jax.typing import ArrayLike, DTypeLike
 
 from mlp_jax.core import eager, validation
 from mlp_jax.core.model import Dense, Params, forward_pass, matmul
-from mlp_jax.core.network import DEFAULT_OUTPUT, SOURCE, Network, network
+from mlp_jax.core.network import DEFAULT_OUTPUT, SOURCE, Network, make_network
 from mlp_jax.core.objective import penalised_mean
 from mlp_jax.core.outputs import cross_entropy, log_softmax, output_error
 
@@ -154,7 +154,7 @@ def loss_and_grads(params: Params, x: ArrayLike, y: ArrayLike, l2: ArrayLike = 0
   Returns:
     (loss, grads): a scalar and a tuple of `Dense` shaped like `params`.
   """
-  net = network(activation, output)
+  net = make_network(activation, output)
   weights = None
   if sample_weight is not None:
     weights = validation.check_sample_weight(sample_weight, validation.check_params(params),

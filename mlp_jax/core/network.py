@@ -1,7 +1,7 @@
 """What a network computes besides its weights: its hidden activations and its output, as one
 value.
 
-    net = network(activation="tanh", output="identity_squared_error")
+    net = make_network(activation="tanh", output="identity_squared_error")
     net.hidden(2)     # (Activation("tanh"), Activation("tanh")): one per hidden layer
     net.out           # outputs.OUTPUTS["identity_squared_error"]
 
@@ -88,9 +88,9 @@ def parse_activation(spec: Any, name: str = "activation") -> Activation:
   return act
 
 
-def network(activation: Union[ActivationLike, Sequence[ActivationLike], Network] = "relu",
-            output: str = DEFAULT_OUTPUT, *, activation_name: str = "activation",
-            output_name: str = "output") -> Network:
+def make_network(activation: Union[ActivationLike, Sequence[ActivationLike], Network] = "relu",
+                 output: str = DEFAULT_OUTPUT, *, activation_name: str = "activation",
+                 output_name: str = "output") -> Network:
   """The checked `Network` of an `activation` (one, or one per hidden layer) and an `output`
   name; messages name them as `activation_name` and `output_name`. A `Network` passes as is
   (checked), for callers that hold one already."""
@@ -126,4 +126,4 @@ def from_record(record: Any) -> Network:
     return SOURCE
   if not isinstance(record, dict):
     raise InputError(f"network: expected a dict with activation and output, got {record!r}")
-  return network(record.get("activation", "relu"), record.get("output", DEFAULT_OUTPUT))
+  return make_network(record.get("activation", "relu"), record.get("output", DEFAULT_OUTPUT))

@@ -16,7 +16,7 @@ from jax.typing import ArrayLike, DTypeLike
 
 from mlp_jax.core import validation
 from mlp_jax.core.model import Params, forward_activations
-from mlp_jax.core.network import DEFAULT_OUTPUT, SOURCE, Network, network
+from mlp_jax.core.network import DEFAULT_OUTPUT, SOURCE, Network, make_network
 from mlp_jax.core.outputs import cross_entropy, log_softmax  # noqa: F401 (E4), (E5) live there
 
 
@@ -69,7 +69,7 @@ def loss(params: Params, x: ArrayLike, y: ArrayLike, l2: ArrayLike = 0.0, *,
   Returns:
     A scalar of the parameters' dtype.
   """
-  net = network(activation, output)
+  net = make_network(activation, output)
   params, x, y, l2 = validation.check_batch(params, x, y, l2, net=net)
   weights = validation.check_sample_weight(sample_weight, params, x.shape[0])
   return objective(params, x, y, l2, net=net, weights=weights)

@@ -25,7 +25,7 @@ from mlp_jax.core import eager, validation
 from mlp_jax.core.backprop import (backprop_errors, layer_grads, losses_and_errors,
                                    mean_with_penalty)
 from mlp_jax.core.model import Dense, Params, forward_pass
-from mlp_jax.core.network import DEFAULT_OUTPUT, SOURCE, Network, network
+from mlp_jax.core.network import DEFAULT_OUTPUT, SOURCE, Network, make_network
 
 
 class LayerNorms(NamedTuple):
@@ -85,7 +85,7 @@ def per_sample_grads(params: Params, x: ArrayLike, y: ArrayLike, *,
     A tuple of `Dense(w=(m, fan_in, fan_out), b=(m, fan_out))`. The batch gradient of (E6) is
     their mean plus (lambda/m) W, (E14).
   """
-  net = network(activation, output)
+  net = make_network(activation, output)
   if chunk_size is None:
     return eager.checked_call(_PER_SAMPLE_GRADS, params, x, y, net=net)
   chunk_size = validation.check_int(chunk_size, "chunk_size")
@@ -124,7 +124,7 @@ def per_sample_layer_norms(params: Params, x: ArrayLike, y: ArrayLike, *,
   computed without forming the per-example gradients. For diagnostics: which layer dominates.
   `activation`, `output`: the network, as for `loss_and_grads`.
   """
-  return eager.checked_call(_LAYER_NORMS, params, x, y, net=network(activation, output))
+  return eager.checked_call(_LAYER_NORMS, params, x, y, net=make_network(activation, output))
 
 
 _LAYER_NORMS = _compile(_layer_norms)
@@ -150,7 +150,7 @@ def per_sample_grad_norms(params: Params, x: ArrayLike, y: ArrayLike, *,
   one backward pass, never materialising the per-example gradients. `activation`, `output`: the
   network, as for `loss_and_grads`.
   """
-  return eager.checked_call(GLOBAL_NORMS, params, x, y, net=network(activation, output))
+  return eager.checked_call(GLOBAL_NORMS, params, x, y, net=make_network(activation, output))
 
 
 def clip_factors(norms: jax.Array, clip_norm: ArrayLike) -> jax.Array:
@@ -205,4 +205,4 @@ def clipped_mean_grads(params: Params, x: ArrayLike, y: ArrayLike, clip_norm: Ar
   """
   validation.check_real(clip_norm, "clip_norm", open_low=True)
   return eager.checked_call(CLIPPED_MEAN, params, x, y, clip_norm, l2, l2=l2,
-                            net=network(activation, output))
+                            net=make_network(activation, output))

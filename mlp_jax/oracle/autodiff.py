@@ -4,7 +4,8 @@ These are the references the analytic gradients (E7)-(E15) are proven against in
 gradient check and the diagnosis; nothing on the training path calls them.
 """
 
-from typing import Optional, TypeVar
+import functools
+from typing import Any, Optional, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -13,35 +14,50 @@ from jax.typing import ArrayLike, DTypeLike
 
 from mlp_jax.core import validation
 from mlp_jax.core.model import Params, forward
-from mlp_jax.core.objective import cross_entropy, log_softmax, objective
+from mlp_jax.core.network import DEFAULT_OUTPUT, SOURCE, Network, make_network
+from mlp_jax.core.objective import objective
 
 T = TypeVar("T")
 
-grad_objective = jax.jit(jax.grad(objective), static_argnames="compute_dtype")
+grad_objective = jax.jit(jax.grad(objective), static_argnames=("compute_dtype", "net"))
 
 
 def autodiff_grads(params: Params, x: ArrayLike, y: ArrayLike, l2: ArrayLike = 0.0, *,
-                   compute_dtype: Optional[DTypeLike] = None) -> Params:
-  """`jax.grad` of the loss (E6) with respect to the parameters: the oracle.
+                   compute_dtype: Optional[DTypeLike] = None, activation: Any = "relu",
+                   output: str = DEFAULT_OUTPUT,
+                   sample_weight: Optional[ArrayLike] = None) -> Params:
+  """`jax.grad` of the loss (E6) (or (E26) with `sample_weight`) with respect to the
+  parameters: the oracle. Arguments as for `loss_and_grads`.
 
   With `compute_dtype`, the forward GEMMs take inputs of that dtype, as in `loss_and_grads`.
   """
-  params, x, y, l2 = validation.check_batch(params, x, y, l2)
-  return grad_objective(params, x, y, l2, compute_dtype=compute_dtype)
+  net = make_network(activation, output)
+  params, x, y, l2 = validation.check_batch(params, x, y, l2, net=net)
+  weights = validation.check_sample_weight(sample_weight, params, x.shape[0])
+  return grad_objective(params, x, y, l2, compute_dtype=compute_dtype, net=net, weights=weights)
 
 
-def example_loss(params: Params, x_i: jax.Array, y_i: jax.Array) -> jax.Array:
-  """l_i of one example (x_i of shape (n,), scalar label), (E5): no mean, no penalty."""
-  return cross_entropy(log_softmax(forward(params, x_i[None])), y_i[None])[0]
+def example_loss(params: Params, x_i: jax.Array, y_i: jax.Array,
+                 net: Network = SOURCE) -> jax.Array:
+  """l_i of one example (x_i of shape (n,), a scalar label or a target row (K,)), (E5) or the
+  output's loss: no mean, no penalty."""
+  return net.out.loss(forward(params, x_i[None], net), y_i[None])[0]
 
 
-_per_sample_autodiff = jax.jit(jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0)))
+@functools.partial(jax.jit, static_argnames="net")
+def _per_sample_autodiff(params: Params, x: jax.Array, y: jax.Array,
+                         net: Network = SOURCE) -> Params:
+  """jit(vmap(grad(l_i))), without the API's checks."""
+  return jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0, None))(params, x, y, net)
 
 
-def autodiff_per_sample_grads(params: Params, x: ArrayLike, y: ArrayLike) -> Params:
+def autodiff_per_sample_grads(params: Params, x: ArrayLike, y: ArrayLike, *,
+                              activation: Any = "relu",
+                              output: str = DEFAULT_OUTPUT) -> Params:
   """`jax.vmap(jax.grad(l_i))`: per-example gradients by autodiff, the oracle for (E13)."""
-  params, x, y, _ = validation.check_batch(params, x, y)
-  return _per_sample_autodiff(params, x, y)
+  net = make_network(activation, output)
+  params, x, y, _ = validation.check_batch(params, x, y, net=net)
+  return _per_sample_autodiff(params, x, y, net=net)
 
 
 def to_float64(tree: T) -> T:

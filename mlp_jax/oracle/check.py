@@ -8,7 +8,7 @@ entry sums (docs/derivation.md, "How the bars are defined"). Nothing here is on 
 
 import dataclasses
 import functools
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -16,10 +16,12 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from mlp_jax.core import validation
-from mlp_jax.core.backprop import backprop_errors, layer_grads, relu_masks
+from mlp_jax.core.backprop import backprop_errors, layer_grads
 from mlp_jax.core.backprop import grads as analytic_grads
-from mlp_jax.core.model import Dense, Params, forward_activations, layer_sizes
-from mlp_jax.core.objective import log_softmax, objective
+from mlp_jax.core.model import Dense, Params, forward_pass, layer_sizes
+from mlp_jax.core.network import DEFAULT_OUTPUT, SOURCE, Network, make_network
+from mlp_jax.core.objective import objective
+from mlp_jax.core.outputs import log_softmax
 from mlp_jax.oracle.autodiff import grad_objective, to_float64
 from mlp_jax.tables import text_table
 
@@ -49,7 +51,8 @@ def relative_error(actual: ArrayLike, reference: ArrayLike,
   return float(diff / denominator) if denominator > 0 else float(diff)
 
 
-def gradient_scale(params: Params, x: ArrayLike, y: ArrayLike, l2: ArrayLike = 0.0) -> Params:
+def gradient_scale(params: Params, x: ArrayLike, y: ArrayLike, l2: ArrayLike = 0.0, *,
+                   activation: Any = "relu", output: str = DEFAULT_OUTPUT) -> Params:
   """The magnitude of the terms each entry of the gradient (E8)-(E12) sums, per parameter.
 
   The backward pass with every term by its absolute value: Yhat + Y for E = Yhat - Y (E7), |W_l|,
@@ -57,6 +60,9 @@ def gradient_scale(params: Params, x: ArrayLike, y: ArrayLike, l2: ArrayLike = 0
 
       S_L = (Yhat + Y) / m,   S_l = (S_{l+1} |W_{l+1}|^T) * 1[A_l > 0]
       W_l: |A_{l-1}|^T S_l + (|lambda| / m) |W_l|   (E8), (E11)      b_l: 1^T S_l   (E9), (E12)
+
+  Another network: |Yhat| + |Y| (over K for the squared error) for its output error
+  (E22)-(E25), |g_l'(H_l)| for the masks and |A_l| for the activations, (E16)-(E21).
 
   By the triangle inequality every entry is >= |dL/dtheta|. A sum of n terms computed in
   floating point is off by at most ~n u times the sum of their magnitudes (Higham, Accuracy and
@@ -69,35 +75,51 @@ def gradient_scale(params: Params, x: ArrayLike, y: ArrayLike, l2: ArrayLike = 0
   Returns:
     A tuple of `Dense` shaped like `params`, entries >= 0, in the parameters' dtype.
   """
-  params, x, y, l2 = validation.check_batch(params, x, y, l2)
-  return _gradient_scale(params, x, y, l2)
+  net = make_network(activation, output)
+  params, x, y, l2 = validation.check_batch(params, x, y, l2, net=net)
+  return _gradient_scale(params, x, y, l2, net)
 
 
-@jax.jit
-def _gradient_scale(params: Params, x: jax.Array, y: jax.Array, l2: ArrayLike) -> Params:
+def _output_terms(net: Network, z: jax.Array, y: jax.Array) -> jax.Array:
+  """The magnitudes of the two terms of each output error, (m, K): Yhat + Y for (E7), |Yhat| +
+  |Y| (over K for the squared error) for (E22)-(E25)."""
+  if net.output == DEFAULT_OUTPUT:
+    return jnp.exp(log_softmax(z)) + jax.nn.one_hot(y, z.shape[1], dtype=z.dtype)
+  terms = jnp.abs(net.out.predict(z)) + jnp.abs(y)
+  return terms / z.shape[1] if net.output == "identity_squared_error" else terms
+
+
+@functools.partial(jax.jit, static_argnames="net")
+def _gradient_scale(params: Params, x: jax.Array, y: jax.Array, l2: ArrayLike,
+                    net: Network = SOURCE) -> Params:
   """`gradient_scale` without input checks: the backward pass (E7)-(E12) on magnitudes."""
-  logits, activations = forward_activations(params, x)
+  logits, activations, factors = forward_pass(params, x, net=net)
   m = x.shape[0]
-  terms = jnp.exp(log_softmax(logits)) + jax.nn.one_hot(y, logits.shape[1], dtype=logits.dtype)
   magnitudes = tuple(Dense(w=jnp.abs(layer.w), b=jnp.abs(layer.b)) for layer in params)
-  deltas = backprop_errors(magnitudes, activations, terms / m, masks=relu_masks(activations))
-  inputs = (jnp.abs(activations[0]),) + tuple(activations[1:])
+  masks = tuple(f if f.dtype == bool else jnp.abs(f) for f in factors)
+  deltas = backprop_errors(magnitudes, activations, _output_terms(net, logits, y) / m,
+                           masks=masks)
+  inputs = tuple(jnp.abs(a) for a in activations)
   return layer_grads(magnitudes, inputs, deltas, jnp.abs(l2), m)
 
 
-def per_example_gradient_scale(params: Params, x: ArrayLike, y: ArrayLike) -> Params:
+def per_example_gradient_scale(params: Params, x: ArrayLike, y: ArrayLike, *,
+                               activation: Any = "relu",
+                               output: str = DEFAULT_OUTPUT) -> Params:
   """`gradient_scale` of each example's loss alone (E13): m = 1, no penalty, one row at a time.
 
   Returns:
     A tuple of `Dense` shaped like `per_sample_grads`: a leading axis of length m on every leaf.
   """
-  params, x, y, _ = validation.check_batch(params, x, y)
-  return _per_example_gradient_scale(params, x, y)
+  net = make_network(activation, output)
+  params, x, y, _ = validation.check_batch(params, x, y, net=net)
+  return _per_example_gradient_scale(params, x, y, net)
 
 
-@jax.jit
-def _per_example_gradient_scale(params: Params, x: jax.Array, y: jax.Array) -> Params:
-  one = lambda x_i, y_i: _gradient_scale(params, x_i[None], y_i[None], 0.0)  # noqa: E731
+@functools.partial(jax.jit, static_argnames="net")
+def _per_example_gradient_scale(params: Params, x: jax.Array, y: jax.Array,
+                                net: Network = SOURCE) -> Params:
+  one = lambda x_i, y_i: _gradient_scale(params, x_i[None], y_i[None], 0.0, net)  # noqa: E731
   return jax.vmap(one)(x, y)
 
 
@@ -106,15 +128,15 @@ def param_names(params: Params) -> List[str]:
   return [f"{kind}{i + 1}" for i in range(len(params)) for kind in ("W", "b")]
 
 
-@functools.partial(jax.jit, static_argnames="num_directions")
-def _directional_fd(params, x, y, l2, key, eps, num_directions):
+@functools.partial(jax.jit, static_argnames=("num_directions", "net"))
+def _directional_fd(params, x, y, l2, key, eps, num_directions, net=SOURCE):
   """Central differences of (E6) along random unit directions, one leaf at a time.
 
   Returns (fd, exact): arrays (num_leaves, num_directions) of the finite-difference and the
   autodiff directional derivatives.
   """
   leaves, treedef = jax.tree.flatten(params)
-  grads = jax.tree.leaves(jax.grad(objective)(params, x, y, l2))
+  grads = jax.tree.leaves(jax.grad(objective)(params, x, y, l2, net=net))
   fds, exacts = [], []
   for index, (leaf, grad, k) in enumerate(zip(leaves, grads, jax.random.split(key, len(leaves)))):
     directions = jax.random.normal(k, (num_directions,) + leaf.shape, leaf.dtype)
@@ -124,7 +146,7 @@ def _directional_fd(params, x, y, l2, key, eps, num_directions):
     def at(v: jax.Array, sign: int, index: int = index) -> jax.Array:
       moved = list(leaves)
       moved[index] = leaves[index] + sign * eps * v
-      return objective(jax.tree.unflatten(treedef, moved), x, y, l2)
+      return objective(jax.tree.unflatten(treedef, moved), x, y, l2, net=net)
 
     fd = jax.vmap(lambda v: (at(v, 1) - at(v, -1)) / (2 * eps))(directions)
     exact = jnp.tensordot(directions, grad, axes=leaf.ndim)
@@ -159,6 +181,7 @@ class GradientReport:
   m: int
   layer_sizes: Tuple[int, ...]
   l2: float
+  network: str = SOURCE.describe()  # the activations and output checked
 
   @property
   def passed(self) -> bool:
@@ -168,7 +191,8 @@ class GradientReport:
     return {**dataclasses.asdict(self), "passed": self.passed}
 
   def __str__(self) -> str:
-    head = (f"gradient check: layers {self.layer_sizes}, m={self.m}, lambda={self.l2:g}, "
+    net = "" if self.network == SOURCE.describe() else f"{self.network}, "
+    head = (f"gradient check: layers {self.layer_sizes}, {net}m={self.m}, lambda={self.l2:g}, "
             f"{self.dtype}\n"
             f"bars: analytic vs jax.grad <= {self.rtol:.0e}; "
             f"jax.grad vs central differences (float64) <= {self.fd_rtol:.0e}\n"
@@ -184,29 +208,35 @@ class GradientReport:
 def check_gradients(params: Params, x: ArrayLike, y: ArrayLike, l2: float = 0.0, *,
                     grad_fn: Optional[Callable] = None,
                     num_directions: int = 8,
-                    key: Optional[jax.Array] = None) -> GradientReport:
+                    key: Optional[jax.Array] = None, activation: Any = "relu",
+                    output: str = DEFAULT_OUTPUT) -> GradientReport:
   """Checks a gradient function against jax.grad, and jax.grad against central differences.
 
   Args:
     params, x, y, l2: as for `loss`.
     grad_fn: the gradient under test, `grad_fn(params, x, y, l2) -> params-shaped tuple`;
-      defaults to the library's analytic `grads`.
+      defaults to the library's analytic `grads` of the network.
+    activation, output: the network whose gradient is checked (as for `loss_and_grads`).
     num_directions: random unit directions per parameter for the finite differences.
     key: PRNG key for those directions.
 
   Returns:
     A `GradientReport`; `print` it for a table, `.passed` for the verdict.
   """
-  params, x, y, l2 = validation.check_batch(params, x, y, l2)
+  net = make_network(activation, output)
+  params, x, y, l2 = validation.check_batch(params, x, y, l2, net=net)
   dtype = params[0].w.dtype
-  grad_fn = analytic_grads if grad_fn is None else grad_fn
-  reference = jax.tree.leaves(grad_objective(params, x, y, l2))
+  if grad_fn is None:
+    grad_fn = functools.partial(analytic_grads, activation=net.activation, output=net.output)
+  reference = jax.tree.leaves(grad_objective(params, x, y, l2, net=net))
   tested = jax.tree.leaves(grad_fn(params, x, y, l2))
-  scales = jax.tree.leaves(_gradient_scale(params, x, y, l2))
+  scales = jax.tree.leaves(_gradient_scale(params, x, y, l2, net))
   key = jax.random.PRNGKey(0) if key is None else key
   with jax.enable_x64(True):
     params64, x64 = to_float64((params, x))
-    fd, exact = _directional_fd(params64, x64, y, float(l2), key, FD_EPS, num_directions)
+    y64 = y if net.out.labels else to_float64(y)
+    fd, exact = _directional_fd(params64, x64, y64, float(l2), key, FD_EPS, num_directions,
+                                net=net)
     fd, exact = np.asarray(fd), np.asarray(exact)
   rtol, fd_rtol = RTOL[dtype], FD_RTOL
   lines = []
@@ -218,4 +248,4 @@ def check_gradients(params: Params, x: ArrayLike, y: ArrayLike, l2: float = 0.0,
                             floored_err=floored, fd_rel_err=fd_err,
                             passed=floored <= rtol and fd_err <= fd_rtol))
   return GradientReport(tuple(lines), str(dtype), rtol, fd_rtol, int(x.shape[0]),
-                        layer_sizes(params), float(l2))
+                        layer_sizes(params), float(l2), net.describe())

@@ -75,8 +75,8 @@ def test_report_fails_when_finite_differences_disagree_with_the_oracle(monkeypat
   from mlp_jax.oracle import check as oracle
   true_fd = oracle._directional_fd
 
-  def off_by_one_percent(*args):
-    fd, exact = true_fd(*args)
+  def off_by_one_percent(*args, **kwargs):
+    fd, exact = true_fd(*args, **kwargs)
     return 1.01 * fd, exact
 
   monkeypatch.setattr(oracle, "_directional_fd", off_by_one_percent)

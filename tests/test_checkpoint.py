@@ -124,3 +124,26 @@ def test_check_compatible(saved):
   with pytest.raises(mj.CheckpointError, match="input features") as info:
     check_compatible(ckpt, (256, 128, 10), path=path)
   assert str(info.value) == f"checkpoint {path} has 64 input features, the data has 256"
+
+
+def test_the_network_is_saved_with_the_parameters_and_checked(tmp_path):
+  params = mj.init_params(jax.random.PRNGKey(0), (4, 8, 6, 3))
+  net = mj.Network((mj.Activation("tanh"), mj.Activation("leaky_relu", 0.2)),
+                   "identity_squared_error")
+  path = save_checkpoint(tmp_path / "net.npz", params, epoch=1, network=net)
+  ckpt = load_checkpoint(path)
+  assert ckpt.network == net
+  check_compatible(ckpt, (4, 8, 6, 3), network=net)
+  with pytest.raises(mj.CheckpointError) as info:
+    check_compatible(ckpt, (4, 8, 6, 3), network=mj.Network())
+  assert str(info.value) == ("checkpoint holds a network of activation tanh,leaky_relu:0.2, "
+                             "output identity_squared_error, not activation relu, output "
+                             "softmax_cross_entropy")
+  # The source's network writes no key: such files keep the bytes they always had.
+  plain = save_checkpoint(tmp_path / "plain.npz", params, epoch=1)
+  assert "network" not in mj.load_pytree(plain)[1]
+  assert load_checkpoint(plain).network == mj.Network()
+  with pytest.raises(mj.InputError, match=r"network\.activation: expected one activation per "):
+    save_checkpoint(tmp_path / "bad.npz", params, epoch=1,
+                    network=mj.Network((mj.Activation("tanh"),)))
+  assert not (tmp_path / "bad.npz").exists()

@@ -76,6 +76,11 @@ def test_sharded_step_equals_the_single_device_step(eight):
   assert eight["step_collectives"] == ["all-reduce"]
 
 
+def test_sharded_step_of_another_network_equals_its_single_device_step(eight):
+  got = eight["step_network"]  # tanh hidden layer, squared-error output (E18), (E24)
+  assert got["rel"] <= 1e-5 and got["loss_rel"] <= 1e-5 and got["replicated"], got
+
+
 def test_sharded_epoch_equals_the_unsharded_epoch(eight):
   got = eight["epoch"]
   assert got["steps"] == 7  # ceil(100 / 16), the last one 4 rows plus masked padding

@@ -138,9 +138,27 @@ def test_partial_fit_compiles_its_epoch_once():
     (dict(dp_noise_multiplier=-1.0), "dp_noise_multiplier: expected a finite value >= 0"),
     (dict(dp_noise_multiplier=1.0, dp_delta=2.0), "dp_delta: expected a finite value in (0, 1)"),
     (dict(compute_dtype="int8"), "compute_dtype: expected a floating dtype, got int8"),
+    (dict(activation="softplus"), "activation: expected one of gelu, gelu_tanh, identity, "),
 ])
 def test_a_bad_setting_is_named_as_the_estimators_parameter(params, message):
   X, y = np.random.default_rng(0).normal(size=(40, 4)), np.arange(40) % 2
   with pytest.raises((mj.InputError, mj.InputTypeError)) as info:
     mj.MLPClassifier(hidden_layer_sizes=(3,), max_iter=1, **params).fit(X, y)
   assert str(info.value).startswith(message)
+
+
+@pytest.mark.parametrize("activation", ["identity", "logistic", "tanh", "leaky_relu:0.2"])
+def test_activation_trains_and_predicts_that_network(activation):
+  """`activation` (scikit-learn's names, and ours) is the network's: the fitted weights give the
+  estimator's probabilities through the library's forward pass of that activation."""
+  import jax.numpy as jnp
+  X, y = _blobs()
+  clf = mj.MLPClassifier(**{**SMALL, "activation": activation}).fit(X, y)
+  assert clf.get_params()["activation"] == activation
+  params = tuple(mj.Dense(jnp.asarray(w), jnp.asarray(b))
+                 for w, b in zip(clf.coefs_, clf.intercepts_))
+  logits = np.asarray(mj.forward(params, X.astype(np.float32), activation=activation), np.float64)
+  want = np.exp(logits - logits.max(1, keepdims=True))
+  np.testing.assert_allclose(clf.predict_proba(X), want / want.sum(1, keepdims=True), rtol=1e-5)
+  relu = mj.MLPClassifier(**SMALL).fit(X, y)
+  assert not np.array_equal(clf.coefs_[0], relu.coefs_[0])

@@ -165,3 +165,82 @@ def test_fit_works_with_x64_switched_on_globally_for_float32_data():
   assert result.params[0].w.dtype == jnp.float32
   correct = int((np.asarray(mj.predict(result.params, x)) == np.asarray(y)).sum())
   assert result.history[-1]["val_acc"] == correct / 30
+
+
+# ------------------------------------------------------------------ other networks, (E16)-(E26)
+
+NETWORK_SIZES = (12, 16, 3)
+
+
+@pytest.mark.parametrize("output", sorted(mj.OUTPUTS))
+def test_fit_trains_every_output_and_records_its_score(output):
+  """Every output trains on its own targets; the record scores classification by accuracy and
+  regression by R^2, and val_loss is `evaluate` of the same network."""
+  from conftest import network_batch
+  from mlp_jax.training.evaluation import score_name
+  params = mj.init_params(jax.random.PRNGKey(0), NETWORK_SIZES)
+  train = network_batch(0, NETWORK_SIZES, 60, jnp.float32, output)
+  val = network_batch(1, NETWORK_SIZES, 20, jnp.float32, output)
+  net = dict(activation="tanh", output=output)
+  result = mj.fit(params, train, optimizer=optax.adam(1e-2), epochs=4, batch_size=16, l2=1e-3,
+                  val=val, **net)
+  score = "val_" + score_name(mj.Network(mj.Activation("tanh"), output))
+  assert score == ("val_r2" if output in ("identity_squared_error", "poisson_log_link")
+                   else "val_acc")
+  last = result.history[-1]
+  assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+  want = mj.evaluate(result.params, *val, 1e-3, **net)
+  assert (last["val_loss"], last[score]) == pytest.approx(want, rel=1e-6)
+  assert result.state.settings["network"] == {"activation": "tanh", "output": output}
+
+
+def test_the_source_network_is_not_written_in_the_run_record():
+  """Records of the source's network keep the keys (and bytes) they always had."""
+  settings = mj.FitSettings(batch_size=8)
+  assert "network" not in settings.record(10, None)
+  other = mj.FitSettings(batch_size=8, activation=("tanh", "leaky_relu:0.2"))
+  assert other.record(10, None)["network"] == {"activation": ["tanh", "leaky_relu:0.2"],
+                                               "output": "softmax_cross_entropy"}
+
+
+def test_resume_keeps_the_network_exactly():
+  params = mj.init_params(jax.random.PRNGKey(0), SIZES)
+  train = _data(45, 0)
+  kwargs = dict(optimizer=optax.adam(1e-2), batch_size=8, l2=1e-3, seed=1, activation="gelu")
+  whole = mj.fit(params, train, epochs=4, **kwargs)
+  half = mj.fit(params, train, epochs=2, **kwargs)
+  rest = mj.fit(params, train, epochs=4, resume=half.state, **kwargs)
+  assert trees_bit_equal(whole.params, rest.params)
+  for changed, resumed in [({"activation": "relu"}, half),  # the source's network, unrecorded
+                           ({"activation": "gelu_tanh"}, half),
+                           ({"activation": "gelu"}, mj.fit(params, train, epochs=1,
+                                                           **{**kwargs, "activation": "relu"}))]:
+    with pytest.raises(mj.ResumeError, match="was trained with network"):
+      mj.fit(params, train, epochs=4, resume=resumed.state, **{**kwargs, **changed})
+
+
+@pytest.mark.parametrize("case", ["dp", "bf16"])
+def test_dp_and_bf16_train_another_network(case):
+  """DP-SGD's clipped sums and bf16 GEMMs run on the error signals of any network."""
+  from conftest import network_batch
+  params = mj.init_params(jax.random.PRNGKey(0), NETWORK_SIZES)
+  train = network_batch(0, NETWORK_SIZES, 60, jnp.float32, "sigmoid_binary_cross_entropy")
+  extra = {"dp": dict(dp=mj.DPConfig(1.0, 0.5, 1e-5)),
+           "bf16": dict(compute_dtype="bfloat16")}[case]
+  result = mj.fit(params, train, optimizer=optax.adam(1e-2), epochs=3, batch_size=16,
+                  activation="logistic", output="sigmoid_binary_cross_entropy", **extra)
+  assert all(np.isfinite(r["train_loss"]) for r in result.history)
+  assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+  if case == "dp":
+    assert result.history[-1]["epsilon"] > 0
+
+
+def test_fit_refuses_targets_of_another_output():
+  params = mj.init_params(jax.random.PRNGKey(0), NETWORK_SIZES)
+  x, labels = _data(20, 0)[0], np.zeros(20, np.int32)
+  with pytest.raises(mj.InputError, match=r"train\.y: expected real values \(m, K\) of shape "):
+    mj.fit(params, (x, labels), optimizer="adam", epochs=1, batch_size=4,
+           output="identity_squared_error")
+  with pytest.raises(mj.InputError, match="activation: expected one activation per hidden "):
+    mj.fit(params, (x, labels), optimizer="adam", epochs=1, batch_size=4,
+           activation=("tanh", "relu"))

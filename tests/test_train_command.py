@@ -48,6 +48,14 @@ pytestmark = pytest.mark.usefixtures("standard_promotion")  # optax inside the C
     (dict(hidden="0"), "--hidden: expected widths >= 1, got [0]"),
     (dict(resume=True, overwrite=True), "--resume and --overwrite: choose one"),
     (dict(out=""), "--out: expected a folder name, got ''"),
+    (dict(activation="swish"), "--activation: expected one of gelu, gelu_tanh, identity, "
+                               "leaky_relu, logistic, relu, tanh (or leaky_relu:SLOPE), got "
+                               "'swish'"),
+    (dict(activation="tanh,relu"), "--activation: expected one activation per hidden layer (1), "
+                                   "got 2"),
+    (dict(activation="leaky_relu:-1"), "--activation: expected a leaky_relu slope that is "
+                                       "finite and >= 0, got -1"),
+    (dict(activation="tanh:2"), "--activation: only leaky_relu takes a parameter"),
 ], ids=lambda v: "-".join(f"{k}={w}" for k, w in v.items()) if isinstance(v, dict) else None)
 def test_bad_arguments_exit_2_with_one_line_and_create_nothing(tmp_path, capsys, monkeypatch,
                                                                  change, message):
@@ -124,3 +132,45 @@ def test_a_diverging_run_names_the_batch_and_keeps_the_last_good_epoch(tmp_path,
     assert state.epochs_done == record["epoch"] - 1
   else:
     assert "no epoch had finished" in line and not (out / "checkpoint.npz").exists()
+
+
+# ------------------------------------------------------------------------ --activation
+
+
+def test_another_activation_is_trained_recorded_evaluated_and_kept_on_resume(tmp_path, capsys):
+  out = tmp_path / "run"
+  args = _with(TINY, out=str(out), activation="tanh,leaky_relu:0.2", hidden=["8", "6"])
+  code, text, _ = _run(["train", *args], capsys)
+  assert code == 0 and "-8-6-10 tanh,leaky_relu:0.2, momentum" in text, text
+  metrics = json.loads((out / "metrics.json").read_text())
+  assert metrics["config"]["activation"] == "tanh,leaky_relu:0.2"
+  saved = mj.load_run(out / "checkpoint.npz")
+  assert saved.state.settings["network"]["activation"] == ["tanh", "leaky_relu:0.2"]
+  code, text, _ = _run(["evaluate", str(out / "checkpoint.npz")], capsys)
+  assert code == 0 and "activation tanh,leaky_relu:0.2, output softmax_cross_entropy" in text
+  accuracy = f"accuracy {100 * metrics['test_accuracy']:.2f}%"
+  assert accuracy in text  # evaluate scores the network the run trained, not a ReLU one
+  code, _, err = _run(["evaluate", str(out / "checkpoint.npz"), "--activation", "relu"], capsys)
+  assert code == EXIT_ERROR and "holds a network of activation tanh,leaky_relu:0.2" in (
+      _one_error_line(err))
+  more = _with(args, epochs="4", resume=True)
+  for refused in (_with(more, activation=None), _with(more, activation="tanh,leaky_relu")):
+    code, _, err = _run(["train", *refused], capsys)
+    assert code == EXIT_ERROR and "was trained with --activation tanh,leaky_relu:0.2" in (
+        _one_error_line(err))
+  code, text, _ = _run(["train", *more], capsys)
+  assert code == 0 and mj.load_run(out / "checkpoint.npz").state.epochs_done == 4
+
+
+def test_a_run_recorded_without_activation_resumes_as_relu(tmp_path, capsys):
+  """Runs written before --activation existed hold no such key: they are ReLU runs."""
+  out = tmp_path / "run"
+  args = _with(TINY, out=str(out))
+  assert _run(["train", *args], capsys)[0] == 0
+  config = json.loads((out / "config.json").read_text())
+  assert config["activation"] == "relu"
+  saved = mj.load_run(out / "checkpoint.npz")
+  del saved.config["activation"]
+  mj.save_run(out / "checkpoint.npz", saved.state, config=saved.config, arrays=saved.arrays)
+  code, _, err = _run(["train", *_with(args, epochs="4", resume=True)], capsys)
+  assert code == 0, err

@@ -16,6 +16,7 @@ import optax
 
 from mlp_jax.core import model, validation
 from mlp_jax.core.model import Dense
+from mlp_jax.core.network import SOURCE, Network, check_network, from_record
 from mlp_jax.errors import CheckpointError, InputTypeError, describe
 from mlp_jax.io.pytree_file import (file_error, json_dict, load_pytree, match_in_file,
                                     save_pytree, subtree)
@@ -48,13 +49,15 @@ class Checkpoint(NamedTuple):
   rng_key: Optional[jax.Array]  # raw uint32 key, or a typed key if a typed key was saved
   step: int
   extra: dict
+  network: Network = SOURCE  # the activations and output the parameters were trained for
 
 
 def save_checkpoint(path: Union[str, os.PathLike], params: Any,
                     opt_state: Optional[optax.OptState] = None, *,
                     epoch: int, config: Optional[dict] = None,
                     rng_key: Optional[jax.Array] = None, step: int = 0,
-                    extra: Optional[dict] = None) -> pathlib.Path:
+                    extra: Optional[dict] = None,
+                    network: Network = SOURCE) -> pathlib.Path:
   """Writes parameters, optimizer state and metadata to `path` atomically (see the module doc).
 
   Args:
@@ -64,22 +67,31 @@ def save_checkpoint(path: Union[str, os.PathLike], params: Any,
     epoch, step: epochs and optimizer steps completed, ints >= 0.
     config, extra: JSON-serialisable dicts (tuples come back as lists).
     rng_key: a raw PRNG key (`jax.random.PRNGKey`) or a typed one (`jax.random.key`), or None.
+    network: the network the parameters belong to (`core.network`); saved (when it is not the
+      source's ReLU and softmax) and returned by `load_checkpoint`, which `check_compatible`
+      holds to the network a caller expects.
 
   Returns:
     `path` as a `pathlib.Path`. On any exception a previous file at `path` is left untouched.
   """
+  if not isinstance(network, Network):
+    raise InputTypeError(f"network: expected a mlp_jax.Network, got {type(network).__name__}")
   if isinstance(params, (tuple, list)) and params and isinstance(params[0], Dense):
     params = validation.check_params(params)
+    check_network(network, len(params), "network.activation")
   elif not jax.tree.leaves(params):
     raise InputTypeError(f"params: expected a pytree of arrays, got {type(params).__name__}")
-  return save_pytree(path, {"params": params, "opt_state": opt_state, "rng": rng_key}, {
+  meta = {
       "kind": "checkpoint",
       "epoch": validation.check_int(epoch, "epoch", 0),
       "step": validation.check_int(step, "step", 0),
       "config": json_dict("config", config),
       "extra": json_dict("extra", extra),
       "has_opt_state": opt_state is not None,
-  })
+  }
+  if network != SOURCE:  # files of the source's network keep the bytes they always had
+    meta["network"] = network.record()
+  return save_pytree(path, {"params": params, "opt_state": opt_state, "rng": rng_key}, meta)
 
 
 def load_checkpoint(path: Union[str, os.PathLike], opt_state_template: Any = None, *,
@@ -105,6 +117,7 @@ def load_checkpoint(path: Union[str, os.PathLike], opt_state_template: Any = Non
   try:
     _, epoch, step = meta["kind"], int(meta["epoch"]), int(meta["step"])
     config, extra, has_opt_state = dict(meta["config"]), dict(meta["extra"]), meta["has_opt_state"]
+    network = from_record(meta.get("network"))
   except (KeyError, TypeError, ValueError) as e:
     raise file_error(path, f"bad metadata ({describe(e)})") from e
   opt_leaves = list(subtree(leaves, "opt_state").values())
@@ -114,23 +127,36 @@ def load_checkpoint(path: Union[str, os.PathLike], opt_state_template: Any = Non
     opt_state = opt_leaves if has_opt_state else None
   rng = list(subtree(leaves, "rng").values())
   params = named_params(path, subtree(leaves, "params"), params_template)
-  return Checkpoint(params, opt_state, epoch, config, rng[0] if rng else None, step, extra)
+  if isinstance(params, tuple) and params and isinstance(params[0], Dense):
+    try:
+      check_network(network, len(params), "network.activation")
+    except ValueError as e:
+      raise file_error(path, f"inconsistent network ({e})") from e
+  return Checkpoint(params, opt_state, epoch, config, rng[0] if rng else None, step, extra,
+                    network)
 
 
 def check_compatible(ckpt: Checkpoint, layer_sizes: Sequence[int], *,
-                     path: Optional[Union[str, os.PathLike]] = None) -> None:
-  """Raises `CheckpointError` unless the checkpoint's layer sizes are `layer_sizes`.
+                     path: Optional[Union[str, os.PathLike]] = None,
+                     network: Optional[Network] = None) -> None:
+  """Raises `CheckpointError` unless the checkpoint's layer sizes are `layer_sizes` (and its
+  network is `network`, when given).
 
   Args:
     ckpt: a loaded checkpoint (or anything with `.params`, a tuple of `Dense`).
     layer_sizes: the widths (n, d_1, ..., K) the data and configuration call for.
     path: the checkpoint's file, named in the message when given.
+    network: the activations and output the caller expects the parameters to be trained for.
   """
   have = model.layer_sizes(ckpt.params)
   want = tuple(int(s) for s in layer_sizes)
+  where = "checkpoint" if path is None else f"checkpoint {path}"
+  saved = getattr(ckpt, "network", SOURCE)
+  if network is not None and saved != network:
+    raise CheckpointError(f"{where} holds a network of {saved.describe()}, not "
+                          f"{network.describe()}")
   if have == want:
     return
-  where = "checkpoint" if path is None else f"checkpoint {path}"
   if have[0] != want[0]:
     raise CheckpointError(f"{where} has {have[0]} input features, the data has {want[0]}")
   if have[-1] != want[-1]:

@@ -43,7 +43,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
   """A multilayer perceptron classifier trained on the analytic gradients (see the module doc).
 
   Parameters mirror scikit-learn's `MLPClassifier` where they mean the same: `hidden_layer_sizes`,
-  `alpha` (lambda of (E6)), `batch_size` ("auto": min(200, n_samples)), `learning_rate_init`,
+  `activation` (scikit-learn's "identity", "logistic", "tanh", "relu", and ours: "leaky_relu",
+  "leaky_relu:SLOPE", "gelu", "gelu_tanh", or one per hidden layer), `alpha` (lambda of (E6)), `batch_size` ("auto": min(200, n_samples)), `learning_rate_init`,
   `max_iter` (epochs), `solver` ("sgd", "momentum", "adam"), `shuffle`, `random_state`,
   `early_stopping`, `validation_fraction`, `n_iter_no_change`, `verbose`. Ours: `schedule`
   ("constant" or "cosine" decay to 0 over `max_iter`), `compute_dtype` (e.g. "bfloat16" GEMMs),
@@ -57,7 +58,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
   `validation_scores_` and `best_validation_score_`.
   """
 
-  def __init__(self, hidden_layer_sizes: Sequence[int] = (100,), alpha: float = 1e-4,
+  def __init__(self, hidden_layer_sizes: Sequence[int] = (100,), activation: Any = "relu",
+               alpha: float = 1e-4,
                batch_size: Union[int, str] = "auto", learning_rate_init: float = 1e-3,
                max_iter: int = 200, solver: str = "adam", schedule: str = "constant",
                shuffle: bool = True, random_state: Any = None, early_stopping: bool = False,
@@ -66,6 +68,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                dp_clip_norm: Optional[float] = None, dp_noise_multiplier: Optional[float] = None,
                dp_delta: float = 1e-5, devices: Union[None, int, str] = None):
     self.hidden_layer_sizes = hidden_layer_sizes
+    self.activation = activation
     self.alpha = alpha
     self.batch_size = batch_size
     self.learning_rate_init = learning_rate_init
@@ -161,7 +164,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
   def predict_log_proba(self, X) -> np.ndarray:
     """log p(class | x) for each row: (n_samples, n_classes), columns in `classes_` order."""
     X = self._checked(X)  # before anything else: an unfitted estimator says so
-    logits = np.asarray(_logits(self._params(), X), np.float64)
+    logits = np.asarray(_logits(self._params(), X, activation=self._activation()), np.float64)
     shifted = logits - logits.max(axis=1, keepdims=True)  # log-softmax in float64, so that
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))  # rows sum to 1
 
@@ -172,7 +175,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
   def predict(self, X) -> np.ndarray:
     """The most probable class of each row, as a label of `classes_`."""
     X = self._checked(X)
-    return self.classes_[np.asarray(_predict(self._params(), X))]
+    return self.classes_[np.asarray(_predict(self._params(), X, activation=self._activation()))]
 
   # ------------------------------------------------------------------------------- helpers
 
@@ -231,8 +234,13 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     (`alpha`, not `l2`)."""
     settings = mj.FitSettings(batch_size=batch, l2=self.alpha, seed=seed, patience=patience,
                               compute_dtype=self.compute_dtype, dp=self._dp(),
-                              shuffle=self.shuffle)
+                              shuffle=self.shuffle, activation=self.activation)
     return check_settings(settings, spell=lambda name: _PARAMETER_OF.get(name, name))
+
+  def _activation(self) -> Any:
+    """`activation` as a static argument of the compiled predictions (hashable)."""
+    activation = self.activation
+    return tuple(activation) if isinstance(activation, list) else activation
 
   def _dp(self) -> Optional[privacy.DPConfig]:
     if self.dp_noise_multiplier is None:
@@ -282,6 +290,6 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
 
 
 # One compiled program per input shape for each, shared by every fitted estimator.
-_logits = jax.jit(mj.forward)
-_predict = jax.jit(mj.predict)
+_logits = jax.jit(mj.forward, static_argnames="activation")
+_predict = jax.jit(mj.predict, static_argnames="activation")
 

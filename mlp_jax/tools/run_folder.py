@@ -107,6 +107,7 @@ class RunFolder:
     where = str(self.checkpoint)
     saved = dict(self.saved.config)
     saved["split_seed"] = split_seed(saved)
+    saved.setdefault("activation", "relu")  # runs recorded before --activation existed
     asked = {k: v for k, v in config.items() if k not in MAY_CHANGE and k != "epochs"}
     run.check_unchanged(saved, asked, where, flag)
     if config.get("schedule") == "cosine" and saved.get("epochs") != epochs:

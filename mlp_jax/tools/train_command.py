@@ -22,6 +22,7 @@ EXAMPLES_TRAIN = """examples:
   mlp-jax train --dataset digits --epochs 300
   mlp-jax train --data zip.train.gz --out runs/esl    # USPS from the ESL text files
   mlp-jax train --hidden 512 128 --out runs/deep      # ... then, after Ctrl-C: add --resume
+  mlp-jax train --activation tanh                     # another hidden activation
   mlp-jax train --config runs/deep/config.json --seed 1   # the same settings, another seed
   mlp-jax train --devices all --batch-size 256      # data-parallel over every local device
   mlp-jax train --devices all --coordinator host0:1234 --num-processes 2 --process-id 0
@@ -44,6 +45,10 @@ def add_parser(sub, fmt) -> "argparse.ArgumentParser":
   t.add_argument("--data", help="a USPS file instead of the bundled copy: HDF5 (usps.h5) or "
                                 "ESL text (zip.train[.gz])")
   t.add_argument("--hidden", type=int, nargs="+", default=[256], help="hidden widths")
+  t.add_argument("--activation", default="relu", metavar="NAME[,NAME...]",
+                 help="hidden activation: relu (the source's), identity, logistic, tanh, "
+                      "leaky_relu (slope 0.01; leaky_relu:SLOPE for another), gelu, gelu_tanh; "
+                      "or one per hidden layer, comma-separated (tanh,relu)")
   t.add_argument("--l2", type=float, default=0.1, help="penalty lambda of (E6)")
   t.add_argument("--optimizer", choices=optimizers.OPTIMIZERS, default="momentum",
                  help="momentum: Nesterov, 0.9")
@@ -147,9 +152,21 @@ def train_config(args) -> dict:
   need(0 < args.lr < float("inf"), f"--lr: expected a finite value > 0, got {args.lr:g}")
   need(config["num_samples"] is None or config["num_samples"] >= 10,
        f"--num-samples: expected an int >= 10, got {config['num_samples']}")
+  config["activation"] = activation_spec(args.activation, len(args.hidden))
   if args.dp:
     optional_import("dp_accounting", "dp", "--dp")  # before a run starts, not after an epoch
   return config
+
+
+def activation_spec(text: str, num_hidden: int) -> str:
+  """--activation checked for `num_hidden` hidden layers and written as the network records
+  it: "tanh", "leaky_relu:0.2", or one per layer comma-separated ("tanh,relu")."""
+  from mlp_jax.core.network import check_network, make_network
+  parts = [part.strip() for part in str(text).split(",")]
+  net = make_network(parts[0] if len(parts) == 1 else parts, activation_name="--activation")
+  check_network(net, num_hidden + 1, "--activation")
+  spec = net.record()["activation"]
+  return spec if isinstance(spec, str) else ",".join(spec)
 
 
 # What the losses a run records mean (metrics.json says it beside them).
@@ -196,6 +213,7 @@ def fit_settings(args, config: dict, splits):
   settings = mj.FitSettings(
       batch_size=args.batch_size, l2=args.l2, seed=args.seed, patience=args.patience,
       compute_dtype="bfloat16" if args.bf16 else None, track_train_accuracy=True,
+      activation=config["activation"].split(","),
       dp=mj.DPConfig(config["clip_norm"], config["noise_multiplier"], config["delta"])
       if args.dp else None)
   return check_settings(settings, splits.train.x.shape[0],
@@ -326,8 +344,11 @@ def _report(args, config, splits, result, seconds, folder, mesh) -> None:
   """Test accuracy, metrics.json/.csv, plots and the summary table of a finished run."""
   import jax
   import mlp_jax as mj
-  test_loss, test_acc = mj.evaluate(result.params, splits.test.x, splits.test.y, args.l2)
-  counts = mj.confusion_matrix(result.params, splits.test.x, splits.test.y)
+  activation = config["activation"].split(",")
+  test_loss, test_acc = mj.evaluate(result.params, splits.test.x, splits.test.y, args.l2,
+                                    activation=activation)
+  counts = mj.confusion_matrix(result.params, splits.test.x, splits.test.y,
+                               activation=activation)
   history, out = result.history, folder.path
   # fit's last record holds the whole run's epsilon, from its ledger at --delta.
   epsilon = history[-1]["epsilon"] if args.dp else None
@@ -350,7 +371,9 @@ def _report(args, config, splits, result, seconds, folder, mesh) -> None:
       ["dataset", f"{args.dataset} ({splits.train.x.shape[0]} train, "
                   f"{0 if splits.val is None else splits.val.x.shape[0]} val, "
                   f"{splits.test.x.shape[0]} test)"],
-      ["network", "-".join(map(str, config["layer_sizes"])) + f", {args.optimizer} "
+      ["network", "-".join(map(str, config["layer_sizes"]))
+                  + ("" if config["activation"] == "relu" else f" {config['activation']}")
+                  + f", {args.optimizer} "
                   f"lr={args.lr:g}" + (" cosine" if args.schedule == "cosine" else "") + ", "
                   f"l2={args.l2:g}, batch={args.batch_size}"],
       ["epochs", f"{len(history)} (best {result.best_epoch}"

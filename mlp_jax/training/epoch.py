@@ -15,7 +15,7 @@ gradient are those of (E6) with m = r), no data is dropped, and the same compile
 """
 
 import functools
-from typing import Callable, NamedTuple, Optional, Tuple
+from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +25,7 @@ from jax.typing import ArrayLike, DTypeLike
 
 from mlp_jax.core import eager
 from mlp_jax.core.model import Params
+from mlp_jax.core.network import DEFAULT_OUTPUT, Network
 from mlp_jax.training import distributed, privacy
 from mlp_jax.training.optimizers import OptimizerLike, as_optimizer, steps_per_epoch
 from mlp_jax.training.permutation import permutation
@@ -161,11 +162,11 @@ def _build(optimizer: optax.GradientTransformation, settings: FitSettings,
 @functools.lru_cache(maxsize=32)
 def _cached_program(optimizer: optax.GradientTransformation, batch_size: int, l2: float,
                     compute_dtype: Optional[str], dp: Optional[privacy.DPConfig], shuffle: bool,
-                    mesh: Optional[Mesh]) -> EpochProgram:
+                    mesh: Optional[Mesh], net: Network) -> EpochProgram:
   """One program per optimizer object and the settings the epoch depends on (not the seed,
   patience or what is recorded)."""
   settings = FitSettings(batch_size=batch_size, l2=l2, compute_dtype=compute_dtype, dp=dp,
-                         shuffle=shuffle)
+                         shuffle=shuffle, activation=net.activation, output=net.output)
   return _build(optimizer, settings, mesh)
 
 
@@ -176,12 +177,13 @@ def epoch_program(optimizer: optax.GradientTransformation, settings: FitSettings
   data of the same shapes runs without compiling again. `settings` as `check_settings`
   returns them (`fit` and `make_epoch` check them once, before)."""
   return _cached_program(optimizer, settings.batch_size, settings.l2, settings.compute_dtype,
-                         settings.dp, settings.shuffle, mesh)
+                         settings.dp, settings.shuffle, mesh, settings.network)
 
 
 def make_epoch(optimizer: OptimizerLike, batch_size: int, l2: ArrayLike = 0.0, *,
                compute_dtype: Optional[DTypeLike] = None, dp: Optional[privacy.DPConfig] = None,
-               mesh: Optional[Mesh] = None, shuffle: bool = True) -> Callable:
+               mesh: Optional[Mesh] = None, shuffle: bool = True, activation: Any = "relu",
+               output: str = DEFAULT_OUTPUT) -> Callable:
   """A jitted `epoch(params, opt_state, x, y, key) -> (params, opt_state, EpochStats)`; the
   same settings (the same optimizer object) give the same, already compiled function back.
 
@@ -201,10 +203,12 @@ def make_epoch(optimizer: OptimizerLike, batch_size: int, l2: ArrayLike = 0.0, *
   rows to do so), and XLA all-reduces the gradient; the same batches and math as without it.
 
   `optimizer` is an optax GradientTransformation, or a name "sgd", "momentum" or "adam" meaning
-  `make_optimizer(name)` (a constant learning rate of 1e-3), as in `fit`.
+  `make_optimizer(name)` (a constant learning rate of 1e-3), as in `fit`. `activation` and
+  `output` name the network trained, as for `loss_and_grads`; y then holds its output's targets.
   """
   settings = check_settings(FitSettings(batch_size=batch_size, l2=l2, compute_dtype=compute_dtype,
-                                       dp=dp, shuffle=shuffle))
+                                       dp=dp, shuffle=shuffle, activation=activation,
+                                       output=output))
   return epoch_program(as_optimizer(optimizer), settings, mesh).epoch
 
 

@@ -11,7 +11,7 @@ and the privacy ledger, hand the `RunState` to the caller, and stop when asked.
 
 import dataclasses
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -22,11 +22,12 @@ from jax.typing import ArrayLike, DTypeLike
 
 from mlp_jax.core import eager, validation
 from mlp_jax.core.model import Params
+from mlp_jax.core.network import DEFAULT_OUTPUT, SOURCE, check_network
 from mlp_jax.errors import InputError, InputTypeError, NonFiniteError, ResumeError
 from mlp_jax.io.pytree_file import match_template
 from mlp_jax.training import distributed, privacy
 from mlp_jax.training.epoch import EpochProgram, epoch_key, epoch_program
-from mlp_jax.training.evaluation import evaluate_checked
+from mlp_jax.training.evaluation import evaluate_checked, score_name
 from mlp_jax.training.optimizers import OptimizerLike, as_optimizer, steps_per_epoch
 from mlp_jax.training.run import (Best, RunState, check_more_epochs, check_unchanged, new_run,
                                   result_params)
@@ -72,12 +73,14 @@ def fit(params: Params, train: Tuple[ArrayLike, ArrayLike], *,
         should_stop: Optional[Callable[[], bool]] = None,
         compute_dtype: Optional[DTypeLike] = None, dp: Optional[privacy.DPConfig] = None,
         mesh: Optional[Mesh] = None, track_train_accuracy: bool = False,
-        shuffle: bool = True, settings: Optional[FitSettings] = None) -> FitResult:
+        shuffle: bool = True, activation: Any = "relu", output: str = DEFAULT_OUTPUT,
+        settings: Optional[FitSettings] = None) -> FitResult:
   """Trains with the compiled epoch: shuffling, validation each epoch, optional early stopping.
 
   Args:
     params: initial parameters (tuple of `Dense`); not modified. Ignored with `resume`.
-    train: (x, y) training data, (N, n) floating and (N,) integer.
+    train: (x, y) training data, (N, n) floating and (N,) integer labels (or, for another
+      `output`, its targets (N, K)).
     optimizer: an optax GradientTransformation, or a name "sgd", "momentum" or "adam" meaning
       `make_optimizer(name)`, its defaults: a constant learning rate of 1e-3 (for another rate
       or the cosine schedule, pass `make_optimizer(name, lr, ...)`).
@@ -88,8 +91,8 @@ def fit(params: Params, train: Tuple[ArrayLike, ArrayLike], *,
       cross-entropy).
     seed: shuffling seed in 0..2**32-1; epoch e uses `epoch_key(seed, e)`. Same seed, same
       machine: the same parameters bit for bit.
-    val: optional (x, y) validation data: loss (E6) at `l2` and accuracy are recorded each
-      epoch.
+    val: optional (x, y) validation data: loss (E6) at `l2` and accuracy (`val_acc`; `val_r2`
+      for a regression output, see `evaluation.score_name`) are recorded each epoch.
     patience: with `val`, stop after this many epochs (>= 1) without a lower validation loss
       and return the parameters of the best epoch.
     resume: a `RunState` (`result.state`, or `run.load_run`) to continue from. Every
@@ -109,8 +112,11 @@ def fit(params: Params, train: Tuple[ArrayLike, ArrayLike], *,
     track_train_accuracy: also record `train_acc`, the accuracy on the whole training set after
       each epoch (one more forward pass over it).
     shuffle: False takes the rows in order every epoch (not with `dp`).
+    activation, output: the network trained (as for `loss_and_grads`): the source's ReLU and
+      softmax by default. Recorded in the run, so a resume keeps it.
     settings: the settings above (batch_size, l2, seed, patience, compute_dtype, dp, shuffle,
-      track_train_accuracy) as one `FitSettings` value, instead of one by one (not both).
+      track_train_accuracy, activation, output) as one `FitSettings` value, instead of one by
+      one (not both).
 
   Raises:
     NonFiniteError: a step produced a NaN/Inf loss or gradient; it carries `.epoch`, `.step`,
@@ -120,10 +126,12 @@ def fit(params: Params, train: Tuple[ArrayLike, ArrayLike], *,
   optimizer = as_optimizer(optimizer)
   settings = _one_value(settings, FitSettings(
       batch_size=batch_size, l2=l2, seed=seed, patience=patience, compute_dtype=compute_dtype,
-      dp=dp, shuffle=shuffle, track_train_accuracy=track_train_accuracy))
+      dp=dp, shuffle=shuffle, track_train_accuracy=track_train_accuracy, activation=activation,
+      output=output))
   params = validation.check_params(params if resume is None else resume.params)
-  x, y = validation.check_pair(params, train, "train")
-  val = None if val is None else validation.check_pair(params, val, "val")
+  net = check_network(settings.network, len(params))
+  x, y = validation.check_pair(params, train, "train", net)
+  val = None if val is None else validation.check_pair(params, val, "val", net)
   validation.check_int(epochs, "epochs")
   num_val = None if val is None else val[0].shape[0]
   settings = check_settings(settings, x.shape[0], num_val)  # the one check of the settings
@@ -132,7 +140,9 @@ def fit(params: Params, train: Tuple[ArrayLike, ArrayLike], *,
     # Own copies of both (an optimizer state may alias the parameters): the epoch donates them.
     state = new_run(*_copy_tree((params, optimizer.init(params))), record)
   else:
-    check_unchanged(resume.settings, record, "the resumed run")
+    # A run of the source's network records none (its record keeps the bytes it always had).
+    network = {"network": SOURCE.record()}
+    check_unchanged(network | dict(resume.settings), network | record, "the resumed run")
     opt_state = resume.opt_state
     if isinstance(opt_state, list):  # leaves, as `load_run` returns them
       opt_state = match_template(opt_state, jax.eval_shape(optimizer.init, params),
@@ -198,10 +208,13 @@ def _record_epoch(state: RunState, x, y, val, settings: FitSettings) -> RunState
   """The epoch's record completed (validation, training accuracy, epsilon), the privacy ledger
   and the early-stopping state brought up to date."""
   record = dict(state.history[-1])
+  net = settings.network
+  score = score_name(net)
   if val is not None:
-    record["val_loss"], record["val_acc"] = evaluate_checked(state.params, *val, settings.l2)
+    record["val_loss"], record[f"val_{score}"] = evaluate_checked(state.params, *val,
+                                                                  settings.l2, net)
   if settings.track_train_accuracy:
-    record["train_acc"] = evaluate_checked(state.params, x, y, settings.l2)[1]
+    record[f"train_{score}"] = evaluate_checked(state.params, x, y, settings.l2, net)[1]
   steps = steps_per_epoch(x.shape[0], settings.batch_size)
   ledger = privacy.add_to_ledger(state.ledger, privacy.ledger_entry(
       steps, settings.dp, x.shape[0], settings.batch_size))

@@ -26,6 +26,7 @@ from jax.typing import ArrayLike, DTypeLike
 
 from mlp_jax.core import validation
 from mlp_jax.core.backprop import mean_with_penalty
+from mlp_jax.core.network import SOURCE, Network
 from mlp_jax.core.model import Params
 from mlp_jax.core.objective import penalised_mean
 from mlp_jax.core.per_example import clipped_grad_sum
@@ -82,14 +83,15 @@ def poisson_batches(key: jax.Array, num_examples: int, batch_size: int,
 
 def noisy_clipped_grads(params: Params, x: jax.Array, y: jax.Array, mask: jax.Array,
                         key: jax.Array, l2: ArrayLike, dp: DPConfig, batch_size: int,
-                        compute_dtype: Optional[DTypeLike] = None) -> Tuple[jax.Array, Params]:
+                        compute_dtype: Optional[DTypeLike] = None,
+                        net: Network = SOURCE) -> Tuple[jax.Array, Params]:
   """(loss, g~): the DP-SGD gradient of the module docstring on one padded batch.
 
   `mask` (m,) in the parameters' dtype marks the batch's members; the sum is divided by the
   expected batch size B = `batch_size`, not by the number of members (which would leak it).
   """
   dtype = params[0].w.dtype
-  sums, _, losses = clipped_grad_sum(params, x, y, dp.clip_norm, mask, compute_dtype)
+  sums, _, losses = clipped_grad_sum(params, x, y, dp.clip_norm, mask, compute_dtype, net)
   leaves, treedef = jax.tree.flatten(sums)
   keys = jax.random.split(key, len(leaves))
   std = jnp.asarray(dp.noise_multiplier * dp.clip_norm, dtype)

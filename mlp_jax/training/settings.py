@@ -10,13 +10,15 @@ Python, `--batch-size` on the command line (the `spell` argument).
 """
 
 import dataclasses
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import DTypeLike
 
 from mlp_jax.core import validation
+from mlp_jax.core.activations import Activation
+from mlp_jax.core.network import DEFAULT_OUTPUT, SOURCE, Network, make_network
 from mlp_jax.errors import InputError, InputTypeError
 from mlp_jax.training import privacy
 
@@ -37,11 +39,22 @@ class FitSettings:
   dp: Optional[privacy.DPConfig] = None      # train with DP-SGD (see `privacy`)
   shuffle: bool = True            # False: the rows in order every epoch (not with `dp`)
   track_train_accuracy: bool = False  # also record the training set's accuracy each epoch
+  # The network trained (`core.network`): the hidden activation(s) and the output.
+  activation: Union[str, Activation, Sequence[Union[str, Activation]]] = "relu"
+  output: str = DEFAULT_OUTPUT
+
+  @property
+  def network(self) -> Network:
+    """The `Network` of `activation` and `output` (checked)."""
+    return make_network(self.activation, self.output)
 
   def record(self, train_examples: int, val_examples: Optional[int],
              devices: int = 1) -> Dict[str, Any]:
     """The run's settings as `RunState.settings` keeps them (JSON, with the data sizes): what a
-    resume must keep."""
+    resume must keep. The network is written only when it is not the source's, so the records
+    of runs of the source's network keep their bytes (and older runs still resume)."""
+    network = self.network
+    extra = {} if network == SOURCE else {"network": network.record()}
     return {
         "train_examples": int(train_examples),
         "val_examples": None if val_examples is None else int(val_examples),
@@ -53,6 +66,7 @@ class FitSettings:
         "dp": None if self.dp is None else list(self.dp),
         "devices": int(devices),
         "shuffle": self.shuffle,
+        **extra,
     }
 
 
@@ -80,6 +94,8 @@ def check_settings(settings: FitSettings, train_examples: Optional[int] = None,
     if train_examples is not None and val_examples is None:
       raise InputError(f"{spell('patience')}: early stopping needs validation data "
                        f"({spell('val')})")
+  network = make_network(settings.activation, settings.output,
+                         activation_name=spell("activation"), output_name=spell("output"))
   dp = None if settings.dp is None else privacy.check_dp_config(settings.dp, spell)
   if dp is not None and not settings.shuffle:
     raise InputError(f"{spell('shuffle')}=False: DP-SGD draws its batches by Poisson sampling")
@@ -91,7 +107,8 @@ def check_settings(settings: FitSettings, train_examples: Optional[int] = None,
       compute_dtype=_dtype_name(settings.compute_dtype, spell("compute_dtype")),
       dp=dp,
       shuffle=bool(settings.shuffle),
-      track_train_accuracy=bool(settings.track_train_accuracy))
+      track_train_accuracy=bool(settings.track_train_accuracy),
+      activation=network.activation, output=network.output)
 
 
 def _dtype_name(dtype: Optional[DTypeLike], name: str) -> Optional[str]:

@@ -10,7 +10,7 @@ compiles it for one batch given by the caller.
 """
 
 import functools
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +21,7 @@ from jax.typing import ArrayLike, DTypeLike
 from mlp_jax.core import validation
 from mlp_jax.core.backprop import objective_and_grads
 from mlp_jax.core.model import Params
+from mlp_jax.core.network import DEFAULT_OUTPUT
 from mlp_jax.training import distributed, privacy
 from mlp_jax.training.optimizers import OptimizerLike, as_optimizer
 from mlp_jax.training.settings import FitSettings, check_settings
@@ -34,7 +35,7 @@ def step_body(optimizer: optax.GradientTransformation, settings: FitSettings,
   """The plain (not jitted) step `step(params, opt_state, x, y, keep=None, step_key=None)`.
 
   Args of the step:
-    x, y: the batch, (m, n) features and (m,) labels.
+    x, y: the batch, (m, n) features and (m,) labels (or the targets of the settings' output).
     keep: optional (m,) 0/1 in the parameters' dtype; rows with 0 are padding, left out of the
       loss and gradient (a short last batch, or a Poisson batch's empty places). Needed with DP.
     step_key: the PRNG key of this step's DP noise (used only with `settings.dp`).
@@ -45,7 +46,7 @@ def step_body(optimizer: optax.GradientTransformation, settings: FitSettings,
 
   With `mesh`, the batch's rows are sharded along "data" and the new state is replicated.
   """
-  l2, compute_dtype, dp = settings.l2, settings.compute_dtype, settings.dp
+  l2, compute_dtype, dp, net = settings.l2, settings.compute_dtype, settings.dp, settings.network
 
   def step(params: Params, opt_state: optax.OptState, x: jax.Array, y: jax.Array,
            keep: Optional[jax.Array] = None, step_key: Optional[jax.Array] = None,
@@ -54,10 +55,10 @@ def step_body(optimizer: optax.GradientTransformation, settings: FitSettings,
       x, y, keep = distributed.constrain_rows((x, y, keep), mesh)
     with jax.named_scope("gradients"):
       if dp is None:
-        loss, grads = objective_and_grads(params, x, y, l2, compute_dtype, keep)
+        loss, grads = objective_and_grads(params, x, y, l2, compute_dtype, keep, net)
       else:
         loss, grads = privacy.noisy_clipped_grads(params, x, y, keep, step_key, l2, dp,
-                                                  settings.batch_size, compute_dtype)
+                                                  settings.batch_size, compute_dtype, net)
     with jax.named_scope("optimizer"):
       updates, opt_state = optimizer.update(grads, opt_state, params)
       params = optax.apply_updates(params, updates)
@@ -70,7 +71,8 @@ def step_body(optimizer: optax.GradientTransformation, settings: FitSettings,
 
 def make_train_step(optimizer: OptimizerLike, l2: ArrayLike = 0.0, *,
                     compute_dtype: Optional[DTypeLike] = None,
-                    mesh: Optional[Mesh] = None) -> Callable:
+                    mesh: Optional[Mesh] = None, activation: Any = "relu",
+                    output: str = DEFAULT_OUTPUT) -> Callable:
   """A jitted `step(params, opt_state, x, y) -> (params, opt_state, loss)`.
 
   The gradient is the analytic one, (E7)-(E12). The step compiles once per batch shape (lambda is
@@ -84,16 +86,19 @@ def make_train_step(optimizer: OptimizerLike, l2: ArrayLike = 0.0, *,
     compute_dtype: optional GEMM dtype (e.g. jnp.bfloat16), see `loss_and_grads`.
     mesh: the batch's rows split over this device mesh and the results replicated on it; the
       compiled core of `make_data_parallel_step`, which places the inputs.
+    activation, output: the network trained, as for `loss_and_grads`.
   """
   optimizer = as_optimizer(optimizer)
-  body = step_body(optimizer, check_settings(FitSettings(l2=l2, compute_dtype=compute_dtype)),
-                   mesh)
+  settings = check_settings(FitSettings(l2=l2, compute_dtype=compute_dtype,
+                                        activation=activation, output=output))
+  body = step_body(optimizer, settings, mesh)
+  net = settings.network
   jit_kwargs = {} if mesh is None else {"out_shardings": distributed.replicated_sharding(mesh)}
 
   @functools.partial(jax.jit, donate_argnums=(0, 1), **jit_kwargs)
   def step(params: Params, opt_state: optax.OptState, x: ArrayLike,
            y: ArrayLike) -> Tuple[Params, optax.OptState, jax.Array]:
-    params, x, y, _ = validation.check_batch(params, x, y)
+    params, x, y, _ = validation.check_batch(params, x, y, net=net)
     params, opt_state, loss, _ = body(params, opt_state, x, y)
     return params, opt_state, loss
 
@@ -102,7 +107,8 @@ def make_train_step(optimizer: OptimizerLike, l2: ArrayLike = 0.0, *,
 
 def make_data_parallel_step(optimizer: OptimizerLike, mesh: Mesh,
                             l2: ArrayLike = 0.0, *,
-                            compute_dtype: Optional[DTypeLike] = None) -> Callable:
+                            compute_dtype: Optional[DTypeLike] = None, activation: Any = "relu",
+                            output: str = DEFAULT_OUTPUT) -> Callable:
   """A `step(params, opt_state, x, y) -> (params, opt_state, loss)` sharded over `mesh`.
 
   Like `make_train_step`, on the global batch (x, y): its rows are split along "data"
@@ -114,7 +120,8 @@ def make_data_parallel_step(optimizer: OptimizerLike, mesh: Mesh,
   Raises:
     InputError: the batch does not divide across the devices, or bad shapes or values.
   """
-  compiled = make_train_step(optimizer, l2, compute_dtype=compute_dtype, mesh=mesh)
+  compiled = make_train_step(optimizer, l2, compute_dtype=compute_dtype, mesh=mesh,
+                             activation=activation, output=output)
   rows = distributed.rows_sharding(mesh)
 
   def step(params: Params, opt_state: optax.OptState, x: ArrayLike,

@@ -3,7 +3,8 @@ test_distributed, which has already started JAX with one device in its own proce
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu python eight_devices.py
 
-On 100 fixed rows of (12, 16, 5): one step on a batch of 64 over 8 and over 4 devices, a whole
+On 100 fixed rows of (12, 16, 5): one step on a batch of 64 over 8 and over 4 devices (and over 8
+for a tanh network with a squared-error output), a whole
 epoch plain and DP-SGD, and fit with validation, each against its single-device run (largest
 relative error, replication, the collectives and rows per device in the compiled program); then
 the InputError messages of batches that do not divide the devices. Prints one line, "RESULT "
@@ -66,7 +67,17 @@ def main() -> None:
     out[f"step{n}"] = {"rel": rel(got_p, want_p),
                        "loss_rel": abs(float(got_loss) / float(want_loss) - 1),
                        "replicated": replicated((got_p, got_s), n)}
-  rows = distributed.rows_sharding(mj.make_mesh(4))  # the last step built: 4 devices
+  # Another network (tanh, multi-output squared error): the same data-parallel step.
+  net = dict(activation="tanh", output="identity_squared_error")
+  targets = jnp.asarray(rng.standard_normal((64, 5)).astype(np.float32))
+  one_p, _, one_loss = mj.make_train_step(opt, l2=1e-2, **net)(copy(params), opt.init(params),
+                                                               x[:64], targets)
+  net_p, net_s, net_loss = mj.make_data_parallel_step(opt, mesh, l2=1e-2, **net)(
+      copy(params), opt.init(params), x[:64], targets)
+  out["step_network"] = {"rel": rel(net_p, one_p),
+                         "loss_rel": abs(float(net_loss) / float(one_loss) - 1),
+                         "replicated": replicated((net_p, net_s), mesh.size)}
+  rows = distributed.rows_sharding(mj.make_mesh(4))  # the 4-device step's batch sharding
   hlo = step.compiled.lower(got_p, got_s, jax.device_put(x[:64], rows),
                             jax.device_put(y[:64], rows)).compile().as_text()
   out["step_collectives"] = sorted(set(re.findall(

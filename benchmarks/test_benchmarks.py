@@ -109,6 +109,9 @@ def test_plot_draws_every_figure(tmp_path):
     pytest.param(BENCH, "grads", marks=pytest.mark.slow),  # 25-30 s: three cold-start processes
     pytest.param(BENCH, "train", marks=pytest.mark.slow),  # 15-35 s, with the machine's load
     (BENCH, "per_sample"),                                  # 11-16 s
+    pytest.param(BENCH, "networks", marks=pytest.mark.slow),  # 12 networks at m = 64
+    pytest.param(BENCH, "regression", marks=pytest.mark.slow),  # two fits on diabetes
+    pytest.param(BENCH, "usps_activations", marks=pytest.mark.slow),  # two 2-epoch CLI runs
     (REPRODUCE, "page_faults"),                             # two small processes, ~10 s
 ])
 def test_quick_run_writes_results(folder, script, tmp_path):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import mlp_jax as mj
-from conftest import make_batch
+from conftest import make_batch, one_error_line, run_cli, trees_bit_equal
 from mlp_jax.tools.diagnosis import KINDS, WHERE, diagnose, random_problem
 from mlp_jax.tools.diagnosis_draws import param_leaves
 
@@ -257,3 +257,280 @@ def test_nonfinite_gradient_is_reported_not_raised():
 def test_bad_grad_fn_raises_a_clear_error(grad_fn, error, message):
   with pytest.raises(error, match=message):
     _diagnosis(grad_fn, (6, 5, 3), 7)
+
+
+# --------------------- other networks: the activations (E16)-(E21) and outputs (E22)-(E25)
+
+def _gelu_derivative(h):
+  """Phi(h) + h phi(h), (E21)."""
+  return jax.scipy.stats.norm.cdf(h) + h * jax.scipy.stats.norm.pdf(h)
+
+
+# activation spec -> (g(h), g'(h) from (h, a)), written out here, (E16)-(E21)
+HIDDEN = {
+    "relu": (jax.nn.relu, lambda h, a: (h > 0).astype(h.dtype)),
+    "logistic": (jax.nn.sigmoid, lambda h, a: a * (1 - a)),
+    "tanh": (jnp.tanh, lambda h, a: 1 - a ** 2),
+    "leaky_relu:0.2": (lambda h: jnp.where(h > 0, h, 0.2 * h),
+                       lambda h, a: jnp.where(h > 0, 1.0, 0.2)),
+    "gelu": (lambda h: h * jax.scipy.stats.norm.cdf(h), lambda h, a: _gelu_derivative(h)),
+}
+# output -> its output error dl/dz from (z, y), written out here, (E7), (E23)-(E25)
+ERRORS = {
+    "softmax_cross_entropy":
+        lambda z, y: jax.nn.softmax(z, axis=1) - jax.nn.one_hot(y, z.shape[1], dtype=z.dtype),
+    "sigmoid_binary_cross_entropy": lambda z, y: jax.nn.sigmoid(z) - y,
+    "identity_squared_error": lambda z, y: (z - y) / z.shape[1],
+    "poisson_log_link": lambda z, y: jnp.exp(z) - y,
+}
+SOFTMAX, SIGMOID, SQUARED, POISSON = ERRORS
+
+
+def _written_out(activation, output, *, derivative=None, layer=None, error=None, mean=True):
+  """The gradient (E7)-(E12) of a network, with (E16)-(E25), written out by hand for any depth:
+  `activation` "tanh" or "tanh,relu" (one per hidden layer), the output's error. A mistake:
+  `derivative(h, a)` for g' in hidden layer `layer` (from 1; None: every layer), `error(z, y)`
+  for the output error, or (mean=False) the batch sum where the derivation takes the mean."""
+  names = activation.split(",")
+
+  def grad_fn(params, x, y, l2=0.0):
+    m, hs, acts = x.shape[0], [], [x]
+    for i, dense in enumerate(params[:-1]):
+      hs.append(acts[-1] @ dense.w + dense.b[None, :])
+      acts.append(HIDDEN[names[i % len(names)]][0](hs[-1]))
+    z = acts[-1] @ params[-1].w + params[-1].b[None, :]
+    delta = (error or ERRORS[output])(z, y) / (m if mean else 1)
+    grads = []
+    for l in range(len(params) - 1, -1, -1):
+      grads.insert(0, mj.Dense(acts[l].T @ delta + l2 / m * params[l].w, delta.sum(0)))
+      if l:
+        wrong = derivative is not None and layer in (None, l)
+        g = derivative if wrong else HIDDEN[names[(l - 1) % len(names)]][1]
+        delta = (delta @ params[l].w.T) * g(hs[l - 1], acts[l])
+    return tuple(grads)
+  return grad_fn
+
+
+def _targets(output, m, k, seed=0):
+  """Targets of the output's kind: labels (m,), 0/1 indicators, reals or counts (m, K)."""
+  rng = np.random.default_rng(seed)
+  if output == SOFTMAX:
+    return jnp.asarray(rng.integers(0, k, m), jnp.int32)
+  draw = {SIGMOID: lambda: rng.integers(0, 2, (m, k)), SQUARED: lambda: rng.normal(0, 1, (m, k)),
+          POISSON: lambda: rng.poisson(1.0, (m, k))}[output]
+  return jnp.asarray(draw(), jnp.float32)
+
+
+def _net_diagnosis(grad_fn, activation, output, sizes=(6, 5, 3), m=7, **kwargs):
+  params = mj.init_params(jax.random.PRNGKey(m), sizes)
+  x, _ = make_batch(m, sizes, m, jnp.float32)
+  spec = activation.split(",") if "," in activation else activation
+  return diagnose(grad_fn, params, x, _targets(output, m, sizes[-1]), L2, activation=spec,
+                  output=output, **kwargs)
+
+
+DEEP = (6, 5, 4, 3)
+SUMMED = "data_term whole data_term whole"  # a bias has no penalty: all of it is data term
+# (case id, activation, output, the mistake (keywords of _written_out), kind, detail (or one per
+# leaf that fails), every leaf that fails (all of them name the mistake), layer sizes)
+NET_MISTAKES = [
+    ("logistic_derivative_is_a", "logistic", SOFTMAX, dict(derivative=lambda h, a: a),
+     "activation_derivative", "function_not_derivative", "W1 b1", SHAPES[0][0]),
+    ("logistic_derivative_on_h", "logistic", SIGMOID, dict(derivative=lambda h, a: h * (1 - h)),
+     "activation_derivative", "wrong_quantity", "W1 b1", SHAPES[0][0]),
+    ("tanh_derivative_1_minus_a", "tanh", SQUARED, dict(derivative=lambda h, a: 1 - a),
+     "activation_derivative", "one_minus_a", "W1 b1", SHAPES[0][0]),
+    ("tanh_derivative_on_h", "tanh", POISSON, dict(derivative=lambda h, a: 1 - h ** 2),
+     "activation_derivative", "wrong_quantity", "W1 b1", SHAPES[0][0]),
+    ("tanh_derivative_missing", "tanh", SOFTMAX, dict(derivative=lambda h, a: 1.0),
+     "activation_derivative", "no_derivative", "W1 b1", SHAPES[0][0]),
+    ("leaky_slope_dropped", "leaky_relu:0.2", SOFTMAX,
+     dict(derivative=lambda h, a: (a > 0).astype(a.dtype)), "activation_derivative", "no_slope",
+     "W1 b1", SHAPES[0][0]),
+    ("gelu_derivative_on_a", "gelu", SQUARED, dict(derivative=lambda h, a: _gelu_derivative(a)),
+     "activation_derivative", "wrong_quantity", "W1 b1", SHAPES[0][0]),
+    ("logistic_layer_2_is_a", "tanh,logistic", SIGMOID, dict(derivative=lambda h, a: a, layer=2),
+     "activation_derivative", "function_not_derivative@2", "W1 b1 W2 b2", DEEP),
+    ("tanh_every_layer_on_h", "tanh", SOFTMAX, dict(derivative=lambda h, a: 1 - h ** 2),
+     "activation_derivative", "wrong_quantity wrong_quantity wrong_quantity@2 wrong_quantity@2",
+     "W1 b1 W2 b2", DEEP),   # W2, b2 see hidden layer 2's derivative only
+    ("sigmoid_error_times_2", "relu", SIGMOID,
+     dict(error=lambda z, y: 2 * (jax.nn.sigmoid(z) - y)), "output_error", "factor_2",
+     "W1 b1 W2 b2", SHAPES[0][0]),
+    ("sigmoid_error_on_z", "tanh", SIGMOID, dict(error=lambda z, y: z - y), "output_error",
+     "linear_output", "W1 b1 W2 b2", SHAPES[0][0]),
+    ("squared_error_times_2", "tanh", SQUARED, dict(error=lambda z, y: 2 * (z - y) / z.shape[1]),
+     "output_error", "factor_2", "W1 b1 W2 b2", SHAPES[0][0]),
+    ("squared_error_no_1_over_K", "relu", SQUARED, dict(error=lambda z, y: z - y),
+     "output_error", "no_over_K", "W1 b1 W2 b2", SHAPES[0][0]),
+    ("squared_error_2_no_1_over_K", "logistic", SQUARED, dict(error=lambda z, y: 2 * (z - y)),
+     "output_error", "factor_2_no_over_K", "W1 b1 W2 b2", SHAPES[0][0]),
+    ("poisson_error_on_z", "relu", POISSON, dict(error=lambda z, y: z - y), "output_error",
+     "linear_output", "W1 b1 W2 b2", SHAPES[0][0]),
+    ("poisson_error_on_z_deep", "tanh,relu", POISSON, dict(error=lambda z, y: z - y),
+     "output_error", "linear_output", "W1 b1 W2 b2 W3 b3", DEEP),
+    ("sigmoid_summed", "logistic", SIGMOID, dict(mean=False), "sum_not_mean", SUMMED,
+     "W1 b1 W2 b2", SHAPES[0][0]),
+    ("squared_summed", "tanh", SQUARED, dict(mean=False), "sum_not_mean", SUMMED,
+     "W1 b1 W2 b2", SHAPES[0][0]),
+    ("poisson_summed", "gelu", POISSON, dict(mean=False), "sum_not_mean", SUMMED,
+     "W1 b1 W2 b2", SHAPES[0][0]),
+]
+
+
+@pytest.mark.parametrize(
+    "activation,output,mistake,kind,detail,failed,sizes",
+    [pytest.param(*case[1:], id=case[0]) for case in NET_MISTAKES])
+def test_each_network_mistake_is_diagnosed_as_its_kind(activation, output, mistake, kind,
+                                                        detail, failed, sizes):
+  d = _net_diagnosis(_written_out(activation, output, **mistake), activation, output, sizes,
+                     repro=False)
+  assert d.failed == tuple(failed.split()), str(d)
+  details = detail.split() if " " in detail else [detail] * len(d.failed)
+  for name, want in zip(d.failed, details):
+    assert (d[name].kind, d[name].detail) == (kind, want), str(d)
+    assert d[name].rel_err > 1e-12 and d[name].explanation
+  assert kind in KINDS and d.network == mj.Network(
+      mj.core.network.make_network(activation.split(","), output).activation
+      if "," in activation else mj.core.network.parse_activation(activation), output).describe()
+
+
+NETWORKS = [("logistic", SIGMOID), ("tanh", SQUARED), ("leaky_relu:0.2", POISSON),
+            ("gelu", SOFTMAX), ("relu", POISSON), ("tanh,relu", SIGMOID)]
+
+
+@pytest.mark.parametrize("activation,output", NETWORKS)
+@pytest.mark.parametrize("by", ["written_out", "mj.grads"])
+def test_correct_gradient_of_each_network_passes(activation, output, by):
+  sizes = DEEP if "," in activation else SHAPES[0][0]
+  spec = activation.split(",") if "," in activation else activation
+  grad_fn = (_written_out(activation, output) if by == "written_out" else
+             lambda p, x, y, l2: mj.grads(p, x, y, l2, activation=spec, output=output))
+  d = _net_diagnosis(grad_fn, activation, output, sizes)
+  assert d.passed and d.failed == (), str(d)
+  assert all(e.kind is None and e.rel_err <= 1e-12 for e in d.entries)
+  assert f"output {output}" in str(d).splitlines()[0]
+
+
+def test_a_factor_2_on_one_parameter_is_a_scale_not_the_output_error():
+  """A stray 2 in the output error reaches every parameter, the output bias too; on W2 alone it
+  is a "scale"."""
+  right = _written_out("tanh", SIGMOID)
+
+  def grad_fn(params, x, y, l2):
+    g = right(params, x, y, l2)
+    w2 = 2 * g[1].w - l2 / x.shape[0] * params[1].w   # data term doubled, penalty right
+    return (g[0], mj.Dense(w2, g[1].b))
+  d = _net_diagnosis(grad_fn, "tanh", SIGMOID, repro=False)
+  assert d.failed == ("W2",)
+  assert (d["W2"].kind, d["W2"].factor, d["W2"].detail) == ("scale", "2", "data_term"), str(d)
+
+
+def test_squared_error_with_K_2_names_both_readings():
+  """At K = 2 the missing 1/K and the stray 2 are the same gradient: the report says so."""
+  grad_fn = _written_out("tanh", SQUARED, error=lambda z, y: z - y)
+  d = _net_diagnosis(grad_fn, "tanh", SQUARED, sizes=(6, 5, 2), repro=False)
+  assert (d["b2"].kind, d["b2"].detail) == ("output_error", "no_over_K"), str(d)
+  assert "equal at these sizes to" in d["b2"].explanation and "stray factor 2" in str(d)
+
+
+def test_random_problem_draws_targets_of_the_outputs_kind():
+  y = {out: np.asarray(random_problem(0, (4, 3, 5), 40, output=out)[2]) for out in ERRORS}
+  assert y[SOFTMAX].dtype == np.int32 and y[SOFTMAX].shape == (40,)
+  assert all(y[out].shape == (40, 5) and y[out].dtype == np.float64
+             for out in (SIGMOID, SQUARED, POISSON))
+  assert set(np.unique(y[SIGMOID])) == {0.0, 1.0}
+  assert (y[POISSON] >= 0).all() and (y[POISSON] == np.round(y[POISSON])).all()
+  assert (y[SQUARED] < 0).any() and not (y[SQUARED] == np.round(y[SQUARED])).all()
+  # the parameters and features are the default draw's, whatever the output
+  assert trees_bit_equal(random_problem(0, (4, 3, 5), 40, output=POISSON)[:2],
+                         random_problem(0, (4, 3, 5), 40)[:2])
+
+
+def test_network_mistake_repro_names_the_network_and_its_snippet_runs():
+  grad_fn = _written_out("tanh", POISSON, error=lambda z, y: z - y)
+  d = _net_diagnosis(grad_fn, "tanh", POISSON)
+  text = str(d)
+  assert text.splitlines()[0].startswith(
+      "gradient diagnosis: layers (6, 5, 3), activation tanh, output poisson_log_link, float64")
+  assert "output_error: the output error of (E25) is computed on the linear output" in text
+  repro = d["b2"].repro
+  assert "activation='tanh', output='poisson_log_link'" in repro.snippet
+  out = io.StringIO()
+  before = jax.config.jax_enable_x64
+  try:
+    with contextlib.redirect_stdout(out), jax.enable_x64(True):
+      exec(repro.snippet, {"grad_fn": grad_fn})
+  finally:
+    jax.config.update("jax_enable_x64", before)
+  shown = float(out.getvalue().split("rel. error:")[1])
+  assert shown == pytest.approx(repro.rel_err, rel=1e-9) and shown > 1e-12
+
+
+def test_default_network_named_explicitly_is_the_default_report():
+  grad_fn = _edit(B1, lambda g, t, m, n, l2: g * m / n)
+  params, x, y = _problem((6, 5, 3), 7)
+  plain = diagnose(grad_fn, params, x, y, L2, repro=False)
+  named = diagnose(grad_fn, params, x, y, L2, repro=False, activation="relu",
+                   output="softmax_cross_entropy")
+  assert str(plain) == str(named) and plain.to_dict() == named.to_dict()
+  assert "activation" not in str(plain).splitlines()[0]
+
+
+# ------------------------------------------------------- mlp-jax check --activation --output
+
+SMALL = ["check", "--features", "6", "--hidden", "5", "4", "--classes", "3", "--m", "7"]
+
+
+@pytest.mark.parametrize("activation,output", [("tanh,logistic", POISSON),
+                                               ("leaky_relu:0.2", SIGMOID)])
+def test_check_of_another_network_passes(activation, output, capsys):
+  code, text, _ = run_cli(SMALL + ["--activation", activation, "--output", output], capsys)
+  assert code == 0 and text.rstrip().endswith("PASSED"), text
+  head = text.splitlines()[0]
+  assert f"activation {activation}, output {output}" in head, head
+
+
+def test_check_diagnoses_a_user_gradient_of_another_network(tmp_path, capsys):
+  user = tmp_path / "my_poisson.py"
+  user.write_text(
+      "import jax.numpy as jnp\n"
+      "import mlp_jax as mj\n"
+      "def grads(params, x, y, l2):\n"
+      "  (l1, l2_), m = params, x.shape[0]\n"
+      "  h = x @ l1.w + l1.b[None, :]\n"
+      "  a = jnp.tanh(h)\n"
+      "  z = a @ l2_.w + l2_.b[None, :]\n"
+      "  e = (z - y) / m                      # the mistake: z - y, not exp(z) - y\n"
+      "  d = (e @ l2_.w.T) * (1 - a ** 2)\n"
+      "  return (mj.Dense(x.T @ d + l2 / m * l1.w, d.sum(0)),\n"
+      "          mj.Dense(a.T @ e + l2 / m * l2_.w, e.sum(0)))\n")
+  args = ["check", "--features", "6", "--hidden", "5", "--classes", "3", "--m", "7",
+          "--activation", "tanh", "--output", POISSON, "--grads", f"{user}:grads"]
+  code, text, _ = run_cli(args, capsys)
+  assert code == 1, text
+  assert "activation tanh, output poisson_log_link" in text.splitlines()[0]
+  assert text.count("output_error: the output error of (E25) is computed on the linear output") \
+      == 4, text
+  code, text, _ = run_cli(args[:-6] + ["--grads", f"{user}:grads"], capsys)  # softmax: labels
+  assert code == 2 and "your function" in one_error_line(_)
+
+
+@pytest.mark.parametrize("options,needle", [
+    (["--activation", "tanh,relu,relu"], "--activation: expected one activation per hidden "
+                                         "layer (2), got 3"),
+    (["--activation", "leaky_relu:steep"], "--activation: expected leaky_relu:SLOPE"),
+    (["--activation", "tanh,softsign"], "--activation[1]: expected one of"),
+    (["--output", "hinge"], "--output: expected one of identity_squared_error, "),
+], ids=["count", "slope", "name", "output"])
+def test_check_refuses_a_bad_network_in_one_line(options, needle, capsys):
+  code, _, err = run_cli(SMALL + options, capsys)
+  assert code == 2 and needle in one_error_line(err), err
+
+
+def test_check_help_names_every_activation_and_output(capsys):
+  with pytest.raises(SystemExit):
+    run_cli(["check", "--help"], capsys)
+  text = capsys.readouterr().out
+  for name in list(mj.ACTIVATIONS) + list(mj.OUTPUTS) + ["leaky_relu:SLOPE", "tanh,relu"]:
+    assert name in text, name

@@ -23,10 +23,28 @@ per draw:
 - "missing_penalty" (beta = 0), "extra_penalty" (beta = 2 lambda/m, or a penalty on a bias),
   "penalty_scale" (beta = lambda, lambda/2m, ...), with alpha = 1;
 - "transpose": got = ref^T, or its data term transposed (square weights only);
-- "relu_mask", "output_error": got - P is the data term of `core.backprop` with one piece swapped:
-  the ReLU masks (E10) (input feature i masked by hidden unit i (S3), derivative 1 or 1/2 at
-  h = 0, no mask; in every hidden layer or in one), or the output error dl/dz (E7) (its two cases
-  swapped (S1), yhat without the one-hot y subtracted, the logits z - y).
+- "relu_mask", "output_error", "activation_derivative": got - P is the data term of
+  `core.backprop` with one piece swapped:
+  - "relu_mask": the ReLU masks (E10): input feature i masked by hidden unit i (S3), derivative
+    1 or 1/2 at h = 0, no mask; in every hidden layer or in one;
+  - "output_error": the output error dl/dz (E7): its two cases swapped (S1), yhat without the
+    one-hot y subtracted, the logits z - y. For the other outputs (E23)-(E25): "factor_2", a
+    stray 2 (2(yhat - y) for sigmoid and Poisson, 2(yhat - y)/K for squared error);
+    "no_over_K", squared error's yhat - y without the 1/K; "factor_2_no_over_K", its
+    2(yhat - y); "linear_output", z - y for sigma(z) - y or exp(z) - y;
+  - "activation_derivative": another activation's g'(h), (E16)-(E21), written wrong:
+    "function_not_derivative", the function for its derivative (sigma(h) = a for a(1 - a),
+    tanh h = a for 1 - a^2, GELU's a); "wrong_quantity", the formula read on the other of h
+    and a (h(1 - h) for a(1 - a), 1 - h^2 for 1 - a^2, GELU's Phi(h) + h phi(h) on a);
+    "one_minus_a", 1 - a for tanh's 1 - a^2; "no_slope", the leaky ReLU's 1[a > 0] without its
+    alpha; "no_derivative", no g' at all; in every hidden layer of that activation or in one,
+    "name@l" (which a leaf names too when it sees only one such layer: W2 sees layers >= 2).
+  An output error that is a multiple of the right one (factor_2, no_over_K, ...) is tried
+  before the linear fit, and named only where the output layer's bias shows the same multiple
+  (else "scale"); a 1/m missing is "sum_not_mean" whatever the output.
+
+Another network: `diagnose(..., activation="tanh", output="poisson_log_link")` (as for `loss`)
+compares with jax.grad of that network, on draws whose targets are of the output's kind.
 
 This module runs the comparison and writes the report; the modules beneath it, whose names it
 re-exports:
@@ -39,7 +57,7 @@ re-exports:
 import dataclasses
 import itertools
 import math
-from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -47,8 +65,9 @@ import numpy as np
 
 from mlp_jax.core import model, validation
 from mlp_jax.core.model import Params
+from mlp_jax.core.network import DEFAULT_OUTPUT, SOURCE, Network, make_network
 from mlp_jax.errors import InputTypeError
-from mlp_jax.oracle.autodiff import autodiff_grads, to_float64
+from mlp_jax.oracle.autodiff import grad_objective, to_float64
 from mlp_jax.oracle.check import RTOL, relative_error
 from mlp_jax.tables import text_table
 from mlp_jax.tools.diagnosis_draws import (Draw, DrawInfo, Leaf, leaves64, param_leaves,
@@ -154,6 +173,7 @@ class Diagnosis:
   layer_sizes: Tuple[int, ...]
   rtol: float
   match_rtol: float
+  network: str = SOURCE.describe()  # the activations and output diagnosed
 
   @property
   def passed(self) -> bool:
@@ -172,7 +192,8 @@ class Diagnosis:
 
   def __str__(self) -> str:
     draws = "; ".join(f"{d.label} (m={d.m}, lambda={d.l2:g})" for d in self.draws)
-    lines = [f"gradient diagnosis: layers {self.layer_sizes}, float64, bar: rel. error <= "
+    net = "" if self.network == SOURCE.describe() else f"{self.network}, "
+    lines = [f"gradient diagnosis: layers {self.layer_sizes}, {net}float64, bar: rel. error <= "
              f"{self.rtol:.0e}; a mistake must reproduce the gradient to {self.match_rtol:.0e} "
              "on every draw", f"draws: {draws}"] + text_table(
         [("param", "shape", "result", "rel. error (worst)", "(given)", "where", "likely mistake")]
@@ -195,17 +216,25 @@ _SNIPPET = """import jax
 import mlp_jax as mj
 from mlp_jax.tools.diagnosis import random_problem
 jax.config.update("jax_enable_x64", True)
-params, x, y = random_problem(0, {sizes}, m={m}{ties})
+params, x, y = random_problem(0, {sizes}, m={m}{ties}{net})
 got = {fn}(params, x, y, {l2!r})  # your gradient function
-ref = mj.autodiff_grads(params, x, y, {l2!r})
+ref = mj.autodiff_grads(params, x, y, {l2!r}{net})
 print("{name} got:", got{leaf})
 print("{name} ref:", ref{leaf})
 print("rel. error:", mj.relative_error(got{leaf}, ref{leaf}))
 """
 
 
+def _network_args(net: Network) -> str:
+  """The keyword arguments that name a network other than the source's, for a snippet."""
+  spec = net.record()["activation"]
+  return ((f", activation={spec!r}" if spec != "relu" else "")
+          + (f", output={net.output!r}" if net.output != DEFAULT_OUTPUT else ""))
+
+
 def _minimal_repros(grad_fn, depth: int, wanted: Dict[Leaf, Tuple[float, bool]],
-                    leaves: Sequence[Leaf], max_tries: int) -> Dict[Leaf, Repro]:
+                    leaves: Sequence[Leaf], max_tries: int,
+                    net: Network = SOURCE) -> Dict[Leaf, Repro]:
   """For each leaf in `wanted` (with its lambda and whether it needs ties), the first small
   problem (widths 2-4, K 2-3, m 1-4, smallest first) on which its error exceeds the bar."""
   widths = itertools.product(*([(2, 3, 4)] * depth + [(2, 3)]))
@@ -218,17 +247,19 @@ def _minimal_repros(grad_fn, depth: int, wanted: Dict[Leaf, Tuple[float, bool]],
     if not pending or tries >= max_tries:
       continue
     tries += 1
-    params, x, y = random_problem(0, sizes, m, ties=ties)
+    params, x, y = random_problem(0, sizes, m, ties=ties, activation=net.activation,
+                                  output=net.output)
     try:
       got = user_grads(grad_fn, params, x, y, l2, leaves)
     except Exception:  # a function that only runs at some sizes (S3 needs n = d): skip
       continue
-    ref = leaves64(autodiff_grads(params, x, y, l2))
+    ref = leaves64(grad_objective(params, x, y, l2, net=net))
     for leaf in pending:
       err = relative_error(got[leaf.index], ref[leaf.index])
       if not err <= BAR:
         snippet = _SNIPPET.format(sizes=sizes, m=m, ties=", ties=True" if ties else "",
                                   fn=fn if fn.isidentifier() else "grad_fn", l2=l2,
+                                  net=_network_args(net),
                                   name=leaf.name, leaf=leaf.subscript)
         found[leaf] = Repro(layer_sizes=sizes, m=m, l2=l2, seed=0, ties=ties,
                             rel_err=err if math.isfinite(err) else math.inf, snippet=snippet)
@@ -237,19 +268,24 @@ def _minimal_repros(grad_fn, depth: int, wanted: Dict[Leaf, Tuple[float, bool]],
 
 def diagnose(grad_fn: Callable, params: Params, x, y, l2=0.0, *,
              seeds: Sequence[int] = (0, 1, 2), repro: bool = True,
-             max_repro_tries: int = 48) -> Diagnosis:
+             max_repro_tries: int = 48, activation: Any = "relu",
+             output: str = DEFAULT_OUTPUT) -> Diagnosis:
   """Diagnoses a gradient function against jax.grad: which parameter, where, and why.
 
   Args:
     grad_fn: the gradient under test, `grad_fn(params, x, y, l2)` returning a tuple of `Dense`
       shaped like params, as `mlp_jax.grads` does.
-    params, x, y, l2: the problem, as for `loss`; compared in float64 (upcast).
+    params, x, y, l2: the problem, as for `loss`; compared in float64 (upcast). y holds the
+      targets `output` takes: int labels (m,) for softmax, real values (m, K) for the others.
     seeds: one fresh random draw per seed, of the same layer sizes, at other batch sizes and
       alternately at lambda + 0.5 and lambda; a ties draw (h = 0 exactly) is added.
     repro: whether to search small problems for a minimal reproduction of each failure, at
       lambda (or lambda + 0.5 if the error shows only there), on a ties problem if it showed
       only on the ties draw.
     max_repro_tries: at most this many grad_fn calls in that search.
+    activation, output: the network grad_fn is the gradient of (as for `loss_and_grads`): the
+      oracle is jax.grad of its objective, the fresh draws' targets are of its output's kind,
+      and its activations and output bring their own likely mistakes.
 
   Returns:
     A `Diagnosis`; `print` it for a table, `.passed` for the verdict, `.to_dict()` for JSON.
@@ -264,7 +300,8 @@ def diagnose(grad_fn: Callable, params: Params, x, y, l2=0.0, *,
     raise InputTypeError(f"grad_fn must be callable, got {type(grad_fn).__name__}")
   if isinstance(seeds, (str, bytes)) or not all(isinstance(s, (int, np.integer)) for s in seeds):
     raise InputTypeError(f"seeds must be a sequence of ints, got {seeds!r}")
-  params, x, y, l2 = validation.check_batch(params, x, y, l2)
+  net = make_network(activation, output)
+  params, x, y, l2 = validation.check_batch(params, x, y, l2, net=net)
   l2, m, sizes, leaves = float(l2), int(x.shape[0]), model.layer_sizes(params), param_leaves(params)
   count = max(len(seeds), 2)   # fresh batch sizes: m, then 7, 13, ..., none equal to a width
   ms = ([b for b in dict.fromkeys((m,) + BATCH_SIZES) if b not in sizes] or [m]) * count
@@ -272,10 +309,14 @@ def diagnose(grad_fn: Callable, params: Params, x, y, l2=0.0, *,
           for k, (s, b) in enumerate(zip(seeds, ms))]
   plan.append(DrawInfo("ties", ms[1], l2 + EXTRA_L2, int(seeds[0]) if len(seeds) else 0))
   with jax.enable_x64(True):
-    draws = [run_draw(grad_fn, DrawInfo("given", m, l2, None), *to_float64((params, x)), y,
-                      leaves)] + [
+    params64, x64 = to_float64((params, x))
+    y64 = y if net.out.labels else to_float64(y)
+    draws = [run_draw(grad_fn, DrawInfo("given", m, l2, None), params64, x64, y64, leaves,
+                      net)] + [
         run_draw(grad_fn, info, *random_problem(info.seed, sizes, info.m,
-                                                ties=info.label == "ties"), leaves)
+                                                ties=info.label == "ties",
+                                                activation=net.activation, output=net.output),
+                 leaves, net)
         for info in plan]
     entries = [_entry(leaf, draws) for leaf in leaves]
     wanted = {}  # (lambda, ties) of each failure's reproduction
@@ -284,9 +325,10 @@ def diagnose(grad_fn: Callable, params: Params, x, y, l2=0.0, *,
       if repro and failing:
         wanted[leaf] = (l2 if any(f.l2 == l2 for f in failing) else l2 + EXTRA_L2,
                         all(f.label == "ties" for f in failing))
-    found = _minimal_repros(grad_fn, len(params), wanted, leaves, max_repro_tries)
+    found = _minimal_repros(grad_fn, len(params), wanted, leaves, max_repro_tries, net)
   entries = [dataclasses.replace(e, repro=found.get(leaf)) for leaf, e in zip(leaves, entries)]
-  return Diagnosis(tuple(entries), tuple(d.info for d in draws), sizes, BAR, MATCH_RTOL)
+  return Diagnosis(tuple(entries), tuple(d.info for d in draws), sizes, BAR, MATCH_RTOL,
+                   net.describe())
 
 
 def _entry(leaf: Leaf, draws: Sequence[Draw]) -> ParamDiagnosis:

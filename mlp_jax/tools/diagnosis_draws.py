@@ -5,58 +5,96 @@ float64 leaves in tree order W1, b1, W2, ...: the parameters theta, the user's g
 reference (`jax.grad` of (E6)), its data term (lambda = 0), and the data terms of the
 alternatives, `core.backprop` with one piece swapped (`alternatives`). Each leaf is a `Leaf`,
 which says whether it is a weight (penalised by (E6)) or a bias (not penalised).
+
+Every draw is of one network (`network.Network`, the source's ReLU + softmax by default): its
+targets are of the output's kind, the oracle is `jax.grad` of that network's objective, and the
+pieces swapped are those its activations and output invite (`SWAPS`, `ACTIVATION_SWAPS`,
+`OUTPUT_SWAPS`).
 """
 
 import dataclasses
 import math
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mlp_jax.core import backprop, model
+from mlp_jax.core.activations import FORMULAS, Activation
 from mlp_jax.core.model import Dense, Params
+from mlp_jax.core.network import DEFAULT_OUTPUT, SOURCE, Network, make_network
 from mlp_jax.core.objective import log_softmax
 from mlp_jax.errors import InputError, InputTypeError
-from mlp_jax.oracle.autodiff import autodiff_grads, to_float64
+from mlp_jax.oracle.autodiff import grad_objective, to_float64
 from mlp_jax.oracle.check import param_names
 
 
-def random_problem(seed: int, layer_sizes: Sequence[int], m: int, *, ties: bool = False):
-  """A float64 problem (params, x (m, n), int32 labels y (m,)) of JAX arrays, numpy seed `seed`.
+def random_problem(seed: int, layer_sizes: Sequence[int], m: int, *, ties: bool = False,
+                   activation: Any = "relu", output: str = DEFAULT_OUTPUT,
+                   ) -> Tuple[Params, jax.Array, jax.Array]:
+  """A float64 problem (params, x (m, n), targets y) of JAX arrays, numpy seed `seed`.
 
   He-normal weights, N(0, 0.1^2) biases and N(0, 1) features; with `ties`, small dyadic values
   (exact in float64) and biases that put the even units of every hidden layer exactly at h = 0
-  on the first example, so that the ReLU derivative at 0 matters.
+  on the first example, so that the ReLU derivative at 0 matters. The targets are of the kind
+  `output` takes (`random_targets`): int32 labels (m,) for softmax (the default), float64 (m, K)
+  for the others. `activation` (as for `loss`) is used by the ties only, for the layers above
+  the first.
   """
   rng = np.random.default_rng(seed)
   sizes = tuple(int(s) for s in layer_sizes)
+  net = make_network(activation, output)
   if ties:
-    layers, x = _dyadic_layers(rng, sizes, m)
+    layers, x = _dyadic_layers(rng, sizes, m, net.hidden(len(sizes) - 2))
   else:
     layers = [(rng.standard_normal((a, b)) * np.sqrt(2.0 / a), 0.1 * rng.standard_normal(b))
               for a, b in zip(sizes[:-1], sizes[1:])]
     x = rng.standard_normal((m, sizes[0]))
-  y = rng.integers(0, sizes[-1], size=m).astype(np.int32)
+  y = random_targets(rng, net, m, sizes[-1])
   with jax.enable_x64(True):
-    return to_float64(tuple(Dense(w, b) for w, b in layers)), to_float64(x), jnp.asarray(y)
+    targets = jnp.asarray(y, None if net.out.labels else jnp.float64)
+    return to_float64(tuple(Dense(w, b) for w, b in layers)), to_float64(x), targets
 
 
-def _dyadic_layers(rng, sizes, m):
+def random_targets(rng: np.random.Generator, net: Network, m: int, k: int) -> np.ndarray:
+  """Targets of the kind the network's output takes (`outputs.Output`): int32 labels (m,) in
+  0..K-1; 0/1 indicators (m, K) for targets in [0, 1]; Poisson(1) counts (m, K) for targets
+  >= 0; N(0, 1) values (m, K) for real ones."""
+  out = net.out
+  if out.labels:
+    return rng.integers(0, k, size=m).astype(np.int32)
+  if (out.low, out.high) == (0.0, 1.0):
+    return rng.integers(0, 2, size=(m, k)).astype(np.float64)
+  if out.low == 0.0:
+    return rng.poisson(1.0, size=(m, k)).astype(np.float64)
+  return rng.standard_normal((m, k))
+
+
+def _dyadic_layers(rng, sizes, m, hidden: Sequence[Activation] = ()):
   """Weights in {+-1, +-2} step, biases in {-2..2} step (step ~ 1/sqrt(fan_in), a power of 2),
-  features in {-1, 0, 1}, (m, n); even hidden units tied at h = 0 on example 0."""
+  features in {-1, 0, 1}, (m, n); even hidden units tied at h = 0 on example 0 (exactly in
+  every layer for ReLU; above a smooth activation's layer, to its rounding)."""
   x = rng.integers(-1, 2, size=(m, sizes[0])).astype(np.float64)
   layers, a = [], x
+  hidden = tuple(hidden) or (Activation("relu"),) * (len(sizes) - 2)
   for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
     step = 2.0 ** -round(math.log2(math.sqrt(fan_in)))
     w = rng.choice([-2.0, -1.0, 1.0, 2.0], size=(fan_in, fan_out)) * step
     b = rng.integers(-2, 3, size=fan_out) * step
     if i < len(sizes) - 2:  # a hidden layer: ties on example 0, even units (sums are exact)
       b[::2] = -(a[0] @ w)[::2]
-      a = np.maximum(a @ w + b, 0.0)
+      a = _activate(hidden[i], a @ w + b)
     layers.append((w, b.astype(np.float64)))
   return layers, x
+
+
+def _activate(act: Activation, h: np.ndarray) -> np.ndarray:
+  """g(h) in float64 numpy: ReLU as np.maximum (exact), the others by their `forward`."""
+  if act.name == "relu":
+    return np.maximum(h, 0.0)
+  with jax.enable_x64(True):
+    return np.asarray(act.forward(jnp.asarray(h, jnp.float64)), np.float64)
 
 
 class Leaf(NamedTuple):
@@ -125,7 +163,7 @@ def user_grads(grad_fn: Callable, params: Params, x, y, l2,
   return [np.asarray(leaf, np.float64) for leaf in got_leaves]
 
 
-SWAPS = {  # the detail of a "relu_mask" or "output_error" finding, and what it means
+SWAPS = {  # the detail of a "relu_mask" finding or a softmax "output_error" one: what it means
     "swapped_cases": "the output error dl/dz (E7) has its two cases swapped: yhat_t for the true "
                      "class and yhat_t - 1 for the others (the source's S1)",
     "no_minus_y": "the output error dl/dz (E7) is yhat: the one-hot y is not subtracted",
@@ -142,42 +180,191 @@ SWAPS = {  # the detail of a "relu_mask" or "output_error" finding, and what it 
 }
 
 
-def alternatives(params: Params, x, y) -> Dict[Tuple[str, str], List[np.ndarray]]:
-  """Data terms (lambda = 0) of `core.backprop` with one piece swapped, keyed (kind, detail).
+def _missing(name: str, formula: str, eq: str) -> str:
+  return (f"the {name} derivative {formula} is missing: the back-propagated error is not "
+          f"multiplied by it ({eq})")
 
-  The pieces: the output error at the top (E7); the ReLU masks, (m, d_l) per hidden layer (E10),
-  in all layers or (detail "name@l") in hidden layer l alone; and for a square hidden layer l
-  (S3) its weight's data term (A_{l-1} * M_l)^T (Delta_{l+1} W_{l+1}^T). Leaves in tree order;
-  the details are the keys of `SWAPS` (with "@l" where the swap is in one layer).
-  """
-  logits, acts = model.forward_activations(params, x)                  # (E1)-(E3)
-  log_probs, m = log_softmax(logits), x.shape[0]
+
+def _ones(h, a, slope):
+  return jnp.ones_like(a)
+
+
+# activation name -> detail of an "activation_derivative" finding -> (the wrong g'(h), from
+# (h, a, slope), and what it means). "wrong_quantity": the derivative's formula fed the other
+# one of h and a than the one it reads: a for (E17)-(E18), h for (E21).
+ACTIVATION_SWAPS: Dict[str, Dict[str, Tuple[Callable, str]]] = {
+    "logistic": {
+        "function_not_derivative": (
+            lambda h, a, s: a, "the logistic derivative sigma'(h) is written as sigma(h) = a, "
+            "the function itself; it is a(1 - a) (E17)"),
+        "wrong_quantity": (
+            lambda h, a, s: h * (1 - h), "the logistic derivative sigma(1 - sigma) is "
+            "evaluated on the pre-activation h, h(1 - h); it is a(1 - a), on the output "
+            "a = sigma(h) (E17)"),
+        "no_derivative": (_ones, _missing("logistic", "a(1 - a)", "E17")),
+    },
+    "tanh": {
+        "function_not_derivative": (
+            lambda h, a, s: a, "the tanh derivative is written as tanh h = a, the function "
+            "itself; it is 1 - a^2 (E18)"),
+        "one_minus_a": (
+            lambda h, a, s: 1 - a, "the tanh derivative is written 1 - tanh h = 1 - a; it is "
+            "1 - tanh^2 h = 1 - a^2 (E18)"),
+        "wrong_quantity": (
+            lambda h, a, s: 1 - jnp.square(h), "the tanh derivative 1 - tanh^2 is evaluated on "
+            "the pre-activation h, 1 - h^2; it is 1 - a^2, on the output a = tanh h (E18)"),
+        "no_derivative": (_ones, _missing("tanh", "1 - a^2", "E18")),
+    },
+    "leaky_relu": {
+        "no_slope": (
+            lambda h, a, s: a > 0, "the leaky ReLU derivative drops the slope: 1[a > 0], the "
+            "ReLU's; it is 1 where a > 0, else alpha = {slope:g} (E20)"),
+        "no_derivative": (_ones, _missing("leaky ReLU", "(1 where a > 0, else alpha)", "E20")),
+    },
+    **{name: {
+        "function_not_derivative": (
+            lambda h, a, s: a, f"the {text} derivative is written as the function itself, "
+            f"a = g(h); it is {formula} (E21)"),
+        "wrong_quantity": (
+            lambda h, a, s, name=name: FORMULAS[name][1](a, a, s), f"the {text} derivative "
+            f"{formula} is evaluated on the output a instead of on the pre-activation h (E21)"),
+        "no_derivative": (_ones, _missing(text, formula, "E21")),
+    } for name, text, formula in (
+        ("gelu", "GELU", "Phi(h) + h phi(h)"),
+        ("gelu_tanh", "GELU (tanh form)", "(1 + t)/2 + (h/2)(1 - t^2) u'"))},
+}
+
+# output name -> detail of an "output_error" finding -> (the wrong output error, from
+# (yhat, z, y), and what it means), for the outputs other than softmax (whose are in SWAPS).
+OUTPUT_SWAPS: Dict[str, Dict[str, Tuple[Callable, str]]] = {
+    "sigmoid_binary_cross_entropy": {
+        "factor_2": (lambda yhat, z, y: 2 * (yhat - y), "the output error of (E23) has a stray "
+                     "factor 2: 2(yhat - y) instead of yhat - y, yhat = sigma(z)"),
+        "linear_output": (lambda yhat, z, y: z - y, "the output error of (E23) is computed on "
+                          "the linear output: z - y instead of sigma(z) - y"),
+    },
+    "identity_squared_error": {
+        "no_over_K": (lambda yhat, z, y: yhat - y, "the output error of (E24) lacks the 1/K: "
+                      "yhat - y instead of (yhat - y)/K (the loss is half the mean over the K "
+                      "outputs)"),
+        "factor_2": (lambda yhat, z, y: 2 * (yhat - y) / z.shape[1], "the output error of "
+                     "(E24) has a stray factor 2: 2(yhat - y)/K instead of (yhat - y)/K (the 1/2 "
+                     "of the loss dropped)"),
+        "factor_2_no_over_K": (lambda yhat, z, y: 2 * (yhat - y), "the output error of (E24) is "
+                               "2(yhat - y) instead of (yhat - y)/K: the 1/2 and the 1/K of the "
+                               "loss both dropped"),
+    },
+    "poisson_log_link": {
+        "linear_output": (lambda yhat, z, y: z - y, "the output error of (E25) is computed on "
+                          "the linear output: z - y instead of exp(z) - y"),
+        "factor_2": (lambda yhat, z, y: 2 * (yhat - y), "the output error of (E25) has a stray "
+                     "factor 2: 2(exp(z) - y), the gradient of the whole deviance, twice the "
+                     "loss"),
+    },
+}
+# The output errors that are a multiple of the right one: as alternatives, tried before the
+# linear fit (which would call them a "scale"), and only where the output layer's bias shows
+# the same multiple (a mistake in the output error reaches every parameter).
+PROPORTIONAL = ("factor_2", "no_over_K", "factor_2_no_over_K")
+
+
+def swap_layers(detail: str, net: Network, num_hidden: int) -> List[int]:
+  """The hidden layers (from 0) whose derivative the "activation_derivative" `detail` swaps."""
+  base, _, layer = detail.partition("@")
+  hidden = net.hidden(num_hidden)
+  return [l for l in ([int(layer) - 1] if layer else range(num_hidden))
+          if base in ACTIVATION_SWAPS.get(hidden[l].name, {})]
+
+
+def swap_text(kind: str, detail: str, net: Network = SOURCE, num_hidden: int = 1) -> str:
+  """What the alternative `(kind, detail)` of `alternatives` means, for the report."""
+  base, _, layer = detail.partition("@")
+  if kind == "activation_derivative":
+    acts = [net.hidden(num_hidden)[l] for l in swap_layers(detail, net, num_hidden)]
+    text = "; ".join(dict.fromkeys(ACTIVATION_SWAPS[a.name][base][1].format(slope=a.slope)
+                                   for a in acts))
+  elif kind == "output_error" and net.output in OUTPUT_SWAPS:
+    text = OUTPUT_SWAPS[net.output][base][1]
+  else:
+    text = SWAPS[base]
+  return text + (f" (hidden layer {layer})" if layer else "")
+
+
+def _output_swaps(net: Network, logits, y) -> Dict[str, jax.Array]:
+  """The wrong output errors (m, K) the network's output invites, by detail."""
+  if net.output != DEFAULT_OUTPUT:
+    yhat = net.out.predict(logits)
+    return {name: fn(yhat, logits, y) for name, (fn, _) in OUTPUT_SWAPS.get(net.output,
+                                                                            {}).items()}
+  log_probs = log_softmax(logits)
   yhat, onehot = jnp.exp(log_probs), jax.nn.one_hot(y, logits.shape[1], dtype=logits.dtype)
   yhat_t = jnp.take_along_axis(yhat, y[:, None], axis=1)
-  tops = {"swapped_cases": jnp.where(onehot > 0, yhat, yhat_t - 1), "no_minus_y": yhat,
+  return {"swapped_cases": jnp.where(onehot > 0, yhat, yhat_t - 1), "no_minus_y": yhat,
           "logits": logits - onehot}
-  hs = [model.affine(layer, a) for layer, a in zip(params[:-1], acts[:-1])]  # h_l, (m, d_l)
-  correct = backprop.relu_masks(acts)
-  masks = {"tie_one": [h >= 0 for h in hs],
-           "tie_half": [jnp.where(h > 0, 1.0, jnp.where(h == 0, 0.5, 0.0)) for h in hs],
-           "no_mask": [jnp.ones_like(h, dtype=bool) for h in hs]}
-  swap = lambda l, mask: correct[:l] + (mask,) + correct[l + 1:]
-  error = backprop.output_error(log_probs, y)                          # yhat - y, (E7)
 
-  def data_term(top=error, relu=correct):
-    """(deltas, the gradient as `Params`) of backprop with this top error and these masks."""
-    deltas = backprop.backprop_errors(params, acts, top / m, masks=tuple(relu))
+
+def _derivative_swaps(hidden: Sequence[Activation], hs, outs) -> Dict[Tuple[str, str], List]:
+  """The wrong g_l'(H_l) each hidden layer's activation invites, keyed (kind, detail): one
+  entry per hidden layer, None where that layer's activation has no such mistake."""
+  relu = {"tie_one": lambda h: h >= 0,
+          "tie_half": lambda h: jnp.where(h > 0, 1.0, jnp.where(h == 0, 0.5, 0.0)),
+          "no_mask": lambda h: jnp.ones_like(h, dtype=bool)}
+  swaps = {("relu_mask", name): [mask(h) if act.name == "relu" else None
+                                 for act, h in zip(hidden, hs)] for name, mask in relu.items()}
+  details = dict.fromkeys(d for act in hidden for d in ACTIVATION_SWAPS.get(act.name, {}))
+  for detail in details:
+    swaps[("activation_derivative", detail)] = [
+        ACTIVATION_SWAPS[act.name][detail][0](h, a, act.slope)
+        if detail in ACTIVATION_SWAPS.get(act.name, {}) else None
+        for act, h, a in zip(hidden, hs, outs)]
+  return {key: per_layer for key, per_layer in swaps.items()
+          if any(f is not None for f in per_layer)}
+
+
+def _variants(name: str, swapped: Sequence, correct: Tuple,
+              deep: bool) -> List[Tuple[str, Tuple]]:
+  """(detail, every hidden layer's g') of one swap: in every layer it applies to (`name`) and,
+  in a deeper net, in each such layer alone ("name@l"; only these where it applies to one)."""
+  layers = [l for l, f in enumerate(swapped) if f is not None]
+  every = tuple(c if f is None else f for c, f in zip(correct, swapped))
+  out = [] if deep and len(layers) == 1 else [(name, every)]
+  return out + [(f"{name}@{l + 1}", correct[:l] + (swapped[l],) + correct[l + 1:])
+                for l in (layers if deep else ())]
+
+
+def alternatives(params: Params, x, y,
+                 net: Network = SOURCE) -> Dict[Tuple[str, str], List[np.ndarray]]:
+  """Data terms (lambda = 0) of `core.backprop` with one piece swapped, keyed (kind, detail).
+
+  The pieces: the output error at the top, (E7) or (E22)-(E25) (`_output_swaps`); each hidden
+  layer's activation derivative, (E10) or (E16)-(E21) (`_derivative_swaps`: ReLU masks of
+  another convention, the other activations' derivatives written wrong), in all the layers it
+  applies to or (detail "name@l") in hidden layer l alone; and for a square ReLU layer l (S3)
+  its weight's data term (A_{l-1} * M_l)^T (Delta_{l+1} W_{l+1}^T). Leaves in tree order; the
+  details are the keys of `SWAPS`, `ACTIVATION_SWAPS` and `OUTPUT_SWAPS` (with "@l" where the
+  swap is in one layer).
+  """
+  logits, acts, correct = model.forward_pass(params, x, net=net)    # (E1)-(E3), g_l'(H_l)
+  m, hidden = x.shape[0], net.hidden(len(params) - 1)
+  hs = [model.affine(layer, jnp.asarray(a))                          # h_l, (m, d_l)
+        for layer, a in zip(params[:-1], acts[:-1])]
+  error = backprop.losses_and_errors(net, logits, y)[1]               # (E7), (E22)-(E25)
+  swap = lambda l, mask: correct[:l] + (mask,) + correct[l + 1:]
+
+  def data_term(top=error, factors=correct):
+    """(deltas, the gradient as `Params`) of backprop with this top error and these g'."""
+    deltas = backprop.backprop_errors(params, acts, top / m, masks=tuple(factors))
     return deltas, backprop.layer_grads(params, acts, deltas, 0.0, m)  # (E8)-(E12)
 
-  alts = {("output_error", name): leaves64(data_term(top)[1]) for name, top in tops.items()}
+  alts = {("output_error", name): leaves64(data_term(top)[1])
+          for name, top in _output_swaps(net, logits, y).items()}
   deep = len(hs) > 1
-  for name, relu in masks.items():
-    alts[("relu_mask", name)] = leaves64(data_term(relu=relu)[1])
-    for l in range(len(hs)) if deep else ():
-      alts[("relu_mask", f"{name}@{l + 1}")] = leaves64(data_term(relu=swap(l, relu[l]))[1])
-  for l, layer in enumerate(params[:-1]):
-    if layer.w.shape[0] == layer.w.shape[1]:
-      back = data_term(relu=swap(l, masks["no_mask"][l]))[0][l]   # Delta W^T from above
+  for (kind, name), swapped in _derivative_swaps(hidden, hs, acts[1:]).items():
+    for detail, factors in _variants(name, swapped, correct, deep):
+      alts[(kind, detail)] = leaves64(data_term(factors=factors)[1])
+  for l, (layer, act) in enumerate(zip(params[:-1], hidden)):
+    if act.name == "relu" and layer.w.shape[0] == layer.w.shape[1]:
+      back = data_term(factors=swap(l, jnp.ones_like(hs[l], dtype=bool)))[0][l]  # Delta W^T
       grads = data_term()[1]
       wrong = grads[l]._replace(w=jnp.where(correct[l], acts[l], 0.0).T @ back)
       alts[("relu_mask", f"wrong_index@{l + 1}" if deep else "wrong_index")] = leaves64(
@@ -203,6 +390,7 @@ class Draw(NamedTuple):
   ref: List[np.ndarray]    # jax.grad of (E6)
   data: List[np.ndarray]   # its data term: jax.grad at lambda = 0
   alts: Dict[Tuple[str, str], List[np.ndarray]]  # `alternatives`: data terms, one piece swapped
+  net: Network = SOURCE    # the network compared
 
   def penalty(self, leaf: Leaf, bias: bool = False) -> np.ndarray:
     """(lambda/m) theta for a weight (E8)/(E11); 0 for a bias (E9)/(E12) unless `bias`."""
@@ -210,10 +398,11 @@ class Draw(NamedTuple):
 
 
 def run_draw(grad_fn: Callable, info: DrawInfo, params: Params, x, y,
-             leaves: Sequence[Leaf]) -> Draw:
-  """grad_fn, the oracle and the alternatives on one problem (call inside x64)."""
+             leaves: Sequence[Leaf], net: Network = SOURCE) -> Draw:
+  """grad_fn, the oracle (jax.grad of the network's objective) and the alternatives on one
+  problem (call inside x64; y of the kind the output takes, real targets in float64)."""
   got = user_grads(grad_fn, params, x, y, info.l2, leaves)
-  ref = leaves64(autodiff_grads(params, x, y, info.l2))
-  data = ref if info.l2 == 0 else leaves64(autodiff_grads(params, x, y, 0.0))
+  ref = leaves64(grad_objective(params, x, y, info.l2, net=net))
+  data = ref if info.l2 == 0 else leaves64(grad_objective(params, x, y, 0.0, net=net))
   return Draw(info=info, sizes=model.layer_sizes(params), theta=leaves64(params), got=got,
-              ref=ref, data=data, alts=alternatives(params, x, y))
+              ref=ref, data=data, alts=alternatives(params, x, y, net), net=net)

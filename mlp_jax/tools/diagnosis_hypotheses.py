@@ -1,12 +1,14 @@
 """The likely mistake behind a parameter's wrong gradient: hypotheses tried against every draw.
 
 `explain` returns the first hypothesis that reproduces the user's gradient to `MATCH_RTOL` on
-every draw (`diagnosis_draws.Draw`), as a `Finding`. First the linear ones: with D the data term
-of the reference and P = (lambda/m) theta the penalty term of a weight, got = alpha D + beta theta
-is fitted per draw, and alpha and beta / (lambda/m) must each be one constant or one ratio of
-the sizes (m, n, d, K) on every draw. Then, for what differs from the reference by more than
-`INFORMATIVE` on some draw: the transpose of a square weight, and the alternatives (backprop
-with one piece swapped, `diagnosis_draws.alternatives`). Else "unexplained".
+every draw (`diagnosis_draws.Draw`), as a `Finding`. First an output error that is a multiple
+of the right one (`diagnosis_draws.PROPORTIONAL`: a stray 2, a missing 1/K), where the output
+layer's bias shows it too. Then the linear ones: with D the data term of the reference and
+P = (lambda/m) theta the penalty term of a weight, got = alpha D + beta theta is fitted per draw,
+and alpha and beta / (lambda/m) must each be one constant or one ratio of the sizes (m, n, d, K)
+on every draw. Then, for what differs from the reference by more than `INFORMATIVE` on some
+draw: the transpose of a square weight, and the alternatives (backprop with one piece swapped,
+`diagnosis_draws.alternatives`). Else "unexplained".
 """
 
 import itertools
@@ -15,12 +17,12 @@ from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 from mlp_jax.oracle.check import relative_error
-from mlp_jax.tools.diagnosis_draws import SWAPS, Draw, Leaf
+from mlp_jax.tools.diagnosis_draws import PROPORTIONAL, Draw, Leaf, swap_layers, swap_text
 
 MATCH_RTOL = 1e-9   # a hypothesis must reproduce got to this relative residual on every draw
 INFORMATIVE = 1e-6  # ... and a structural one differ from ref by more than this on some draw
 KINDS = ("scale", "sign_flip", "transpose", "missing_penalty", "extra_penalty", "penalty_scale",
-         "relu_mask", "sum_not_mean", "output_error", "unexplained")
+         "relu_mask", "sum_not_mean", "output_error", "activation_derivative", "unexplained")
 
 
 class Finding(NamedTuple):
@@ -142,28 +144,58 @@ def _structural(leaf: Leaf, draws: Sequence[Draw]) -> List[Tuple[Finding, Callab
        lambda d: d.ref[i].T),
       (Finding("transpose", "data_term", None, f"the data term of {name} is transposed (the "
                "penalty term is right)"), lambda d: d.data[i].T + d.penalty(leaf))]
+  net, hidden = draws[0].net, len(draws[0].sizes) - 2
   for kind, detail in draws[0].alts:
-    base, _, layer = detail.partition("@")
-    text = SWAPS[base] + (f" (hidden layer {layer})" if layer else "")
-    tried.append((Finding(kind, detail, None, text),
+    if kind == "activation_derivative" and hidden > 1 and "@" not in detail and len(
+        [l for l in swap_layers(detail, net, hidden) if l >= leaf.layer]) == 1:
+      continue  # this leaf sees one of the layers swapped: say which, by its "@l" variant
+    tried.append((Finding(kind, detail, None, swap_text(kind, detail, net, hidden)),
                   lambda d, key=(kind, detail): d.alts[key][i] + d.penalty(leaf)))
   return tried
 
 
+def _reproduces(leaf: Leaf, draws: Sequence[Draw], alt_of: Callable) -> bool:
+  """Whether a structural hypothesis gives got on every draw and differs from ref on some."""
+  i = leaf.index
+  alts = [alt_of(d) for d in draws]
+  return (all(_residual(d.got[i], a, d.ref[i]) <= MATCH_RTOL for d, a in zip(draws, alts))
+          and max(relative_error(a, d.ref[i]) for d, a in zip(draws, alts)) > INFORMATIVE)
+
+
+def _proportional(leaf: Leaf, draws: Sequence[Draw],
+                  tried: Sequence[Tuple[Finding, Callable]]) -> Optional[Finding]:
+  """An output error that is a multiple of the right one (a stray 2, a missing 1/K): the first
+  that reproduces this leaf and also the output layer's bias (a one-leaf factor is a "scale"),
+  naming any other that does the same at these sizes."""
+  last = len(draws[0].got) - 1
+  bias = Leaf(last, "b", last // 2, "b")
+  found = [f for f, alt_of in tried if f.kind == "output_error" and f.detail in PROPORTIONAL
+           and _reproduces(leaf, draws, alt_of)
+           and (leaf.index == last or _reproduces(
+               bias, draws, lambda d, key=(f.kind, f.detail): d.alts[key][last]))]
+  if not found:
+    return None
+  same = "" if len(found) == 1 else f" (equal at these sizes to: {found[1].explanation})"
+  return found[0]._replace(explanation=found[0].explanation + same)
+
+
 def explain(leaf: Leaf, draws: Sequence[Draw], worst: float) -> Finding:
-  """The first hypothesis that reproduces got on every draw: linear, then (for the rest, also
-  differing from ref by INFORMATIVE on some draw) transposes and the alternatives; `worst` is
-  the leaf's worst relative error, for the hint of an "unexplained" one."""
+  """The first hypothesis that reproduces got on every draw: a proportional output error, then
+  linear, then (for the rest, also differing from ref by INFORMATIVE on some draw) transposes
+  and the alternatives; `worst` is the leaf's worst relative error, for the hint of an
+  "unexplained" one."""
   i, name = leaf.index, leaf.name
   if not all(np.all(np.isfinite(d.got[i])) for d in draws):
     return Finding("unexplained", "nonfinite", None, f"grad_fn returned NaN or Inf in {name}")
+  tried = _structural(leaf, draws)
+  finding = _proportional(leaf, draws, tried)
+  if finding is not None:
+    return finding
   finding, alphas = _linear(leaf, draws)
   if finding is not None:
     return finding
-  for finding, alt_of in _structural(leaf, draws):
-    alts = [alt_of(d) for d in draws]
-    if (all(_residual(d.got[i], a, d.ref[i]) <= MATCH_RTOL for d, a in zip(draws, alts))
-        and max(relative_error(a, d.ref[i]) for d, a in zip(draws, alts)) > INFORMATIVE):
+  for finding, alt_of in tried:
+    if _reproduces(leaf, draws, alt_of):
       return finding
   text = "no single mistake reproduces the error on every draw"
   if alphas is not None and all(a is not None for a in alphas):

@@ -19,6 +19,8 @@ EXAMPLES_CHECK = """examples:
   mlp-jax check                                  # the 256-256-10 network, float64
   mlp-jax check --hidden 512 128 --m 13 --l2 0.5 --dtype float32
   mlp-jax check --grads my_backprop.py:grads     # diagnose a hand-written gradient
+  mlp-jax check --hidden 64 32 --activation tanh,relu --output identity_squared_error
+  mlp-jax check --activation leaky_relu:0.2 --output poisson_log_link --grads mine.py:grads
 """
 
 
@@ -31,6 +33,9 @@ def add_evaluate_parser(sub, fmt) -> None:
   e.add_argument("--dataset", choices=data.DATASETS,
                  help="defaults to the dataset the checkpoint was trained on")
   e.add_argument("--data", help="USPS file, as for train")
+  e.add_argument("--activation", metavar="NAME[,NAME...]",
+                 help="the hidden activation(s) the run must have been trained with (as for "
+                      "train); by default the run's own, which its checkpoint records")
   e.set_defaults(func=cmd_evaluate)
 
 
@@ -41,24 +46,35 @@ def add_check_parser(sub, fmt) -> None:
                      epilog=EXAMPLES_CHECK, formatter_class=fmt)
   c.add_argument("--features", type=int, default=256, help="input width n")
   c.add_argument("--hidden", type=int, nargs="+", default=[256], help="hidden widths")
-  c.add_argument("--classes", type=int, default=10, help="classes K")
+  c.add_argument("--classes", type=int, default=10,
+                 help="classes K (the output width, for any output)")
   c.add_argument("--m", type=int, default=37, help="batch size (differs from the widths)")
   c.add_argument("--l2", type=float, default=0.1, help="penalty lambda of (E6)")
   c.add_argument("--dtype", choices=["float32", "float64"],
                  help="dtype of the check (default: float64; --grads is always float64)")
   c.add_argument("--seed", type=int, default=0, help="of the parameters and data")
+  c.add_argument("--activation", default="relu", metavar="NAME[,NAME...]",
+                 help="the hidden layers' activation: identity, logistic, tanh, relu, "
+                      "leaky_relu, gelu or gelu_tanh; leaky_relu:SLOPE for another slope; or "
+                      "one per hidden layer, comma-separated (tanh,relu)")
+  c.add_argument("--output", default="softmax_cross_entropy", metavar="NAME",
+                 help="the output layer and its loss: softmax_cross_entropy (class labels), "
+                      "sigmoid_binary_cross_entropy (0/1 indicators), identity_squared_error "
+                      "(real values) or poisson_log_link (counts); the data drawn are targets "
+                      "of its kind")
   c.add_argument("--grads", metavar="MODULE:FUNCTION",
                  help="diagnose your own gradient function grad_fn(params, x, y, l2) -> tuple "
-                      "of Dense (float64, several draws): which parameter is wrong, where, and "
-                      "the likely mistake")
+                      "of Dense (float64, several draws) of the network --activation and "
+                      "--output name: which parameter is wrong, where, and the likely mistake")
   c.set_defaults(func=cmd_check)
 
 
 def cmd_evaluate(args, signals) -> int:
   import numpy as np
   import mlp_jax as mj
+  from mlp_jax.core.network import SOURCE, from_record
   from mlp_jax.io import checkpoint, data
-  from mlp_jax.tools.train_command import DEFAULTS
+  from mlp_jax.tools.train_command import DEFAULTS, network_option
   from mlp_jax.tools import run_folder
   from mlp_jax.training.run import load_run, result_params
 
@@ -75,11 +91,18 @@ def cmd_evaluate(args, signals) -> int:
                        np.asarray(saved.arrays["scaler_scale"]))
   x = data.apply_scaler(scaler, splits.test.x)  # the training run's scaler, nothing refitted
   checkpoint.check_compatible(saved.state, (x.shape[1],) + tuple(mj.layer_sizes(params)[1:]))
+  network = from_record(saved.state.settings.get("network"))
+  if args.activation is not None:
+    asked = network_option(args.activation, len(params) - 1)
+    if asked.hidden(len(params) - 1) != network.hidden(len(params) - 1):
+      raise mj.CheckpointError(f"checkpoint {args.checkpoint}: holds a network of "
+                               f"{network.describe()}, not --activation {args.activation}")
   y = splits.test.y
-  counts = mj.confusion_matrix(params, x, y)
+  counts = mj.confusion_matrix(params, x, y, activation=network.activation)
   acc = np.trace(counts) / counts.sum()
   per_class = np.diag(counts) / np.maximum(counts.sum(1), 1)
-  print(f"{printable(args.checkpoint)}: {dataset} test set, {counts.sum()} examples")
+  print(f"{printable(args.checkpoint)}: {dataset} test set, {counts.sum()} examples"
+        + ("" if network == SOURCE else f"; {network.describe()}"))
   print(f"accuracy {100 * acc:.2f}%")
   print(text_block([["class"] + [str(i) for i in range(len(per_class))],
                 ["accuracy %"] + [f"{100 * a:.1f}" for a in per_class]]))
@@ -94,12 +117,14 @@ def cmd_check(args, signals) -> int:
   import jax
   import jax.numpy as jnp
   import mlp_jax as mj
+  from mlp_jax.tools.train_command import network_option
 
   dtype = args.dtype or "float64"
   if args.grads is not None and dtype != "float64":
     raise mj.InputError(f"--dtype {dtype}: --grads is always diagnosed in float64 (its "
                         "parameters and data upcast), so that roundoff cannot hide a small "
                         "mistake; leave --dtype out")
+  net = network_option(args.activation, len(args.hidden), args.output)
   grad_fn = None if args.grads is None else load_function(args.grads)
   x64 = jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
   with x64:
@@ -107,14 +132,31 @@ def cmd_check(args, signals) -> int:
     params = mj.init_params(jax.random.PRNGKey(args.seed), sizes, jnp.dtype(dtype))
     key_x, key_y = jax.random.split(jax.random.PRNGKey(args.seed + 1))
     x = jax.random.uniform(key_x, (args.m, args.features), jnp.dtype(dtype))
-    y = jax.random.randint(key_y, (args.m,), 0, args.classes)
+    y = _check_targets(key_y, net, args.m, args.classes, jnp.dtype(dtype))
     if grad_fn is None:
-      report = mj.check_gradients(params, x, y, args.l2)
+      report = mj.check_gradients(params, x, y, args.l2, activation=net.activation,
+                                  output=net.output)
     else:
       from mlp_jax.tools.diagnosis import diagnose
-      report = diagnose(grad_fn, params, x, y, args.l2)
+      report = diagnose(grad_fn, params, x, y, args.l2, activation=net.activation,
+                        output=net.output)
   print(report)
   return 0 if report.passed else 1
+
+
+def _check_targets(key, net, m: int, k: int, dtype):
+  """Targets of the kind the network's output takes: int labels (m,) in 0..K-1 (as before
+  networks: the same draw), else (m, K) of `dtype`: 0/1 indicators for targets in [0, 1],
+  Poisson(1) counts for targets >= 0, N(0, 1) values for real ones."""
+  import jax
+  out = net.out
+  if out.labels:
+    return jax.random.randint(key, (m,), 0, k)
+  if (out.low, out.high) == (0.0, 1.0):
+    return jax.random.bernoulli(key, 0.5, (m, k)).astype(dtype)
+  if out.low == 0.0:
+    return jax.random.poisson(key, 1.0, (m, k)).astype(dtype)
+  return jax.random.normal(key, (m, k), dtype)
 
 
 def load_function(spec: str):

@@ -158,14 +158,20 @@ def train_config(args) -> dict:
   return config
 
 
+def network_option(activation: str, num_hidden: int, output: str = "softmax_cross_entropy"):
+  """The checked `Network` of --activation (a name, leaky_relu:SLOPE, or comma-separated, one
+  per hidden layer) and --output, for `num_hidden` hidden layers; errors name the option."""
+  from mlp_jax.core.network import check_network, make_network
+  parts = [part.strip() for part in str(activation).split(",")]
+  net = make_network(parts[0] if len(parts) == 1 else parts, output,
+                     activation_name="--activation", output_name="--output")
+  return check_network(net, num_hidden + 1, "--activation")
+
+
 def activation_spec(text: str, num_hidden: int) -> str:
   """--activation checked for `num_hidden` hidden layers and written as the network records
   it: "tanh", "leaky_relu:0.2", or one per layer comma-separated ("tanh,relu")."""
-  from mlp_jax.core.network import check_network, make_network
-  parts = [part.strip() for part in str(text).split(",")]
-  net = make_network(parts[0] if len(parts) == 1 else parts, activation_name="--activation")
-  check_network(net, num_hidden + 1, "--activation")
-  spec = net.record()["activation"]
+  spec = network_option(text, num_hidden).record()["activation"]
   return spec if isinstance(spec, str) else ",".join(spec)
 
 
@@ -213,7 +219,7 @@ def fit_settings(args, config: dict, splits):
   settings = mj.FitSettings(
       batch_size=args.batch_size, l2=args.l2, seed=args.seed, patience=args.patience,
       compute_dtype="bfloat16" if args.bf16 else None, track_train_accuracy=True,
-      activation=config["activation"].split(","),
+      activation=network_option(config["activation"], len(args.hidden)).activation,
       dp=mj.DPConfig(config["clip_norm"], config["noise_multiplier"], config["delta"])
       if args.dp else None)
   return check_settings(settings, splits.train.x.shape[0],
@@ -344,7 +350,7 @@ def _report(args, config, splits, result, seconds, folder, mesh) -> None:
   """Test accuracy, metrics.json/.csv, plots and the summary table of a finished run."""
   import jax
   import mlp_jax as mj
-  activation = config["activation"].split(",")
+  activation = network_option(config["activation"], len(args.hidden)).activation
   test_loss, test_acc = mj.evaluate(result.params, splits.test.x, splits.test.y, args.l2,
                                     activation=activation)
   counts = mj.confusion_matrix(result.params, splits.test.x, splits.test.y,

@@ -174,3 +174,14 @@ def test_a_run_recorded_without_activation_resumes_as_relu(tmp_path, capsys):
   mj.save_run(out / "checkpoint.npz", saved.state, config=saved.config, arrays=saved.arrays)
   code, _, err = _run(["train", *_with(args, epochs="4", resume=True)], capsys)
   assert code == 0, err
+
+
+def test_one_activation_serves_every_hidden_layer(tmp_path, capsys):
+  out = tmp_path / "run"
+  code, _, err = _run(["train", *_with(TINY, out=str(out), activation="tanh",
+                                       hidden=["8", "6"])], capsys)
+  assert code == 0, err
+  saved = mj.load_run(out / "checkpoint.npz")
+  assert saved.state.settings["network"]["activation"] == "tanh"
+  code, text, _ = _run(["evaluate", str(out / "checkpoint.npz"), "--activation", "tanh"], capsys)
+  assert code == 0 and "; activation tanh, output softmax_cross_entropy" in text

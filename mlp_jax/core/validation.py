@@ -136,7 +136,7 @@ def _features_static(params: Params, x: Any, name: str) -> Union[np.ndarray, jax
   return x
 
 
-def _labels_static(params: Params, y: Any, m: int, name: str,
+def _targets_static(params: Params, y: Any, m: int, name: str,
                    net: Network = SOURCE) -> Union[np.ndarray, jax.Array]:
   """The targets' static checks: class labels (m,) of an integer dtype, or, for an output that
   takes real values, (m, K) of a real dtype."""
@@ -222,7 +222,7 @@ def check_pair(params: Params, data: Tuple[ArrayLike, ArrayLike],
   if not (isinstance(data, (tuple, list)) and len(data) == 2):
     raise InputError(f"{name}: expected a pair (x, y) or a Dataset, got {type(data).__name__}")
   x = _features_static(params, data[0], f"{name}.x")
-  y = _labels_static(params, data[1], x.shape[0], f"{name}.y", net)
+  y = _targets_static(params, data[1], x.shape[0], f"{name}.y", net)
   _check_values(params, x, y, f"{name}.x", f"{name}.y", net)
   return jnp.asarray(x, params[0].w.dtype), targets_array(params, y, net)
 
@@ -305,7 +305,7 @@ def check_batch(params: Sequence[Dense], x: ArrayLike, y: ArrayLike, l2: ArrayLi
   params = check_params(params)
   check_network(net, len(params))
   x = _features_static(params, x, "x")
-  y = _labels_static(params, y, x.shape[0], "y", net)
+  y = _targets_static(params, y, x.shape[0], "y", net)
   if values and value_checks_enabled():
     _check_values(params, x, y, net=net)
   check_real(l2, "l2")

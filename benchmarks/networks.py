@@ -1,6 +1,6 @@
 """Loss + gradients and per-example norms of every network: analytic against jax.grad.
 
-    python benchmarks/networks.py [--quick] [--out DIR] [--sizes M ...]
+    python benchmarks/networks.py [--quick] [--out DIR] [--sizes M ...] [--rounds R]
 
 On the source's shape (256-256-10, float32, lambda = 1e-3, He-normal weights from seed 0, inputs
 standard normal), for every hidden activation (`sorted(mj.ACTIVATIONS)`, leaky_relu at its
@@ -182,9 +182,11 @@ def markdown(results: List[Dict], rounds: int, block: int, notes: List[str]) -> 
 def main():
   parser = common.add_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
   parser.add_argument("--sizes", type=int, nargs="+", help="batch sizes (default: 128 4096)")
+  parser.add_argument("--rounds", type=int, help="rounds of timed calls (default: 7; 2 quick)")
   args = parser.parse_args()
   sizes = args.sizes or (QUICK_SIZES if args.quick else SIZES)
   rounds, block = (2, 3) if args.quick else (7, 10)
+  rounds = args.rounds or rounds
   notes = []
   busy = common.busy_note()
   if busy:

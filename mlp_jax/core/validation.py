@@ -172,7 +172,8 @@ def _device_stats(x, y):
   transfer."""
   finite = jnp.isfinite(y) if jnp.issubdtype(y.dtype, jnp.floating) else jnp.ones(y.shape, bool)
   return (jnp.size(x) - jnp.isfinite(x).sum(), jnp.size(y) - finite.sum(),
-          jnp.min(jnp.where(finite, y, 0)), jnp.max(jnp.where(finite, y, 0)))
+          jnp.min(jnp.where(finite, y, jnp.zeros_like(y))),
+          jnp.max(jnp.where(finite, y, jnp.zeros_like(y))))
 
 
 def _check_values(params: Params, x, y, x_name: str = "x", y_name: str = "y",

@@ -312,3 +312,42 @@ def wait_for_epochs(out, proc, epochs: int, timeout: float = 120.0) -> None:
       pass
     time.sleep(0.05)
   raise AssertionError("the run did not reach its epochs in time")
+
+
+# ------------------------------------- networks: targets by output, weighted scales (test_networks)
+
+
+def make_targets(seed, output, m, k, dtype):
+  """Targets of the kind `output` (a name of `mj.OUTPUTS`) takes, for m rows and K outputs: int
+  labels (m,) in 0..K-1 (softmax), 0/1 indicators (m, K) (sigmoid), normal values of sd 2
+  (m, K) (squared error), Poisson(2) counts (m, K), zeros included (log link); real ones in
+  `dtype`."""
+  rng = np.random.default_rng(seed)
+  if output == "softmax_cross_entropy":
+    return jnp.asarray(rng.integers(0, k, m).astype(np.int32))
+  draw = {"sigmoid_binary_cross_entropy": lambda: rng.integers(0, 2, (m, k)),
+          "identity_squared_error": lambda: rng.normal(0.0, 2.0, (m, k)),
+          "poisson_log_link": lambda: rng.poisson(2.0, (m, k))}[output]
+  return jnp.asarray(draw().astype(np.dtype(dtype)))
+
+
+def network_batch(seed, layer_sizes, m, dtype, output, scale=1.0):
+  """`make_batch`'s inputs (m, n) with the targets of `output` (`make_targets`)."""
+  x, _ = make_batch(seed, layer_sizes, m, dtype, scale)
+  return x, make_targets(seed + 1, output, m, layer_sizes[-1], dtype)
+
+
+def weighted_gradient_scale(params, x, y, coef, penalty, **network):
+  """The magnitude of the terms of sum_i coef_i dl_i/dtheta + penalty W (biases unpenalised):
+  sum_i |coef_i| S_i + |penalty| |W|, S_i each example's `per_example_gradient_scale` (the
+  backward pass on magnitudes is linear in its rows). coef = s / sum(s), penalty = lambda /
+  sum(s) for the weighted objective (E26); coef = c / m, penalty = lambda / m for a clipped mean
+  (E15); coef = 1 / m, penalty = lambda / m give `gradient_scale`. `network`: activation=,
+  output=."""
+  from mlp_jax.core.model import Dense
+  from mlp_jax.oracle.check import per_example_gradient_scale
+  per = per_example_gradient_scale(params, x, y, **network)
+  coef = jnp.abs(jnp.asarray(coef, params[0].w.dtype))
+  return tuple(Dense(w=jnp.einsum("m,mij->ij", coef, s.w) + abs(penalty) * jnp.abs(p.w),
+                     b=jnp.einsum("m,mj->j", coef, s.b))
+               for s, p in zip(per, params))

@@ -51,6 +51,7 @@ re-exports:
 
     diagnosis_draws       the problems compared on (`random_problem`, `DrawInfo`) and what is
                           computed on each: grad_fn, jax.grad, the alternatives
+    diagnosis_swaps       the pieces the alternatives swap in, and what each means
     diagnosis_hypotheses  the likely mistake: the hypotheses above, tried on every draw
 """
 

@@ -2,7 +2,7 @@
 
 `explain` returns the first hypothesis that reproduces the user's gradient to `MATCH_RTOL` on
 every draw (`diagnosis_draws.Draw`), as a `Finding`. First an output error that is a multiple
-of the right one (`diagnosis_draws.PROPORTIONAL`: a stray 2, a missing 1/K), where the output
+of the right one (`diagnosis_swaps.PROPORTIONAL`: a stray 2, a missing 1/K), where the output
 layer's bias shows it too. Then the linear ones: with D the data term of the reference and
 P = (lambda/m) theta the penalty term of a weight, got = alpha D + beta theta is fitted per draw,
 and alpha and beta / (lambda/m) must each be one constant or one ratio of the sizes (m, n, d, K)
@@ -17,7 +17,8 @@ from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 from mlp_jax.oracle.check import relative_error
-from mlp_jax.tools.diagnosis_draws import PROPORTIONAL, Draw, Leaf, swap_layers, swap_text
+from mlp_jax.tools.diagnosis_draws import Draw, Leaf
+from mlp_jax.tools.diagnosis_swaps import PROPORTIONAL, swap_layers, swap_text
 
 MATCH_RTOL = 1e-9   # a hypothesis must reproduce got to this relative residual on every draw
 INFORMATIVE = 1e-6  # ... and a structural one differ from ref by more than this on some draw

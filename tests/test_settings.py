@@ -27,7 +27,9 @@ def test_check_settings_gives_plain_python_values():
   assert checked == FitSettings(32, 0.5, 7, 3, "bfloat16", mj.DPConfig(1.0, 2.0, 1e-6), True,
                                 False)
   assert [type(getattr(checked, f.name)) for f in dataclasses.fields(checked)] == [
-      int, float, int, int, str, mj.DPConfig, bool, bool]
+      int, float, int, int, str, mj.DPConfig, bool, bool, str, str]
+  layers = check_settings(FitSettings(activation=[mj.Activation("leaky_relu", 0.2), "tanh"]))
+  assert layers.activation == ("leaky_relu:0.2", "tanh") and hash(layers)
 
 
 def test_settings_are_frozen_and_hashable():

@@ -10,7 +10,7 @@ Python, `--batch-size` on the command line (the `spell` argument).
 """
 
 import dataclasses
-from typing import Any, Callable, Dict, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import jax.numpy as jnp
 import numpy as np
@@ -108,7 +108,14 @@ def check_settings(settings: FitSettings, train_examples: Optional[int] = None,
       dp=dp,
       shuffle=bool(settings.shuffle),
       track_train_accuracy=bool(settings.track_train_accuracy),
-      activation=network.activation, output=network.output)
+      activation=_activation_spec(network), output=network.output)
+
+
+def _activation_spec(network: Network) -> Union[str, Tuple[str, ...]]:
+  """The network's activation as plain text, as its record writes it: "tanh", "leaky_relu:0.2",
+  or a tuple of one per hidden layer."""
+  spec = network.record()["activation"]
+  return spec if isinstance(spec, str) else tuple(spec)
 
 
 def _dtype_name(dtype: Optional[DTypeLike], name: str) -> Optional[str]:

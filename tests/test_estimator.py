@@ -162,3 +162,26 @@ def test_activation_trains_and_predicts_that_network(activation):
   np.testing.assert_allclose(clf.predict_proba(X), want / want.sum(1, keepdims=True), rtol=1e-5)
   relu = mj.MLPClassifier(**SMALL).fit(X, y)
   assert not np.array_equal(clf.coefs_[0], relu.coefs_[0])
+
+
+def test_fitted_attributes_and_refusals_as_scikit_learn_has_them():
+  """best_loss_, validation_scores_ and best_validation_score_ are set (None where scikit-learn
+  sets None); partial_fit refuses other classes than its first call's, and early stopping; a
+  bad solver is named as `solver`."""
+  X, y = _blobs()
+  clf = mj.MLPClassifier(**SMALL).fit(X, y)
+  assert clf.best_loss_ == min(clf.loss_curve_)
+  assert clf.validation_scores_ is None and clf.best_validation_score_ is None
+  stopped = mj.MLPClassifier(**SMALL, early_stopping=True).fit(X, y)
+  assert stopped.best_loss_ is None and len(stopped.validation_scores_) == stopped.n_iter_
+  with pytest.raises(ValueError, match="partial_fit does not support early_stopping=True"):
+    stopped.partial_fit(X, y)
+  online = mj.MLPClassifier(hidden_layer_sizes=(4,), random_state=0)
+  online.partial_fit(X, y, classes=[0, 1, 2])
+  online.partial_fit(X, y, classes=[2, 1, 0])  # the same classes, in another order
+  assert online.best_loss_ == min(online.loss_curve_)
+  with pytest.raises(ValueError, match=r"`classes=\[0, 1, 2, 3\]` is not the same as on last "
+                                       r"call to partial_fit, was: array\(\[0, 1, 2\]\)"):
+    online.partial_fit(X, y, classes=[0, 1, 2, 3])
+  with pytest.raises(ValueError, match="solver: expected one of sgd, momentum, adam, got 'lbfgs2'"):
+    mj.MLPClassifier(**SMALL, solver="lbfgs2").fit(X, y)

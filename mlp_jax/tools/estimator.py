@@ -30,6 +30,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 import mlp_jax as mj
 from mlp_jax.training import privacy
+from mlp_jax.training.optimizers import OPTIMIZERS
 from mlp_jax.training.run import new_run
 from mlp_jax.training.settings import check_settings
 
@@ -54,8 +55,9 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
 
   Fitted attributes: `classes_`, `n_features_in_`, `coefs_` and `intercepts_` (NumPy arrays,
   (fan_in, fan_out) and (fan_out,) per layer), `loss_curve_`, `loss_`, `n_iter_`, `t_`,
-  `n_layers_`, `n_outputs_`, `out_activation_` ("softmax"), and with `early_stopping`
-  `validation_scores_` and `best_validation_score_`.
+  `n_layers_`, `n_outputs_`, `out_activation_` ("softmax"), and, as scikit-learn sets them,
+  `best_loss_` (the least training loss; None with `early_stopping`), `validation_scores_` and
+  `best_validation_score_` (None without `early_stopping`).
   """
 
   def __init__(self, hidden_layer_sizes: Sequence[int] = (100,), activation: Any = "relu",
@@ -94,6 +96,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     X, y = validate_data(self, X, y, dtype=(np.float64, np.float32))
     labels = self._set_classes(y)
     X = self._features(X)
+    self._check_solver()
     seed = self._draw_seed()
     params = mj.init_params(jax.random.PRNGKey(seed), self._layer_sizes(X.shape[1]), X.dtype)
     batch = self._batch(X.shape[0])
@@ -112,9 +115,13 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                     on_epoch_end=self._report if self.verbose else None)
     history = result.history
     self.loss_curve_ = [r["train_loss"] for r in history]
-    if self.early_stopping:
+    if self.early_stopping:  # as scikit-learn: the validation scores, or the best loss
       self.validation_scores_ = [r["val_acc"] for r in history]
       self.best_validation_score_ = self.validation_scores_[result.best_epoch - 1]
+      self.best_loss_ = None
+    else:
+      self.validation_scores_ = self.best_validation_score_ = None
+      self.best_loss_ = min(self.loss_curve_)
     self.n_iter_ = len(history)
     self.t_ = self.n_iter_ * mj.steps_per_epoch(X.shape[0], batch)
     self._keep(result.params, result.opt_state, result.state.ledger)
@@ -127,6 +134,13 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     first = not hasattr(self, "classes_")
     if first and classes is None:
       raise ValueError("classes must be passed on the first call to partial_fit")
+    if not first and classes is not None and not np.array_equal(self.classes_,
+                                                                np.unique(classes)):
+      raise ValueError(f"`classes={classes!r}` is not the same as on last call to "
+                       f"partial_fit, was: {self.classes_!r}")
+    if self.early_stopping:
+      raise ValueError("partial_fit does not support early_stopping=True")
+    self._check_solver()
     if self.schedule != "constant":
       raise ValueError(f"partial_fit needs schedule='constant', got {self.schedule!r}")
     X, y = validate_data(self, X, y, dtype=(np.float64, np.float32), reset=first)
@@ -154,6 +168,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
       raise err.with_message(f"partial_fit: {err}; the estimator's weights were kept from "
                              "before this call") from err
     self.loss_curve_.append(result.history[-1]["train_loss"])
+    self.best_loss_ = min(self.loss_curve_)
+    self.validation_scores_ = self.best_validation_score_ = None
     self.n_iter_ += 1
     self.t_ += mj.steps_per_epoch(X.shape[0], batch)
     self._keep(result.params, result.opt_state, result.state.ledger)
@@ -236,6 +252,11 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                               compute_dtype=self.compute_dtype, dp=self._dp(),
                               shuffle=self.shuffle, activation=self.activation)
     return check_settings(settings, spell=lambda name: _PARAMETER_OF.get(name, name))
+
+  def _check_solver(self) -> None:
+    """`solver` is one of the optimizers by name, named as the estimator's parameter."""
+    if self.solver not in OPTIMIZERS:
+      raise ValueError(f"solver: expected one of {', '.join(OPTIMIZERS)}, got {self.solver!r}")
 
   def _activation(self) -> Any:
     """`activation` as a static argument of the compiled predictions (hashable)."""

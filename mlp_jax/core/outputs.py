@@ -49,6 +49,7 @@ class Output(NamedTuple):
   labels: bool = False       # y: int class indices (m,) in 0..K-1; else real values (m, K)
   low: float = -math.inf     # real targets: the least value allowed
   high: float = math.inf     # real targets: the greatest value allowed
+  score: str = "acc"         # how predictions are scored: "acc" (classification) or "r2"
 
 
 def softmax_cross_entropy() -> Output:
@@ -81,7 +82,7 @@ def identity_squared_error() -> Output:
     return 0.5 * jnp.mean(jnp.square(z - y), axis=1)
 
   return Output("identity_squared_error", lambda z: z, loss, lambda z, y: (z - y) / z.shape[1],
-                "real values (m, K)", lambda z: z)
+                "real values (m, K)", lambda z: z, score="r2")
 
 
 def poisson_log_link() -> Output:
@@ -92,7 +93,7 @@ def poisson_log_link() -> Output:
     return jnp.sum(jnp.exp(z) - y * z + jax.scipy.special.xlogy(y, y) - y, axis=1)
 
   return Output("poisson_log_link", jnp.exp, loss, lambda z, y: jnp.exp(z) - y,
-                "counts (m, K) >= 0", jnp.exp, low=0.0)
+                "counts (m, K) >= 0", jnp.exp, low=0.0, score="r2")
 
 
 def weighted_top_error(error: jax.Array, sample_weight: jax.Array) -> jax.Array:

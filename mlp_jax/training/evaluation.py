@@ -19,7 +19,7 @@ def score_name(net: Network) -> str:
   fraction of examples predicted right: the class, or every label of a multilabel example) for
   classification outputs, "r2" (the coefficient of determination, averaged over the outputs, as
   scikit-learn's regressors score) for regression outputs."""
-  return "r2" if net.output in ("identity_squared_error", "poisson_log_link") else "acc"
+  return net.out.score
 
 
 def _hits(net: Network, z: jax.Array, y: jax.Array, keep: jax.Array) -> jax.Array:

@@ -47,7 +47,7 @@ _FROM = {
     "mlp_jax.training.settings": ("FitSettings",),
     "mlp_jax.training.step": ("make_data_parallel_step", "make_train_step"),
     "mlp_jax.tools.diagnosis": ("diagnose", "Diagnosis"),
-    "mlp_jax.tools.estimator": ("MLPClassifier",),
+    "mlp_jax.tools.estimator": ("MLPClassifier", "MLPRegressor"),
 }
 _MODULES = {"data": "mlp_jax.io.data", "distributed": "mlp_jax.training.distributed"}
 
@@ -85,7 +85,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and IDEs (tests/test_arch
   from mlp_jax.training.settings import FitSettings
   from mlp_jax.training.step import make_data_parallel_step, make_train_step
   from mlp_jax.tools.diagnosis import Diagnosis, diagnose
-  from mlp_jax.tools.estimator import MLPClassifier
+  from mlp_jax.tools.estimator import MLPClassifier, MLPRegressor
 
 
 __all__ = [  # the public API; `diagnose` and `Diagnosis` load on first use
@@ -98,7 +98,7 @@ __all__ = [  # the public API; `diagnose` and `Diagnosis` load on first use
     "LayerNorms", "ledger_epsilon", "LedgerEntry", "load_checkpoint", "load_pytree", "load_run",
     "loss", "loss_and_grads", "make_data_parallel_step", "make_epoch", "make_mesh",
     "make_optimizer", "make_train_step", "MissingDependencyError", "MLPClassifier",
-    "MLPJaxError", "Network", "NonFiniteError", "OUTPUTS",
+    "MLPJaxError", "MLPRegressor", "Network", "NonFiniteError", "OUTPUTS",
     "Params", "per_sample_grad_norms", "per_sample_grads", "per_sample_layer_norms", "predict",
     "process_shard", "relative_error", "replicate", "ResumeError", "RunState", "save_checkpoint",
     "save_pytree", "save_run", "SavedRun", "shard_batch", "steps_per_epoch", "StorageError",

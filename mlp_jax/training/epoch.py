@@ -103,8 +103,10 @@ class EpochStats(NamedTuple):
 
 class EpochProgram(NamedTuple):
   """The compiled epoch and the pieces it is made of, for replaying an epoch step by step."""
-  epoch: Callable  # jitted epoch(params, opt_state, x, y, key) -> (params, opt_state, EpochStats)
-  step: Callable   # step(params, opt_state, x, y, idx, keep, step_key)
+  # jitted epoch(params, opt_state, x, y, key, sample_weight=None) -> (params, opt_state,
+  # EpochStats); sample_weight (N,) >= 0 weighs each row in its batch's mean, (E26)
+  epoch: Callable
+  step: Callable   # step(params, opt_state, x, y, idx, keep, step_key, sample_weight=None)
   #                  -> (params, opt_state, loss, grads), plain (not jitted)
   plan: Callable   # plan(key, num_examples) -> (indices, mask, step_keys) of the epoch
 
@@ -128,9 +130,12 @@ def _build(optimizer: optax.GradientTransformation, settings: FitSettings,
 
   def step(params: Params, opt_state: optax.OptState, x: jax.Array, y: jax.Array,
            idx: jax.Array, keep: jax.Array, step_key: jax.Array,
+           sample_weight: Optional[jax.Array] = None,
            ) -> Tuple[Params, optax.OptState, jax.Array, Params]:
     with jax.named_scope("batch"):
       xb, yb, keep = x[idx], y[idx], keep.astype(params[0].w.dtype)
+      if sample_weight is not None:  # (E26): the batch's rows weighted, padding still 0
+        keep = keep * sample_weight[idx].astype(keep.dtype)
     return body(params, opt_state, xb, yb, keep, step_key)
 
   @jax.named_scope("plan")
@@ -143,11 +148,12 @@ def _build(optimizer: optax.GradientTransformation, settings: FitSettings,
   @functools.partial(jax.jit, donate_argnums=(0, 1), compiler_options=compiler_options(mesh),
                      **jit_kwargs)
   def epoch(params: Params, opt_state: optax.OptState, x: jax.Array, y: jax.Array,
-            key: jax.Array) -> Tuple[Params, optax.OptState, EpochStats]:
+            key: jax.Array, sample_weight: Optional[jax.Array] = None,
+            ) -> Tuple[Params, optax.OptState, EpochStats]:
     def scan_body(carry: Tuple[Params, optax.OptState],
                   batch: Tuple[jax.Array, jax.Array, jax.Array],
                   ) -> Tuple[Tuple[Params, optax.OptState], jax.Array]:
-      params, opt_state, loss, _ = step(*carry, x, y, *batch)
+      params, opt_state, loss, _ = step(*carry, x, y, *batch, sample_weight)
       return (params, opt_state), loss
 
     (params, opt_state), losses = jax.lax.scan(scan_body, (params, opt_state),

@@ -36,14 +36,14 @@ from mlp_jax.training.settings import FitSettings, check_settings
 # Fresh buffers for a whole pytree in one compiled call (one dispatch, not one per leaf).
 _copy_tree = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
 
-def _first_bad_step(step, plan, params, opt_state, x, y, key):
+def _first_bad_step(step, plan, params, opt_state, x, y, key, sample_weight=None):
   """Replays an epoch from its start, step by step, until a loss, gradient or update is not
   finite. Returns (step index, indices of its rows, params and opt_state from before it)."""
   indices, mask, step_keys = plan(key, x.shape[0])
   step = jax.jit(step)
   for i in range(indices.shape[0]):
     new_params, new_state, loss, grads = step(params, opt_state, x, y, indices[i], mask[i],
-                                              step_keys[i])
+                                              step_keys[i], sample_weight)
     if not bool(jnp.isfinite(loss) & eager.all_finite((grads, new_params, new_state))):
       return i, np.asarray(indices[i])[np.asarray(mask[i])], params, opt_state
     params, opt_state = new_params, new_state
@@ -157,8 +157,8 @@ def fit(params: Params, train: Tuple[ArrayLike, ArrayLike], *,
     state = state._replace(params=params, opt_state=opt_state,
                            best=state.best._replace(params=best))
   while state.epochs_done < epochs and not state.stopped_early:
-    state = _train_epoch(program, state, x, y, settings.seed)
-    state = _record_epoch(state, x, y, val, settings)
+    state = train_epoch(program, state, x, y, settings.seed)[0]
+    state = record_epoch(state, x, y, val, settings)
     if on_epoch_end is not None:
       on_epoch_end(state)
     if should_stop is not None and should_stop() and state.epochs_done < epochs:
@@ -183,28 +183,34 @@ def _one_value(settings: Optional[FitSettings], loose: FitSettings) -> FitSettin
   return settings
 
 
-def _train_epoch(program: EpochProgram, state: RunState, x, y, seed) -> RunState:
-  """One compiled epoch; a non-finite loss or state is replayed to name its first bad step."""
+def train_epoch(program: EpochProgram, state: RunState, x, y, seed: int,
+                sample_weight=None) -> Tuple[RunState, np.ndarray]:
+  """One compiled epoch of `program` (epoch `state.epochs_done` + 1, drawn from `seed`): the
+  run state after it, its record begun (`train_loss`, the mean of the steps' losses), and the
+  losses of its steps (num_batches,). A non-finite loss or state is replayed to name its first
+  bad step (`NonFiniteError`). Arrays of `state` are donated."""
   start = time.perf_counter()
   key = epoch_key(seed, state.epochs_done)
   before = _copy_tree((state.params, state.opt_state))  # the epoch donates its input
-  params, opt_state, stats = program.epoch(state.params, state.opt_state, x, y, key)
+  params, opt_state, stats = program.epoch(state.params, state.opt_state, x, y, key,
+                                           sample_weight)
   finite = np.asarray(stats.finite)
   if not (finite.all() and bool(stats.state_finite)):
     step, rows, good_params, good_state = _first_bad_step(program.step, program.plan, *before,
-                                                          x, y, key)
+                                                          x, y, key, sample_weight)
     epoch = state.epochs_done + 1
     raise NonFiniteError(f"non-finite loss or gradient at epoch {epoch}, step {step + 1} of "
                          f"{finite.size}; parameters kept from before that step", epoch=epoch,
                          step=step + 1, batch_indices=rows, params=good_params,
                          opt_state=good_state)
-  record = {"epoch": state.epochs_done + 1, "train_loss": float(np.mean(np.asarray(stats.losses))),
+  losses = np.asarray(stats.losses)
+  record = {"epoch": state.epochs_done + 1, "train_loss": float(np.mean(losses)),
             "epoch_seconds": time.perf_counter() - start}
   return state._replace(params=params, opt_state=opt_state, epochs_done=state.epochs_done + 1,
-                        history=tuple(state.history) + (record,))
+                        history=tuple(state.history) + (record,)), losses
 
 
-def _record_epoch(state: RunState, x, y, val, settings: FitSettings) -> RunState:
+def record_epoch(state: RunState, x, y, val, settings: FitSettings) -> RunState:
   """The epoch's record completed (validation, training accuracy, epsilon), the privacy ledger
   and the early-stopping state brought up to date."""
   record = dict(state.history[-1])

@@ -1,0 +1,255 @@
+"""How the estimators train: scikit-learn's procedures, step for step, on the analytic gradients.
+
+- `initial_weights`: scikit-learn's Glorot-uniform draw from the estimator's `random_state`
+  (the same NumPy draws, so the same initial weights as scikit-learn's for the same seed).
+- `fit_stochastic`: epochs of the compiled `lax.scan` (`training.epoch`), with scikit-learn's
+  bookkeeping between them: the epoch loss weighted by batch size, `tol` and `n_iter_no_change`
+  on the training loss or on the validation score (`early_stopping`, which then keeps the best
+  epoch's weights), the "invscaling" and "adaptive" learning rates, `ConvergenceWarning`.
+- `fit_lbfgs`: SciPy's L-BFGS-B on the full-batch objective (`training.lbfgs`).
+
+The estimator (`tools.estimator`) owns the attributes these read and set.
+"""
+
+import functools
+import warnings
+from typing import Any, List, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
+
+from mlp_jax.core.model import Dense, Params
+from mlp_jax.errors import NonFiniteError
+from mlp_jax.training import lbfgs, privacy, solvers
+from mlp_jax.training.epoch import epoch_program
+from mlp_jax.training.fit import record_epoch, train_epoch
+from mlp_jax.training.optimizers import steps_per_epoch
+from mlp_jax.training.run import new_run
+
+NON_FINITE = ("Solver produced non-finite parameter weights. The input data may contain large "
+              "values and need to be preprocessed.")
+
+
+def initial_weights(random_state: np.random.RandomState, sizes: List[int], activation: Any,
+                    dtype: np.dtype) -> Tuple[List[np.ndarray], List[np.ndarray]]:
+  """scikit-learn's initialisation (Glorot et al.): for each layer, W then b drawn uniformly in
+  +-sqrt(f / (fan_in + fan_out)), f = 2 for logistic hidden units, else 6; cast to `dtype`."""
+  factor = 2.0 if activation == "logistic" else 6.0
+  coefs, intercepts = [], []
+  for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+    bound = np.sqrt(factor / (fan_in + fan_out))
+    coefs.append(random_state.uniform(-bound, bound, (fan_in, fan_out)).astype(dtype))
+    intercepts.append(random_state.uniform(-bound, bound, fan_out).astype(dtype))
+  return coefs, intercepts
+
+
+# Own device copies of host arrays (never aliases of them: the epoch donates its inputs), by one
+# program compiled once per structure and shapes.
+_to_device = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
+
+
+def device_params(coefs, intercepts, dtype) -> Params:
+  """The weights as the library's parameters, in the compute dtype, on the device."""
+  return _to_device(tuple(Dense(np.asarray(w).astype(dtype), np.asarray(b).astype(dtype))
+                          for w, b in zip(coefs, intercepts)))
+
+
+def host_arrays(params: Params, dtype) -> Tuple[List[np.ndarray], List[np.ndarray]]:
+  """Own NumPy copies of the weights in `dtype` (the input's, as scikit-learn keeps them)."""
+  return ([np.asarray(layer.w).astype(dtype) for layer in params],  # cast on the host
+          [np.asarray(layer.b).astype(dtype) for layer in params])
+
+
+@functools.lru_cache(maxsize=16)
+def _cosine(total_steps: int):
+  """The same schedule object for the same length, so the solver (and its epoch) is reused."""
+  return optax.cosine_decay_schedule(1.0, total_steps)
+
+
+def make_solver(est, steps: int) -> optax.GradientTransformation:
+  """The estimator's stochastic solver: scikit-learn's sgd or adam (`training.solvers`), times
+  the library's cosine decay over max_iter epochs of `steps` steps with schedule="cosine"."""
+  scale = _cosine(est.max_iter * steps) if est.schedule == "cosine" else None
+  if est._solver() == "sgd":
+    return solvers.sgd(float(est.learning_rate_init), float(est.momentum),
+                       bool(est.nesterovs_momentum), scale)
+  return solvers.adam(float(est.learning_rate_init), float(est.beta_1), float(est.beta_2),
+                      float(est.epsilon), scale)
+
+
+def batch_size(est, num_rows: int) -> int:
+  """scikit-learn's: "auto" is min(200, rows); a larger size is clipped, with its warning."""
+  if est.batch_size == "auto":
+    return min(200, num_rows)
+  if est.batch_size > num_rows:
+    warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be "
+                  "clipped")
+  return int(np.clip(est.batch_size, 1, num_rows))
+
+
+def _split(est, X, Y, sample_weight, random_state):
+  """scikit-learn's early-stopping split: `validation_fraction` of the rows, stratified for a
+  single-output classifier, drawn from the estimator's random state."""
+  stratify = Y if est._is_classifier() and Y.shape[1] == 1 else None
+  arrays = (X, Y) if sample_weight is None else (X, Y, sample_weight)
+  parts = train_test_split(*arrays, random_state=random_state,
+                           test_size=est.validation_fraction, stratify=stratify)
+  if parts[1].shape[0] < 2:
+    raise ValueError("The validation set is too small. Increase 'validation_fraction' or the "
+                     "size of your dataset.")
+  weights = (None, None) if sample_weight is None else (parts[4], parts[5])
+  return (parts[0], parts[2], weights[0]), (parts[1], parts[3], weights[1])
+
+
+def _epoch_loss(losses: np.ndarray, num_rows: int, batch: int, dp: bool) -> float:
+  """scikit-learn's epoch loss: each batch's loss weighted by its number of rows (the last one
+  short); with DP the batches are Poisson-sampled, and the mean is taken."""
+  if dp:
+    return float(np.mean(losses))
+  sizes = np.full(losses.shape[0], batch, np.float64)
+  sizes[-1] = num_rows - batch * (losses.shape[0] - 1)
+  return float(np.dot(losses.astype(np.float64), sizes) / num_rows)
+
+
+def fit_stochastic(est, X: np.ndarray, Y: np.ndarray, sample_weight: Optional[np.ndarray],
+                   incremental: bool, random_state: np.random.RandomState) -> None:
+  """scikit-learn's `_fit_stochastic` (see the module doc) on the compiled epoch."""
+  dtype = est._compute_dtype(X)
+  if est.early_stopping and incremental:
+    raise ValueError("partial_fit does not support early_stopping=True")
+  val = None
+  if est.early_stopping:
+    (X, Y, sample_weight), val = _split(est, X, Y, sample_weight, random_state)
+  n = X.shape[0]
+  batch = batch_size(est, n)
+  steps = steps_per_epoch(n, batch)
+  solver = make_solver(est, steps)
+  params = device_params(est.coefs_, est.intercepts_, dtype)
+  if not incremental or not hasattr(est, "_opt_state"):
+    opt_state, est._learning_rate = solver.init(params), float(est.learning_rate_init)
+  else:
+    opt_state = est._opt_state
+  opt_state = _to_device(opt_state)  # the same program for a fresh state as for a kept one
+  if not hasattr(est, "_seed"):
+    est._seed, est._epochs_done, est._ledger = int(random_state.randint(2**31 - 1)), 0, ()
+  settings = est._settings(batch, est._seed)
+  x, y = jnp.asarray(X, dtype), est._targets(Y, dtype)
+  weights = None if sample_weight is None else jnp.asarray(sample_weight, dtype)
+  program = epoch_program(solver, settings, est._mesh())
+  state = new_run(params, opt_state, {})._replace(epochs_done=est._epochs_done,
+                                                  ledger=est._ledger)
+  est.n_iter_ = 0
+  for _ in range(est.max_iter):
+    state = state._replace(opt_state=solvers.with_learning_rate(state.opt_state,
+                                                                est._learning_rate))
+    try:
+      state, losses = train_epoch(program, state, x, y, est._seed, weights)
+    except NonFiniteError as err:
+      if val is None:
+        raise ValueError(f"{NON_FINITE} ({err})") from err
+      state = state._replace(params=err.params, opt_state=err.opt_state)  # the last good ones
+      est.validation_scores_.append(float("nan"))
+      warnings.warn(f"training diverged ({err}); the weights of the best validation score "
+                    "were kept", RuntimeWarning)
+      break
+    state = record_epoch(state, x, y, None, settings)  # the privacy ledger, with DP
+    est.n_iter_ += 1
+    est._epochs_done += 1
+    est.loss_ = _epoch_loss(losses, n, batch, settings.dp is not None)
+    est.t_ += n
+    est.loss_curve_.append(est.loss_)
+    if est.verbose:
+      print(f"Iteration {est.n_iter_}, loss = {est.loss_:.8f}")
+    _update_no_improvement_count(est, state.params, val, dtype)
+    if est._solver() == "sgd" and est.learning_rate == "invscaling":
+      est._learning_rate = solvers.invscaling_rate(est.learning_rate_init, est.t_, est.power_t)
+    if est._no_improvement_count > est.n_iter_no_change:
+      if _stops(est):
+        break
+      est._no_improvement_count = 0
+    if incremental:
+      break
+    if est.n_iter_ == est.max_iter:
+      warnings.warn(f"Stochastic Optimizer: Maximum iterations ({est.max_iter}) reached and the "
+                    "optimization hasn't converged yet.", ConvergenceWarning)
+  est._opt_state = jax.tree.map(np.asarray, state.opt_state)
+  est._ledger = tuple(state.ledger)
+  if settings.dp is not None:
+    est.epsilon_ = privacy.ledger_epsilon(est._ledger, settings.dp.delta)
+  if est.early_stopping:  # the best epoch's weights, as scikit-learn restores them
+    est.coefs_, est.intercepts_ = est._best_coefs, est._best_intercepts
+  else:
+    est.coefs_, est.intercepts_ = host_arrays(state.params, X.dtype)
+
+
+def _update_no_improvement_count(est, params: Params, val, dtype) -> None:
+  """scikit-learn's rule: an epoch improves when the validation score rises by more than `tol`
+  (with early stopping; the best epoch's weights are kept) or the training loss falls by more
+  than `tol`."""
+  tol = est.tol
+  if val is None:
+    loss = est.loss_curve_[-1]
+    est._no_improvement_count = est._no_improvement_count + 1 if loss > est.best_loss_ - tol else 0
+    est.best_loss_ = min(est.best_loss_, loss)
+    return
+  X_val, Y_val, weights = val
+  score = est._validation_score(params, X_val, Y_val, weights, dtype)
+  est.validation_scores_.append(score)
+  if est.verbose:
+    print(f"Validation score: {score:f}")
+  if score < est.best_validation_score_ + tol:
+    est._no_improvement_count += 1
+  else:
+    est._no_improvement_count = 0
+  if score > est.best_validation_score_:
+    est.best_validation_score_ = score
+    est._best_coefs, est._best_intercepts = host_arrays(params, X_val.dtype)
+
+
+def _stops(est) -> bool:
+  """No improvement for more than `n_iter_no_change` epochs: stop, or with sgd's "adaptive"
+  learning rate divide it by 5 and go on while it is above 1e-6 (scikit-learn's
+  `trigger_stopping`)."""
+  what = "Validation score" if est.early_stopping else "Training loss"
+  message = (f"{what} did not improve more than tol={est.tol:f} for {est.n_iter_no_change} "
+             "consecutive epochs.")
+  adaptive = est._solver() == "sgd" and est.learning_rate == "adaptive"
+  if adaptive and est._learning_rate > 1e-6:
+    est._learning_rate /= 5.0
+    if est.verbose:
+      print(f"{message} Setting learning rate to {est._learning_rate:f}")
+    return False
+  if est.verbose:
+    print(f"{message} {'Learning rate too small. ' if adaptive else ''}Stopping.")
+  return True
+
+
+def fit_lbfgs(est, X: np.ndarray, Y: np.ndarray, sample_weight: Optional[np.ndarray]) -> None:
+  """scikit-learn's `_fit_lbfgs`: SciPy's L-BFGS-B from the current weights, at most `max_iter`
+  iterations and `max_fun` evaluations, `tol` on the projected gradient; a run that stops short
+  of that warns `ConvergenceWarning`."""
+  dtype = est._compute_dtype(X)
+  params = device_params(est.coefs_, est.intercepts_, dtype)
+  weights = None if sample_weight is None else jnp.asarray(sample_weight, dtype)
+  report = (lambda i, loss: print(f"Iteration {i}, loss = {loss:.8f}")) if est.verbose else None
+  result = lbfgs.minimize_lbfgs(params, jnp.asarray(X, dtype), est._targets(Y, dtype),
+                                l2=float(est.alpha), net=est._network(), sample_weight=weights,
+                                max_iter=est.max_iter, max_fun=est.max_fun, tol=float(est.tol),
+                                callback=report)
+  if not result.converged:
+    warnings.warn(f"lbfgs failed to converge after {result.iterations} iteration(s): "
+                  f"{result.message}\n\nIncrease the number of iterations to improve the "
+                  f"convergence (max_iter={est.max_iter}).", ConvergenceWarning)
+  est.n_iter_ = min(result.iterations, est.max_iter)
+  est.loss_ = result.loss
+  est.coefs_, est.intercepts_ = host_arrays(result.params, X.dtype)
+
+
+def check_finite(est) -> None:
+  """scikit-learn's last check of a fit: every weight finite."""
+  if not all(np.isfinite(w).all() for w in est.coefs_ + est.intercepts_):
+    raise ValueError(NON_FINITE)

@@ -112,6 +112,8 @@ def test_plot_draws_every_figure(tmp_path):
     pytest.param(BENCH, "networks", marks=pytest.mark.slow),  # 12 networks at m = 64
     pytest.param(BENCH, "regression", marks=pytest.mark.slow),  # two fits on diabetes
     pytest.param(BENCH, "usps_activations", marks=pytest.mark.slow),  # two 2-epoch CLI runs
+    pytest.param(BENCH, "estimator", marks=pytest.mark.slow),  # 15-20 s: 6 configs, 2 libraries
+    pytest.param(BENCH, "lbfgs", marks=pytest.mark.slow),  # 11-15 s: 3 methods compiled and run
     (REPRODUCE, "page_faults"),                             # two small processes, ~10 s
 ])
 def test_quick_run_writes_results(folder, script, tmp_path):

@@ -11,8 +11,9 @@ as scikit-learn packs them (every weight matrix, row-major, then every bias), so
 one `lax.while_loop`: `benchmarks/lbfgs.py` measures both (docs/benchmarks.md).
 """
 
+import contextlib
 import functools
-from typing import Callable, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, ContextManager, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -81,6 +82,18 @@ def loss_and_grad_fn(x: jax.Array, y: jax.Array, l2: float, sizes: Sequence[int]
   return f
 
 
+def _one_blas_thread() -> ContextManager:
+  """L-BFGS-B's own vector work runs through BLAS; on a CPU that XLA's thread pool already
+  keeps busy, a multi-threaded BLAS only contends with it (USPS, 50 iterations on 2 cores:
+  3.4 s with OpenBLAS's 2 threads, 1.9 s with 1; benchmarks/lbfgs.py). threadpoolctl comes with
+  scikit-learn; without it, BLAS keeps its threads."""
+  try:
+    from threadpoolctl import threadpool_limits
+  except ImportError:
+    return contextlib.nullcontext()
+  return threadpool_limits(limits=1, user_api="blas")
+
+
 def minimize_lbfgs(params: Params, x: jax.Array, y: jax.Array, *, l2: float = 0.0,
                    net: Network = SOURCE, sample_weight: Optional[jax.Array] = None,
                    max_iter: int = 200, max_fun: int = 15000, tol: float = 1e-4,
@@ -99,9 +112,11 @@ def minimize_lbfgs(params: Params, x: jax.Array, y: jax.Array, *, l2: float = 0.
     iteration[0] += 1
     callback(iteration[0], float(intermediate_result.fun))
 
-  res = scipy.optimize.minimize(
-      f, pack(params), method="L-BFGS-B", jac=True, callback=None if callback is None else report,
-      options={"maxfun": int(max_fun), "maxiter": int(max_iter), "gtol": float(tol)})
+  with _one_blas_thread():
+    res = scipy.optimize.minimize(
+        f, pack(params), method="L-BFGS-B", jac=True,
+        callback=None if callback is None else report,
+        options={"maxfun": int(max_fun), "maxiter": int(max_iter), "gtol": float(tol)})
   fitted = unpack(res.x, sizes, params[0].w.dtype)
   return LbfgsResult(fitted, float(res.fun), int(res.nit), int(res.nfev), bool(res.success),
                      str(res.message))

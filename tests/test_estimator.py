@@ -290,3 +290,22 @@ def test_sparse_multilabel_and_multioutput_targets():
   assert clf.score(X, Y) > 0.9 and clf.predict_proba(X).shape == (len(X), 2)
   reg = mj.MLPRegressor(**SMALL).fit(X, np.stack([X[:, 0], X[:, 1] - X[:, 2]], axis=1))
   assert reg.predict(X).shape == (len(X), 2) and reg.n_outputs_ == 2
+
+
+@pytest.mark.parametrize("params", [dict(solver="adam"), dict(solver="sgd", tol=1e-2),
+                                    dict(solver="sgd", learning_rate="adaptive", tol=1e-2,
+                                         n_iter_no_change=2, learning_rate_init=0.3)])
+def test_epochs_run_in_a_row_train_as_epochs_run_one_by_one(params, monkeypatch):
+  """A small fit runs CHUNK_EPOCHS epochs per compiled call; stops and rate changes inside a
+  chunk land on the epoch they belong to, as when every epoch is its own call."""
+  from mlp_jax.tools import estimator_fitting
+  X, y = _blobs()
+  settings = {**SMALL, "max_iter": 80, **params}
+  chunked = mj.MLPClassifier(**settings).fit(X, y)
+  monkeypatch.setattr(estimator_fitting, "CHUNK_EPOCHS", 1)
+  single = mj.MLPClassifier(**settings).fit(X, y)
+  assert chunked.n_iter_ == single.n_iter_ and chunked.t_ == single.t_
+  assert chunked._learning_rate == single._learning_rate
+  np.testing.assert_allclose(chunked.loss_curve_, single.loss_curve_, rtol=1e-5)
+  for a, b in zip(chunked.coefs_ + chunked.intercepts_, single.coefs_ + single.intercepts_):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -98,9 +98,14 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
     return 0.5 * (1.0 + np.tanh(0.5 * z))  # the logistic function, without overflow
 
   def _decide(self, z: np.ndarray, dtype=None) -> np.ndarray:
+    """The labels from the last layer's z: the most probable class (argmax z); for logistic
+    outputs p > 1/2, i.e. z > 0 (an indicator per label for multilabel y)."""
     del dtype
-    p = self._probabilities(z)
-    return self._label_binarizer.inverse_transform(p.ravel() if p.shape[1] == 1 else p)
+    if self.out_activation_ == "softmax":
+      return self.classes_[np.argmax(z, axis=1)]
+    if z.shape[1] == 1:
+      return self.classes_[(z[:, 0] > 0).astype(int)]
+    return (z > 0).astype(int)
 
   def predict(self, X) -> np.ndarray:
     """The class of each row, as a label of `classes_` (an indicator row, for multilabel y)."""

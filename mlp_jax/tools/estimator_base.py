@@ -292,19 +292,18 @@ class BaseMLP(BaseEstimator):
     return tags
 
 
-# Rows are predicted in blocks of this many, the last one padded: one compiled program per
-# network serves any number of rows, and a row's prediction does not depend on which other rows
-# were passed with it (a GEMM of another shape may sum in another order).
-PREDICT_BLOCK = 512
+# Rows are predicted by one compiled call, padded to a multiple of PREDICT_ROWS: never one row
+# alone, whose product XLA computes by another kernel (a matrix-vector product) than a block's,
+# so a row's prediction does not change with the rows passed beside it (scikit-learn's checks of
+# subset and order invariance, to 1e-7, in float32 too).
+PREDICT_ROWS = 8
 _logits = jax.jit(mj.forward, static_argnames="activation")
 
 
 def _forward_in_blocks(params: mj.Params, X: np.ndarray, dtype, activation) -> np.ndarray:
-  """The last layer's z for every row of X, (n, K), computed `PREDICT_BLOCK` rows at a time."""
+  """The last layer's z for every row of X, (n, K), by one compiled call (per padded shape)."""
   X = np.asarray(X, dtype)
   rows = X.shape[0]
-  padded = np.zeros((-(-rows // PREDICT_BLOCK) * PREDICT_BLOCK, X.shape[1]), X.dtype)
+  padded = np.zeros((-(-rows // PREDICT_ROWS) * PREDICT_ROWS, X.shape[1]), X.dtype)
   padded[:rows] = X
-  blocks = [_logits(params, padded[i:i + PREDICT_BLOCK], activation=activation)
-            for i in range(0, padded.shape[0], PREDICT_BLOCK)]
-  return np.concatenate([np.asarray(z) for z in blocks])[:rows]
+  return np.asarray(_logits(params, padded, activation=activation))[:rows]

@@ -1,8 +1,8 @@
 """The benchmark scripts (tests kept beside them, not in the library's suite's folder): their
 NumPy reference, FLOP model and plots, and their --quick runs, at the top and in reproduce/.
 
-The --quick runs of grads.py and train.py take 15-35 s each on the shared 2-core machine and are
-marked slow; per_sample.py's takes 11-16 s. Nothing here needs PyTorch: the scripts skip it,
+The --quick runs of grads.py, train.py, estimator.py and lbfgs.py take 10-35 s each on the shared
+2-core machine and are marked slow; per_sample.py's takes 11-16 s. Nothing here needs PyTorch: the scripts skip it,
 with a note, when it is absent.
 """
 

@@ -103,6 +103,11 @@ def test_fit_with_a_mesh_equals_fit(eight):
   np.testing.assert_allclose(got["val_loss"], got["val_loss_ref"], rtol=1e-5)
 
 
+def test_the_estimator_with_devices_fits_as_on_one_device(eight):
+  got = eight["estimator"]
+  assert got["rel"] <= 1e-5 and got["loss_rel"] <= 1e-5 and got["n_iter"] == [3, 3], got
+
+
 def test_bad_input_on_a_mesh_raises_clearly(eight):
   errors = eight["errors"]
   assert errors["epoch_batch"].startswith("batch_size 10 does not divide across 4 devices")

@@ -156,3 +156,17 @@ def test_float32_training_stays_near_scikit_learns_float64(task, solver):
   _assert_same_weights(ours, theirs, RTOL["float32"])
   X = DATA[task][0]
   assert np.mean(ours.predict(X) == theirs.predict(X)) >= (0.98 if task != "squared_error" else 0)
+
+
+@pytest.mark.usefixtures("x64")
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_partial_fit_with_sample_weight_as_scikit_learn(solver):
+  X, y = DATA["squared_error"]
+  weights = np.random.default_rng(1).uniform(0.5, 2.0, len(y))
+  ours, theirs = _pair("squared_error", solver=solver, **SETTINGS)
+  for estimator in (ours, theirs):
+    for start in range(0, 90, 30):
+      rows = slice(start, start + 30)
+      estimator.partial_fit(X[rows], y[rows], sample_weight=weights[rows])
+  _assert_same_weights(ours, theirs, RTOL["stochastic"])
+  assert ours.loss_ == pytest.approx(theirs.loss_, rel=1e-12)

@@ -7,6 +7,17 @@ collected here, under its own name, and runs twice: with JAX's 64-bit mode on (f
 trains in float64, as scikit-learn's tests assume) and in the library's default float32.
 `FLOAT64_ONLY` names the tests whose bars need float64 arithmetic, each with the reason; in
 float32 they are expected to fail (strictly: a pass there is reported).
+
+Private attributes of scikit-learn's implementation that the file reads, each served by a
+compatible one of the library's estimators:
+- `_optimizer.learning_rate` (test_learning_rate_warmstart, test_adaptive_learning_rate): the
+  solver's current rate, after "invscaling" or "adaptive" changed it;
+- `_no_improvement_count` (test_n_iter_no_change, test_n_iter_no_change_inf): the same counter;
+- `_loss_grad_lbfgs(packed, X, Y, sample_weight, ...)` (test_gradient): the objective and its
+  analytic gradient, packed as scikit-learn packs them;
+- test_fit sets `_coef_grads`, `_intercept_grads`, `_coef_velocity`, `_intercept_velocity` and
+  `n_outputs_` / `out_activation_` / `coefs_` by hand before `partial_fit`: the estimator trains
+  on from the weights it finds (its solver state starts fresh) and ignores the work arrays.
 """
 
 import importlib.util

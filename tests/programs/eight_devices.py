@@ -4,8 +4,8 @@ test_distributed, which has already started JAX with one device in its own proce
     XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu python eight_devices.py
 
 On 100 fixed rows of (12, 16, 5): one step on a batch of 64 over 8 and over 4 devices (and over 8
-for a tanh network with a squared-error output), a whole
-epoch plain and DP-SGD, and fit with validation, each against its single-device run (largest
+for a tanh network with a squared-error output), a whole epoch plain and DP-SGD, fit with
+validation and `mj.MLPClassifier(devices=8)`, each against its single-device run (largest
 relative error, replication, the collectives and rows per device in the compiled program); then
 the InputError messages of batches that do not divide the devices. Prints one line, "RESULT "
 and the results as JSON.
@@ -105,6 +105,18 @@ def main() -> None:
   out["fit"] = {"rel": rel(r1.params, r0.params), "replicated": replicated(r1.params, 8),
                 "val_loss": [r["val_loss"] for r in r1.history],
                 "val_loss_ref": [r["val_loss"] for r in r0.history]}
+
+  # The estimator with devices=8 (data-parallel epochs) and without: the same fit.
+  import warnings
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # ConvergenceWarning: 3 epochs
+    fits = [mj.MLPClassifier(hidden_layer_sizes=(16,), batch_size=16, max_iter=3,
+                             random_state=0, devices=devices).fit(np.asarray(x), np.asarray(y))
+            for devices in (8, None)]
+  out["estimator"] = {"rel": rel([f.coefs_ + f.intercepts_ for f in fits][0],
+                                 fits[1].coefs_ + fits[1].intercepts_),
+                      "loss_rel": abs(fits[0].loss_ / fits[1].loss_ - 1),
+                      "n_iter": [f.n_iter_ for f in fits]}
 
   # Bad input.
   out["errors"] = {

@@ -309,3 +309,13 @@ def test_epochs_run_in_a_row_train_as_epochs_run_one_by_one(params, monkeypatch)
   np.testing.assert_allclose(chunked.loss_curve_, single.loss_curve_, rtol=1e-5)
   for a, b in zip(chunked.coefs_ + chunked.intercepts_, single.coefs_ + single.intercepts_):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_a_first_partial_fit_that_fails_leaves_no_classes_behind():
+  X, y = _blobs()
+  clf = mj.MLPClassifier(**SMALL)
+  with pytest.raises(ValueError):
+    clf.partial_fit(X[:, :3], np.full(len(X), np.nan), classes=[0, 1, 2])  # y not labels
+  assert not hasattr(clf, "classes_") and not hasattr(clf, "coefs_")
+  clf.partial_fit(X, y, classes=[0, 1, 2])
+  assert clf.n_features_in_ == 6 and list(clf.classes_) == [0, 1, 2]

@@ -45,7 +45,11 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
   @available_if(lambda est: est._check_solver())
   def partial_fit(self, X, y, sample_weight=None, classes=None):
     """One epoch over the rows given, from the current weights and solver state. The first call
-    needs `classes` (every label there may be), unless y is multilabel."""
+    needs `classes` (every label there may be), unless y is multilabel. All or nothing."""
+    with self._all_or_nothing():
+      return self._partial_fit(X, y, sample_weight, classes)
+
+  def _partial_fit(self, X, y, sample_weight, classes):
     if not hasattr(self, "classes_"):
       multilabel = type_of_target(y).startswith("multilabel")
       if classes is None and not multilabel:

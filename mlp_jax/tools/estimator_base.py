@@ -4,9 +4,10 @@ the device, predicting in fixed blocks, and the compatible private attributes sc
 tests read (`_optimizer.learning_rate`, `_loss_grad_lbfgs`, `_no_improvement_count`).
 """
 
+import contextlib
 import math
 from types import SimpleNamespace
-from typing import Any, List, Optional, Sequence, Union
+from typing import Any, Iterator, List, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -88,11 +89,18 @@ class BaseMLP(BaseEstimator):
     return self._fit(X, y, sample_weight, incremental=False)
 
   def _fit(self, X, y, sample_weight, incremental: bool):
-    """scikit-learn's `_fit`, all or nothing: a call that raises leaves the estimator as it was
-    (its weights, solver state and records)."""
+    """scikit-learn's `_fit`, all or nothing (`_all_or_nothing`)."""
+    with self._all_or_nothing():
+      return self._fit_once(X, y, sample_weight, incremental)
+
+  @contextlib.contextmanager
+  def _all_or_nothing(self) -> Iterator[None]:
+    """A call that raises inside leaves the estimator as it was: its weights, solver state,
+    classes and records (attributes are replaced, never changed in place, but for the lists of
+    records, which are copied)."""
     before = {k: list(v) if isinstance(v, list) else v for k, v in self.__dict__.items()}
     try:
-      return self._fit_once(X, y, sample_weight, incremental)
+      yield
     except BaseException:
       self.__dict__.clear()
       self.__dict__.update(before)

@@ -158,7 +158,7 @@ def fit(params: Params, train: Tuple[ArrayLike, ArrayLike], *,
                            best=state.best._replace(params=best))
   while state.epochs_done < epochs and not state.stopped_early:
     state = train_epoch(program, state, x, y, settings.seed)[0]
-    state = record_epoch(state, x, y, val, settings)
+    state = _record_epoch(state, x, y, val, settings)
     if on_epoch_end is not None:
       on_epoch_end(state)
     if should_stop is not None and should_stop() and state.epochs_done < epochs:
@@ -210,7 +210,7 @@ def train_epoch(program: EpochProgram, state: RunState, x, y, seed: int,
                         history=tuple(state.history) + (record,)), losses
 
 
-def record_epoch(state: RunState, x, y, val, settings: FitSettings) -> RunState:
+def _record_epoch(state: RunState, x, y, val, settings: FitSettings) -> RunState:
   """The epoch's record completed (validation, training accuracy, epsilon), the privacy ledger
   and the early-stopping state brought up to date."""
   record = dict(state.history[-1])

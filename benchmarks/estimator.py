@@ -19,15 +19,13 @@ work: the stochastic solvers run exactly E epochs (max_iter=E, tol=0, n_iter_no_
 lbfgs at most I iterations (max_iter=I, tol=0; SciPy's L-BFGS-B may stop sooner on its own
 decrease test, so n_iter_ is reported). ConvergenceWarning is silenced. The batch orders differ:
 ours shuffles with JAX from a seed drawn from random_state, scikit-learn with NumPy, so the
-stochastic solvers' scores differ by chance (with shuffle=False, checked on USPS's first 1000
-rows for 2 epochs: the same test accuracy, weights within 4e-5).
+stochastic solvers' scores differ by chance (with shuffle=False the runs are the same:
+tests/test_estimator_parity.py).
   usps:     E = 20; I = 100; learning_rate_init: adam 1e-3, sgd 0.1 (momentum 0.9, Nesterov).
-  diabetes: E = 200; I = 200; learning_rate_init 1e-3 for adam and for sgd: with scikit-learn
-            (200 epochs, 64 hidden units) these gave test R^2 0.26-0.36 for all four
-            activations, where 1e-2 gave negative R^2 with tanh and relu under adam. lbfgs for
-            200 iterations overfits the 331 rows (scikit-learn's test R^2 in that check:
-            identity 0.36 (stopped at 19), logistic -0.11, tanh -1.19, relu -0.90), so small
-            numerical differences can move its R^2 far.
+  diabetes: E = 200; I = 200; learning_rate_init 1e-3 for adam and for sgd (a probe with
+            scikit-learn, not kept, found 1e-2 too large for adam with tanh and relu). lbfgs for
+            200 iterations overfits the 331 rows (test R^2 below 0 for logistic, tanh and relu in
+            both libraries: the table), so small numerical differences can move its R^2 far.
 Per configuration (dataset, solver, activation): one untimed warm-up fit per library (ours
 compiles its epoch or its loss-and-gradient there: the "first fit s" column), then --repeats
 fits alternating between the libraries (so both see the same machine load); fit time is the
@@ -62,6 +60,7 @@ from sklearn.neural_network import MLPClassifier as SkClassifier  # noqa: E402
 from sklearn.neural_network import MLPRegressor as SkRegressor  # noqa: E402
 
 import mlp_jax as mj  # noqa: E402
+from mlp_jax.tools import estimator_fitting  # noqa: E402
 
 SOLVERS = ("adam", "sgd", "lbfgs")
 ACTIVATIONS = ("identity", "logistic", "tanh", "relu")
@@ -230,7 +229,15 @@ def main():
   parser.add_argument("--activations", nargs="+", choices=ACTIVATIONS, default=None,
                       help="default: all four (--quick: relu)")
   parser.add_argument("--repeats", type=int, default=2)
+  parser.add_argument("--epochs-per-call", type=int, default=None,
+                      help="ours: epochs per compiled call of a small fit (the library's "
+                           f"CHUNK_EPOCHS, {estimator_fitting.CHUNK_EPOCHS}); 1 times it "
+                           "without running epochs in a row (results: estimator_epochs_per_call*)")
   args = parser.parse_args()
+  name = "estimator"
+  if args.epochs_per_call is not None:
+    estimator_fitting.CHUNK_EPOCHS = args.epochs_per_call
+    name = f"estimator_epochs_per_call{args.epochs_per_call}"
   names = args.datasets or list(DATASETS)
   activations = args.activations or (["relu"] if args.quick else list(ACTIVATIONS))
   repeats = 1 if args.quick else args.repeats
@@ -251,6 +258,7 @@ def main():
   if args.quick:
     notes.append(f"--quick: the first {QUICK_ROWS} USPS training rows, {QUICK_EPOCHS} epochs / "
                  f"{QUICK_LBFGS} lbfgs iterations, one activation, 1 repeat; only a smoke test")
+  notes.append(f"ours: {estimator_fitting.CHUNK_EPOCHS} epoch(s) per compiled call of a small fit")
   payload = {"machine": common.machine(sklearn=sklearn.__version__), "quick": args.quick,
              "repeats": repeats, "predict_repeats": predict_repeats,
              "datasets": {d.name: {"train_rows": len(d.y), "test_rows": len(d.y_test),
@@ -259,7 +267,7 @@ def main():
                                    "score": d.score, "equal_within": d.equal}
                           for d in datasets.values()},
              "summary": summ, "notes": notes, "results": results}
-  common.write_results(common.result_name("estimator", args.quick), payload,
+  common.write_results(common.result_name(name, args.quick), payload,
                        markdown(datasets, results, summ, repeats, notes), args.out)
 
 

@@ -154,8 +154,9 @@ def test_float32_training_stays_near_scikit_learns_float64(task, solver):
   with jax.numpy_dtype_promotion("standard"):
     _fit_both(ours, theirs, *DATA[task])
   _assert_same_weights(ours, theirs, RTOL["float32"])
-  X = DATA[task][0]
-  assert np.mean(ours.predict(X) == theirs.predict(X)) >= (0.98 if task != "squared_error" else 0)
+  if task != "squared_error":  # the labels agree too (the regressor's values: by the weights)
+    X = DATA[task][0]
+    assert np.mean(ours.predict(X) == theirs.predict(X)) >= 0.98
 
 
 @pytest.mark.usefixtures("x64")

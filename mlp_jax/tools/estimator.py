@@ -86,9 +86,6 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
   def _out_activation(self, Y: np.ndarray) -> str:
     return "softmax" if self._label_binarizer.y_type_ == "multiclass" else "logistic"
 
-  def _is_classifier(self) -> bool:
-    return True
-
   _score_function = staticmethod(accuracy_score)
 
   def _truth(self, Y: np.ndarray) -> np.ndarray:
@@ -188,9 +185,6 @@ class MLPRegressor(RegressorMixin, BaseMLP):
 
   def _out_activation(self, Y: np.ndarray) -> str:
     return "exp" if self.loss == "poisson" else "identity"
-
-  def _is_classifier(self) -> bool:
-    return False
 
   _score_function = staticmethod(r2_score)
 

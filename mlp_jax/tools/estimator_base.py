@@ -1,13 +1,14 @@
 """What `MLPClassifier` and `MLPRegressor` share: scikit-learn's parameters and their checks,
-`fit` (scikit-learn's `_fit`: validation, first pass or warm start, the solver), the weights on
-the device, predicting in fixed blocks, and the compatible private attributes scikit-learn's own
-tests read (`_optimizer.learning_rate`, `_loss_grad_lbfgs`, `_no_improvement_count`).
+`fit` (scikit-learn's `_fit`: validation, first pass or warm start, the solver), the weights
+and data on the device, predicting by one compiled call, and the compatible private attributes
+scikit-learn's own tests read (`_optimizer.learning_rate`, `_loss_grad_lbfgs`,
+`_no_improvement_count`).
 """
 
 import contextlib
 import math
 from types import SimpleNamespace
-from typing import Any, Iterator, List, Optional, Sequence, Union
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -137,7 +138,7 @@ class BaseMLP(BaseEstimator):
                                                             self.activation, dtype)
     self._best_coefs = [c.copy() for c in self.coefs_]
     self._best_intercepts = [b.copy() for b in self.intercepts_]
-    for name in ("_opt_state", "_seed", "_device_params"):
+    for name in ("_opt_state", "_seed"):
       self.__dict__.pop(name, None)
     if self._solver() != "lbfgs":
       self.loss_curve_, self._no_improvement_count = [], 0
@@ -170,24 +171,22 @@ class BaseMLP(BaseEstimator):
     if self.batch_size != "auto":
       validation.check_int(self.batch_size, "batch_size")
     lbfgs_solver = self._solver() == "lbfgs"
-    for name, refused in (("schedule='cosine'", self.schedule == "cosine" and (
-        lbfgs_solver or self.learning_rate != "constant")),
-        ("dp_noise_multiplier", self.dp_noise_multiplier is not None and (
-            lbfgs_solver or sample_weight is not None)),
-        ("compute_dtype", lbfgs_solver and self.compute_dtype is not None),
-        ("devices", lbfgs_solver and self.devices is not None)):
+    full_batch = ("solver='lbfgs' (a full-batch line search in the parameters' precision, one "
+                  "device)")
+    cosine, dp = self.schedule == "cosine", self.dp_noise_multiplier is not None
+    for name, refused, reason in (
+        ("schedule='cosine'", cosine and lbfgs_solver, "solver='lbfgs'"),
+        ("schedule='cosine'", cosine and self.learning_rate != "constant",
+         f"learning_rate={self.learning_rate!r} (the cosine decay is the learning rate)"),
+        ("dp_noise_multiplier", dp and lbfgs_solver, full_batch),
+        ("dp_noise_multiplier", dp and sample_weight is not None,
+         "sample_weight (DP-SGD's noise is calibrated to equally weighted examples)"),
+        ("compute_dtype", lbfgs_solver and self.compute_dtype is not None, full_batch),
+        ("devices", lbfgs_solver and self.devices is not None, full_batch)):
       if refused:
-        raise InputError(f"{name}: not with {self._refusal(name)}")
+        raise InputError(f"{name}: not with {reason}")
     self._settings(1, 0)  # alpha, activation, compute_dtype and DP, named as parameters here
     return [int(h) for h in hidden]
-
-  def _refusal(self, name: str) -> str:
-    if name.startswith("schedule"):
-      return ("solver='lbfgs'" if self._solver() == "lbfgs" else
-              f"learning_rate={self.learning_rate!r} (the cosine decay is the learning rate)")
-    if name == "dp_noise_multiplier" and self._solver() != "lbfgs":
-      return "sample_weight (DP-SGD's noise is calibrated to equally weighted examples)"
-    return "solver='lbfgs' (a full-batch line search in the parameters' precision, one device)"
 
   def _check_solver(self) -> bool:
     """partial_fit is there for the stochastic solvers only (`hasattr` says so)."""
@@ -232,15 +231,20 @@ class BaseMLP(BaseEstimator):
     wide = jax.config.jax_enable_x64 and X.dtype == np.float64  # type: ignore[attr-defined]
     return jnp.float64 if wide else jnp.float32
 
-  def _targets(self, Y: np.ndarray, dtype) -> jax.Array:
-    """scikit-learn's 2-D targets as the library's output takes them."""
+  def _device_data(self, X: np.ndarray, Y: np.ndarray, sample_weight: Optional[np.ndarray],
+                   dtype) -> Tuple[jax.Array, jax.Array, Optional[jax.Array]]:
+    """(x, y, sample_weight) on the device in the compute dtype, scikit-learn's 2-D targets as
+    the library's output takes them (class indices for softmax)."""
     if self.out_activation_ == "softmax":
-      return jnp.asarray(np.argmax(Y, axis=1).astype(np.int32))
-    return jnp.asarray(Y, dtype)
+      y = jnp.asarray(np.argmax(Y, axis=1).astype(np.int32))
+    else:
+      y = jnp.asarray(Y, dtype)
+    weights = None if sample_weight is None else jnp.asarray(sample_weight, dtype)
+    return jnp.asarray(X, dtype), y, weights
 
   def _validation_score(self, params, X, Y, sample_weight, dtype) -> float:
     """The early-stopping score of the weights `params`: scikit-learn's `_score`."""
-    prediction = self._decide(_forward_in_blocks(params, X, dtype, self._activation()), X.dtype)
+    prediction = self._decide(_forward_padded(params, X, dtype, self._activation()), X.dtype)
     if prediction.dtype.kind == "f" and not np.isfinite(prediction).all():
       return float("nan")
     return float(self._score_function(self._truth(Y), prediction, sample_weight=sample_weight))
@@ -250,12 +254,10 @@ class BaseMLP(BaseEstimator):
     packs them (every W, then every b), at the packed weights; from the analytic gradients."""
     del buffers  # scikit-learn's work arrays
     X = np.asarray(X)
-    dtype = self._compute_dtype(X)
-    Y = np.asarray(y).reshape(X.shape[0], -1)
-    weights = None if sample_weight is None else jnp.asarray(sample_weight, dtype)
+    x, y, weights = self._device_data(X, np.asarray(y).reshape(X.shape[0], -1), sample_weight,
+                                      self._compute_dtype(X))
     sizes = [self.coefs_[0].shape[0]] + [w.shape[1] for w in self.coefs_]
-    f = lbfgs.loss_and_grad_fn(jnp.asarray(X, dtype), self._targets(Y, dtype), float(self.alpha),
-                               sizes, self._network(), weights)
+    f = lbfgs.loss_and_grad_fn(x, y, float(self.alpha), sizes, self._network(), weights)
     return f(np.asarray(packed, np.float64))
 
   @property
@@ -276,8 +278,8 @@ class BaseMLP(BaseEstimator):
                       reset=False)
     if sparse.issparse(X):
       X = X.toarray()
-    return _forward_in_blocks(self._params(X), X, self._compute_dtype(X),
-                              self._activation()), X.dtype
+    return _forward_padded(self._params(X), X, self._compute_dtype(X),
+                           self._activation()), X.dtype
 
   def _params(self, X) -> mj.Params:
     """The weights on the device in the compute dtype: those `fit` left there, unless `coefs_`
@@ -308,7 +310,7 @@ PREDICT_ROWS = 8
 _logits = jax.jit(mj.forward, static_argnames="activation")
 
 
-def _forward_in_blocks(params: mj.Params, X: np.ndarray, dtype, activation) -> np.ndarray:
+def _forward_padded(params: mj.Params, X: np.ndarray, dtype, activation) -> np.ndarray:
   """The last layer's z for every row of X, (n, K), by one compiled call (per padded shape)."""
   X = np.asarray(X, dtype)
   rows = X.shape[0]

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from sklearn.base import is_classifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 
@@ -94,7 +95,7 @@ def batch_size(est, num_rows: int) -> int:
 def _split(est, X, Y, sample_weight, random_state):
   """scikit-learn's early-stopping split: `validation_fraction` of the rows, stratified for a
   single-output classifier, drawn from the estimator's random state."""
-  stratify = Y if est._is_classifier() and Y.shape[1] == 1 else None
+  stratify = Y if is_classifier(est) and Y.shape[1] == 1 else None
   arrays = (X, Y) if sample_weight is None else (X, Y, sample_weight)
   parts = train_test_split(*arrays, random_state=random_state,
                            test_size=est.validation_fraction, stratify=stratify)
@@ -137,8 +138,7 @@ def fit_stochastic(est, X: np.ndarray, Y: np.ndarray, sample_weight: Optional[np
   if not hasattr(est, "_seed"):
     est._seed, est._epochs_done, est._ledger = int(random_state.randint(2**31 - 1)), 0, ()
   settings = est._settings(batch, est._seed)
-  x, y = jnp.asarray(X, dtype), est._targets(Y, dtype)
-  weights = None if sample_weight is None else jnp.asarray(sample_weight, dtype)
+  x, y, weights = est._device_data(X, Y, sample_weight, dtype)
   mesh = est._mesh()
   program = epoch_program(solver, settings, mesh)
   state = new_run(params, opt_state, {})._replace(epochs_done=est._epochs_done,
@@ -166,12 +166,12 @@ def fit_stochastic(est, X: np.ndarray, Y: np.ndarray, sample_weight: Optional[np
                     "were kept", RuntimeWarning)
       break
     state = state._replace(ledger=run.ledger_after(state.ledger, 1))
-    stopped = _epoch_end(est, losses, run, lambda: state.params, val, dtype) or incremental
+    stopped = _epoch_end(est, losses, run, state.params, val, dtype) or incremental
   if not stopped and not incremental and est.n_iter_ == est.max_iter:
     warnings.warn(f"Stochastic Optimizer: Maximum iterations ({est.max_iter}) reached and the "
                   "optimization hasn't converged yet.", ConvergenceWarning)
   est._opt_state = jax.tree.map(np.asarray, state.opt_state)
-  est._ledger = tuple(state.ledger)
+  est._epochs_done, est._ledger = state.epochs_done, tuple(state.ledger)
   if settings.dp is not None:
     est.epsilon_ = privacy.ledger_epsilon(est._ledger, settings.dp.delta)
   if est.early_stopping:  # the best epoch's weights, as scikit-learn restores them
@@ -201,8 +201,8 @@ class _Run(NamedTuple):
 
 
 # Epochs in a row per compiled call (`EpochProgram.epochs`) when an epoch is this small: rows
-# times weights at most CHUNK_WORK. A call per epoch costs ~1 ms of dispatch and host work,
-# more than such an epoch's arithmetic (diabetes, 331 rows, 64 hidden units: ~0.1 ms).
+# times weights at most CHUNK_WORK. There a call's dispatch and host work outweigh the epoch's
+# arithmetic (`benchmarks/estimator.py --epochs-per-call 1` times it without).
 CHUNK_EPOCHS = 10
 CHUNK_WORK = 2e7
 
@@ -235,7 +235,7 @@ def _epochs_in_a_row(est, run: _Run, state, count: int):
     if not ok[i]:
       break
     done = i + 1
-    stopped = _epoch_end(est, losses[i], run, lambda: _take(params, i), None, None)
+    stopped = _epoch_end(est, losses[i], run, None, None, None)
     if stopped or est._learning_rate != rate:
       break
   if done:
@@ -252,19 +252,19 @@ def _take(tree, i):
   return jax.tree.map(lambda leaf: leaf[i], tree)
 
 
-def _epoch_end(est, losses: np.ndarray, run: _Run, params_fn, val, dtype) -> bool:
+def _epoch_end(est, losses: np.ndarray, run: _Run, params: Optional[Params], val,
+               dtype) -> bool:
   """scikit-learn's bookkeeping after an epoch: the epoch loss, t_, the loss curve, the
-  no-improvement count (`params_fn()` gives the epoch's weights, for early stopping), the
+  no-improvement count (with early stopping, `val`, on the epoch's weights `params`), the
   invscaling rate, the stop or the adaptive rate's division. True: stop."""
   est.n_iter_ += 1
-  est._epochs_done += 1
   est.loss_ = _epoch_loss(losses, run.rows, run.settings.batch_size,
                           run.settings.dp is not None)
   est.t_ += run.rows
   est.loss_curve_.append(est.loss_)
   if est.verbose:
     print(f"Iteration {est.n_iter_}, loss = {est.loss_:.8f}")
-  _update_no_improvement_count(est, params_fn() if val is not None else None, val, dtype)
+  _update_no_improvement_count(est, params, val, dtype)
   if est._solver() == "sgd" and est.learning_rate == "invscaling":
     est._learning_rate = solvers.invscaling_rate(est.learning_rate_init, est.t_, est.power_t)
   if est._no_improvement_count > est.n_iter_no_change:
@@ -322,10 +322,10 @@ def fit_lbfgs(est, X: np.ndarray, Y: np.ndarray, sample_weight: Optional[np.ndar
   of that warns `ConvergenceWarning`."""
   dtype = est._compute_dtype(X)
   params = device_params(est.coefs_, est.intercepts_, dtype)
-  weights = None if sample_weight is None else jnp.asarray(sample_weight, dtype)
+  x, y, weights = est._device_data(X, Y, sample_weight, dtype)
   report = (lambda i, loss: print(f"Iteration {i}, loss = {loss:.8f}")) if est.verbose else None
-  result = lbfgs.minimize_lbfgs(params, jnp.asarray(X, dtype), est._targets(Y, dtype),
-                                l2=float(est.alpha), net=est._network(), sample_weight=weights,
+  result = lbfgs.minimize_lbfgs(params, x, y, l2=float(est.alpha), net=est._network(),
+                                sample_weight=weights,
                                 max_iter=est.max_iter, max_fun=est.max_fun, tol=float(est.tol),
                                 callback=report)
   if not result.converged:

@@ -84,8 +84,8 @@ def loss_and_grad_fn(x: jax.Array, y: jax.Array, l2: float, sizes: Sequence[int]
 
 def _one_blas_thread() -> ContextManager:
   """L-BFGS-B's own vector work runs through BLAS; on a CPU that XLA's thread pool already
-  keeps busy, a multi-threaded BLAS only contends with it (USPS, 50 iterations on 2 cores:
-  3.4 s with OpenBLAS's 2 threads, 1.9 s with 1; benchmarks/lbfgs.py). threadpoolctl comes with
+  keeps busy, a multi-threaded BLAS only contends with it (benchmarks/lbfgs.py, rows scipy and
+  scipy_blas_threads: on 2 cores, 1.5-1.6x faster held to one thread). threadpoolctl comes with
   scikit-learn; without it, BLAS keeps its threads."""
   try:
     from threadpoolctl import threadpool_limits

@@ -94,11 +94,6 @@ def adam(learning_rate: float, beta_1: float = 0.9, beta_2: float = 0.999, epsil
   return optax.GradientTransformation(init, update)
 
 
-def learning_rate(state: Any) -> float:
-  """The base learning rate held in a state of `sgd` or `adam`."""
-  return float(state.learning_rate)
-
-
 def with_learning_rate(state: Any, value: float) -> Any:
   """`state` with its base learning rate set to `value` (same dtype, so no recompiling)."""
   return state._replace(learning_rate=jnp.asarray(value, state.learning_rate.dtype))

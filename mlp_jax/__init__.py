@@ -42,7 +42,9 @@ _FROM = {
     "mlp_jax.training.multihost": ("DistributedError", "initialize_distributed", "is_primary",
                                    "process_shard"),
     "mlp_jax.training.optimizers": ("make_optimizer", "steps_per_epoch"),
-    "mlp_jax.training.privacy": ("DPConfig", "LedgerEntry", "dp_epsilon", "ledger_epsilon"),
+    "mlp_jax.training.accounting": ("dp_epsilon", "ledger_epsilon"),
+    "mlp_jax.training.calibration": ("calibrate_noise_multiplier",),
+    "mlp_jax.training.privacy": ("DPConfig", "LedgerEntry"),
     "mlp_jax.training.run": ("RunState", "SavedRun", "load_run", "save_run"),
     "mlp_jax.training.settings": ("FitSettings",),
     "mlp_jax.training.step": ("make_data_parallel_step", "make_train_step"),
@@ -80,7 +82,9 @@ if TYPE_CHECKING:  # the same names, for type checkers and IDEs (tests/test_arch
   from mlp_jax.training.multihost import (DistributedError, initialize_distributed, is_primary,
                                           process_shard)
   from mlp_jax.training.optimizers import make_optimizer, steps_per_epoch
-  from mlp_jax.training.privacy import DPConfig, LedgerEntry, dp_epsilon, ledger_epsilon
+  from mlp_jax.training.accounting import dp_epsilon, ledger_epsilon
+  from mlp_jax.training.calibration import calibrate_noise_multiplier
+  from mlp_jax.training.privacy import DPConfig, LedgerEntry
   from mlp_jax.training.run import RunState, SavedRun, load_run, save_run
   from mlp_jax.training.settings import FitSettings
   from mlp_jax.training.step import make_data_parallel_step, make_train_step
@@ -89,20 +93,20 @@ if TYPE_CHECKING:  # the same names, for type checkers and IDEs (tests/test_arch
 
 
 __all__ = [  # the public API; `diagnose` and `Diagnosis` load on first use
-    "__version__", "Activation", "ACTIVATIONS", "autodiff_grads", "autodiff_per_sample_grads", "check_gradients", "Checkpoint",
-    "CheckpointError", "clipped_mean_grads", "confusion_matrix", "data", "DataFileError", "Dense",
-    "diagnose", "Diagnosis", "distributed", "DistributedError", "dp_epsilon", "DPConfig",
+    "__version__", "Activation", "ACTIVATIONS", "autodiff_grads", "autodiff_per_sample_grads",
+    "check_gradients", "Checkpoint", "calibrate_noise_multiplier", "CheckpointError",
+    "clipped_mean_grads", "confusion_matrix", "data", "DataFileError", "Dense", "diagnose",
+    "Diagnosis", "distributed", "DistributedError", "dp_epsilon", "DPConfig",
     "enable_compilation_cache", "evaluate", "fit", "FitResult", "FitSettings", "forward",
-    "GradientReport", "grads", "init_params",
-    "initialize_distributed", "InputError", "InputTypeError", "is_primary", "layer_sizes",
-    "LayerNorms", "ledger_epsilon", "LedgerEntry", "load_checkpoint", "load_pytree", "load_run",
-    "loss", "loss_and_grads", "make_data_parallel_step", "make_epoch", "make_mesh",
-    "make_optimizer", "make_train_step", "MissingDependencyError", "MLPClassifier",
-    "MLPJaxError", "MLPRegressor", "Network", "NonFiniteError", "OUTPUTS",
-    "Params", "per_sample_grad_norms", "per_sample_grads", "per_sample_layer_norms", "predict",
-    "process_shard", "relative_error", "replicate", "ResumeError", "RunState", "save_checkpoint",
-    "save_pytree", "save_run", "SavedRun", "shard_batch", "steps_per_epoch", "StorageError",
-    "value_checks",
+    "GradientReport", "grads", "init_params", "initialize_distributed", "InputError",
+    "InputTypeError", "is_primary", "layer_sizes", "LayerNorms", "ledger_epsilon", "LedgerEntry",
+    "load_checkpoint", "load_pytree", "load_run", "loss", "loss_and_grads",
+    "make_data_parallel_step", "make_epoch", "make_mesh", "make_optimizer", "make_train_step",
+    "MissingDependencyError", "MLPClassifier", "MLPJaxError", "MLPRegressor", "Network",
+    "NonFiniteError", "OUTPUTS", "Params", "per_sample_grad_norms", "per_sample_grads",
+    "per_sample_layer_norms", "predict", "process_shard", "relative_error", "replicate",
+    "ResumeError", "RunState", "save_checkpoint", "save_pytree", "save_run", "SavedRun",
+    "shard_batch", "steps_per_epoch", "StorageError", "value_checks",
 ]
 
 _LAZY = {name: module for module, names in _FROM.items() for name in names}

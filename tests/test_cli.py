@@ -87,6 +87,15 @@ def test_dp_training_reports_epsilon(tmp_path, capsys):
   assert all(r["epsilon"] > 0 for r in history)
 
 
+def test_a_target_epsilon_run_reports_its_chosen_noise_and_adaptive_clip(tmp_path, capsys):
+  code, text, _ = _run(["train", *TINY, "--out", str(tmp_path / "dp"), "--dp",
+                        "--target-epsilon", "2", "--target-quantile", "0.5"], capsys)
+  assert code == 0 and "(chosen for epsilon <= 2)" in text
+  assert "C=1 adaptive to the 0.5 quantile (last " in text
+  history = json.loads((tmp_path / "dp" / "metrics.json").read_text())["history"]
+  assert 2 * 0.99 <= history[-1]["epsilon"] <= 2 and all("clip_norm" in r for r in history)
+
+
 def _write_h5(path, groups=("train", "test"), x=None):
   rng = np.random.default_rng(0)
   with h5py.File(path, "w") as f:

@@ -42,6 +42,14 @@ pytestmark = pytest.mark.usefixtures("standard_promotion")  # optax inside the C
     (dict(dp=True, delta="0"), "--delta: expected a finite value in (0, 1), got 0"),
     (dict(dp=True, clip_norm="0"), "--clip-norm: expected a finite value > 0, got 0"),
     (dict(dp=True, noise_multiplier="-1"), "--noise-multiplier: expected a finite value >= 0"),
+    (dict(target_epsilon="3"), "--target-epsilon 3.0: only used with --dp"),
+    (dict(dp=True, target_epsilon="0"), "--target-epsilon: expected a finite value > 0, got 0"),
+    (dict(dp=True, target_epsilon="0.001"), "--target-epsilon=0.001 cannot be met: 18 steps of "
+                                            "expected batch 32 out of 192 examples"),
+    (dict(dp=True, target_epsilon="2", noise_multiplier="0.5"),
+     "--target-epsilon=2: 3 epochs at noise multiplier 0.5 spend epsilon="),
+    (dict(dp=True, target_quantile="1"), "--target-quantile: expected a finite value in (0, 1), "
+                                         "got 1"),
     (dict(lr="0"), "--lr: expected a finite value > 0, got 0"),
     (dict(lr="nan"), "--lr: expected a finite value > 0, got nan"),
     (dict(l2="-1"), "--l2: expected a finite value >= 0, got -1"),

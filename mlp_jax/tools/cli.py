@@ -44,12 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
       return text
 
   import mlp_jax
-  from mlp_jax.tools import eval_commands, train_command
+  from mlp_jax.tools import eval_commands, train_command, train_options
   parser = argparse.ArgumentParser(
       prog="mlp-jax", description="Train and check MLPs with hand-derived gradients in JAX.")
   parser.add_argument("--version", action="version", version=f"mlp-jax {mlp_jax.__version__}")
   sub = parser.add_subparsers(dest="command", required=True)
-  parser.train_parser = train_command.add_parser(sub, _HelpFormatter)  # --config sets defaults
+  parser.train_parser = train_options.add_parser(sub, _HelpFormatter)  # --config sets defaults
+  parser.train_parser.set_defaults(func=train_command.cmd_train)
   eval_commands.add_evaluate_parser(sub, _HelpFormatter)
   eval_commands.add_check_parser(sub, _HelpFormatter)
   return parser
@@ -74,7 +75,7 @@ def _main(argv: list[str] | None, signals) -> int:
   try:
     args = parser.parse_args(argv)
     if getattr(args, "config", None):  # the recorded settings become defaults, then reparse
-      from mlp_jax.tools.train_command import replayed_config
+      from mlp_jax.tools.train_options import replayed_config
       parser.train_parser.set_defaults(**replayed_config(args.config, parser.train_parser))
       args = parser.parse_args(argv)
     from mlp_jax.io.compilation_cache import enable_compilation_cache

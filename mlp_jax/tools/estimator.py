@@ -37,8 +37,11 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
   library's "leaky_relu", "leaky_relu:SLOPE", "gelu", "gelu_tanh", or one per hidden layer.
   The library's own parameters beside scikit-learn's: `schedule` ("cosine": the learning rate
   decays to 0 over `max_iter` epochs), `compute_dtype` (e.g. "bfloat16" GEMMs),
-  `dp_clip_norm` / `dp_noise_multiplier` / `dp_delta` (DP-SGD when `dp_noise_multiplier` is set;
-  `epsilon_` then holds the run's epsilon) and `devices` (data-parallel over that many devices,
+  `dp_clip_norm` / `dp_noise_multiplier` / `dp_delta` / `dp_target_epsilon` /
+  `dp_target_quantile` (DP-SGD when a noise multiplier or a target epsilon is set, the noise then
+  chosen for `max_iter` epochs and kept as `dp_noise_multiplier_`; with a target quantile the
+  clip norm adapts to that quantile of the per-example norms; `epsilon_` holds what the fits
+  spent) and `devices` (data-parallel over that many devices,
   or "all").
   """
 
@@ -154,6 +157,8 @@ class MLPRegressor(RegressorMixin, BaseMLP):
                max_fun: int = 15000, schedule: str = "constant",
                compute_dtype: Optional[str] = None, dp_clip_norm: Optional[float] = None,
                dp_noise_multiplier: Optional[float] = None, dp_delta: float = 1e-5,
+               dp_target_epsilon: Optional[float] = None,
+               dp_target_quantile: Optional[float] = None,
                devices: Union[None, int, str] = None):
     super().__init__(
         hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
@@ -164,7 +169,9 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
         n_iter_no_change=n_iter_no_change, max_fun=max_fun, schedule=schedule,
         compute_dtype=compute_dtype, dp_clip_norm=dp_clip_norm,
-        dp_noise_multiplier=dp_noise_multiplier, dp_delta=dp_delta, devices=devices)
+        dp_noise_multiplier=dp_noise_multiplier, dp_delta=dp_delta,
+        dp_target_epsilon=dp_target_epsilon, dp_target_quantile=dp_target_quantile,
+        devices=devices)
     self.loss = loss
 
   @available_if(lambda est: est._check_solver())

@@ -28,7 +28,8 @@ from mlp_jax.training.settings import check_settings
 
 # The estimator's parameter behind each setting of `FitSettings` that it spells otherwise.
 _PARAMETER_OF = {"l2": "alpha", "seed": "random_state", "clip_norm": "dp_clip_norm",
-                 "noise_multiplier": "dp_noise_multiplier", "delta": "dp_delta"}
+                 "noise_multiplier": "dp_noise_multiplier", "delta": "dp_delta",
+                 "target_epsilon": "dp_target_epsilon", "target_quantile": "dp_target_quantile"}
 SOLVERS = ("lbfgs", "sgd", "adam", "momentum")  # "momentum": the sgd solver, an older name
 LEARNING_RATES = ("constant", "invscaling", "adaptive")
 SCHEDULES = ("constant", "cosine")
@@ -51,7 +52,9 @@ class BaseMLP(BaseEstimator):
                n_iter_no_change: Union[int, float] = 10, max_fun: int = 15000,
                schedule: str = "constant", compute_dtype: Optional[str] = None,
                dp_clip_norm: Optional[float] = None, dp_noise_multiplier: Optional[float] = None,
-               dp_delta: float = 1e-5, devices: Union[None, int, str] = None):
+               dp_delta: float = 1e-5, dp_target_epsilon: Optional[float] = None,
+               dp_target_quantile: Optional[float] = None,
+               devices: Union[None, int, str] = None):
     self.hidden_layer_sizes = hidden_layer_sizes
     self.activation = activation
     self.solver = solver
@@ -80,6 +83,8 @@ class BaseMLP(BaseEstimator):
     self.dp_clip_norm = dp_clip_norm
     self.dp_noise_multiplier = dp_noise_multiplier
     self.dp_delta = dp_delta
+    self.dp_target_epsilon = dp_target_epsilon
+    self.dp_target_quantile = dp_target_quantile
     self.devices = devices
 
   # ----------------------------------------------------------------------------- training
@@ -173,7 +178,7 @@ class BaseMLP(BaseEstimator):
     lbfgs_solver = self._solver() == "lbfgs"
     full_batch = ("solver='lbfgs' (a full-batch line search in the parameters' precision, one "
                   "device)")
-    cosine, dp = self.schedule == "cosine", self.dp_noise_multiplier is not None
+    cosine, dp = self.schedule == "cosine", self._dp() is not None
     for name, refused, reason in (
         ("schedule='cosine'", cosine and lbfgs_solver, "solver='lbfgs'"),
         ("schedule='cosine'", cosine and self.learning_rate != "constant",
@@ -217,10 +222,14 @@ class BaseMLP(BaseEstimator):
     return tuple(activation) if isinstance(activation, list) else activation
 
   def _dp(self) -> Optional[privacy.DPConfig]:
-    if self.dp_noise_multiplier is None:
+    """DP-SGD's settings: on with a noise multiplier or a target epsilon (the noise then chosen
+    by `fit`, `estimator_fitting.calibrated`)."""
+    if self.dp_noise_multiplier is None and self.dp_target_epsilon is None:
       return None
     return privacy.DPConfig(1.0 if self.dp_clip_norm is None else self.dp_clip_norm,
-                            self.dp_noise_multiplier, self.dp_delta)
+                            self.dp_noise_multiplier, self.dp_delta,
+                            target_epsilon=self.dp_target_epsilon,
+                            target_quantile=self.dp_target_quantile)
 
   def _mesh(self):
     return None if self.devices is None else mj.make_mesh(self.devices)

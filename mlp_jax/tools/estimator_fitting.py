@@ -11,6 +11,7 @@
 The estimator (`tools.estimator`) owns the attributes these read and set.
 """
 
+import dataclasses
 import functools
 import warnings
 from typing import Any, List, NamedTuple, Optional, Tuple
@@ -24,8 +25,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 
 from mlp_jax.core.model import Dense, Params
-from mlp_jax.errors import NonFiniteError
-from mlp_jax.training import lbfgs, privacy, solvers
+from mlp_jax.errors import InputError, NonFiniteError
+from mlp_jax.training import accounting, calibration, lbfgs, privacy, solvers
 from mlp_jax.training.epoch import epoch_keys, epoch_program
 from mlp_jax.training.fit import train_epoch
 from mlp_jax.training.optimizers import steps_per_epoch
@@ -128,16 +129,17 @@ def fit_stochastic(est, X: np.ndarray, Y: np.ndarray, sample_weight: Optional[np
   n = X.shape[0]
   batch = batch_size(est, n)
   steps = steps_per_epoch(n, batch)
-  solver = make_solver(est, steps)
+  if not hasattr(est, "_seed"):
+    est._seed, est._epochs_done, est._ledger = int(random_state.randint(2**31 - 1)), 0, ()
+  settings = calibrated(est, est._settings(batch, est._seed), n, incremental)
+  # With adaptive clipping the clip norm rides in the solver's state (`privacy.dp_optimizer`).
+  solver = privacy.dp_optimizer(make_solver(est, steps), settings.dp)
   params = device_params(est.coefs_, est.intercepts_, dtype)
   if not incremental or not hasattr(est, "_opt_state"):
     opt_state, est._learning_rate = solver.init(params), float(est.learning_rate_init)
   else:
     opt_state = est._opt_state
   opt_state = _to_device(opt_state)  # the same program for a fresh state as for a kept one
-  if not hasattr(est, "_seed"):
-    est._seed, est._epochs_done, est._ledger = int(random_state.randint(2**31 - 1)), 0, ()
-  settings = est._settings(batch, est._seed)
   x, y, weights = est._device_data(X, Y, sample_weight, dtype)
   mesh = est._mesh()
   program = epoch_program(solver, settings, mesh)
@@ -173,11 +175,28 @@ def fit_stochastic(est, X: np.ndarray, Y: np.ndarray, sample_weight: Optional[np
   est._opt_state = jax.tree.map(np.asarray, state.opt_state)
   est._epochs_done, est._ledger = state.epochs_done, tuple(state.ledger)
   if settings.dp is not None:
-    est.epsilon_ = privacy.ledger_epsilon(est._ledger, settings.dp.delta)
+    est.epsilon_ = accounting.ledger_epsilon(est._ledger, settings.dp.delta)
   if est.early_stopping:  # the best epoch's weights, as scikit-learn restores them
     est.coefs_, est.intercepts_ = est._best_coefs, est._best_intercepts
   else:
     est.coefs_, est.intercepts_ = host_arrays(state.params, X.dtype)
+
+
+def calibrated(est, settings, rows: int, incremental: bool):
+  """`settings` with DP-SGD's noise multiplier chosen, with `dp_target_epsilon`, so that the
+  estimator's ledger so far and `max_iter` epochs of `rows` spend at most the target
+  (`accounting.calibrate_noise_multiplier`); kept as `dp_noise_multiplier_`."""
+  dp = settings.dp
+  if dp is None or dp.noise_multiplier is not None:
+    return settings
+  if incremental:
+    raise InputError("dp_target_epsilon: not with partial_fit, whose number of calls is not "
+                     "known in advance; use fit, or give dp_noise_multiplier")
+  steps = steps_per_epoch(rows, settings.batch_size) * est.max_iter
+  sigma = calibration.calibrate_noise_multiplier(dp.target_epsilon, dp.delta, rows,
+                                                settings.batch_size, steps, est._ledger)
+  est.dp_noise_multiplier_ = sigma
+  return dataclasses.replace(settings, dp=dp._replace(noise_multiplier=sigma))
 
 
 class _Run(NamedTuple):

@@ -74,7 +74,7 @@ def cmd_evaluate(args, signals) -> int:
   import mlp_jax as mj
   from mlp_jax.core.network import SOURCE, from_record
   from mlp_jax.io import checkpoint, data
-  from mlp_jax.tools.train_command import DEFAULTS, network_option
+  from mlp_jax.tools.train_options import DEFAULTS, network_option
   from mlp_jax.tools import run_folder
   from mlp_jax.training.run import load_run, result_params
 
@@ -117,7 +117,7 @@ def cmd_check(args, signals) -> int:
   import jax
   import jax.numpy as jnp
   import mlp_jax as mj
-  from mlp_jax.tools.train_command import network_option
+  from mlp_jax.tools.train_options import network_option
 
   dtype = args.dtype or "float64"
   if args.grads is not None and dtype != "float64":

@@ -216,7 +216,9 @@ def make_epoch(optimizer: OptimizerLike, batch_size: int, l2: ArrayLike = 0.0, *
   finite, and `fit` replays a failed epoch step by step to find the first bad step.
 
   With `dp`, the epoch is DP-SGD instead: ceil(N / B) steps on truncated Poisson-sampled batches
-  of expected size B, each with the clipped, noised gradient of `privacy.noisy_clipped_grads`.
+  of expected size B, each with the clipped, noised gradient of `privacy.noisy_clipped_grads`;
+  with adaptive clipping (`dp.target_quantile`), init `opt_state` with
+  `privacy.dp_optimizer(optimizer, dp).init(params)` (it carries the clip norm).
 
   With `mesh` (a 1-D `jax.sharding.Mesh` from `distributed.make_mesh`), data-parallel: the data,
   parameters and optimizer state are replicated on every device, each step's batch is sharded

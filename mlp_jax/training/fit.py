@@ -25,7 +25,7 @@ from mlp_jax.core.model import Params
 from mlp_jax.core.network import DEFAULT_OUTPUT, SOURCE, check_network
 from mlp_jax.errors import InputError, InputTypeError, NonFiniteError, ResumeError
 from mlp_jax.io.pytree_file import match_template
-from mlp_jax.training import distributed, privacy
+from mlp_jax.training import accounting, calibration, distributed, privacy
 from mlp_jax.training.epoch import EpochProgram, epoch_key, epoch_program
 from mlp_jax.training.evaluation import evaluate_checked, score_name
 from mlp_jax.training.optimizers import OptimizerLike, as_optimizer, steps_per_epoch
@@ -135,6 +135,9 @@ def fit(params: Params, train: Tuple[ArrayLike, ArrayLike], *,
   validation.check_int(epochs, "epochs")
   num_val = None if val is None else val[0].shape[0]
   settings = check_settings(settings, x.shape[0], num_val)  # the one check of the settings
+  settings = dataclasses.replace(settings, dp=calibration.planned_dp(  # a target epsilon's noise
+      settings.dp, x.shape[0], settings.batch_size, epochs, resume))
+  optimizer = privacy.dp_optimizer(optimizer, settings.dp)  # adaptive clipping: C in its state
   record = settings.record(x.shape[0], num_val, 1 if mesh is None else mesh.size)
   if resume is None:
     # Own copies of both (an optimizer state may alias the parameters): the epoch donates them.
@@ -156,14 +159,37 @@ def fit(params: Params, train: Tuple[ArrayLike, ArrayLike], *,
         (x, y, val, state.params, state.opt_state, state.best.params), mesh)  # once
     state = state._replace(params=params, opt_state=opt_state,
                            best=state.best._replace(params=best))
-  while state.epochs_done < epochs and not state.stopped_early:
-    state = train_epoch(program, state, x, y, settings.seed)[0]
-    state = _record_epoch(state, x, y, val, settings)
-    if on_epoch_end is not None:
-      on_epoch_end(state)
-    if should_stop is not None and should_stop() and state.epochs_done < epochs:
-      return _result(state, interrupted=not state.stopped_early)
+  stop_accounting = _prefetch_epsilon(state, settings, x.shape[0], epochs)
+  try:
+    while state.epochs_done < epochs and not state.stopped_early:
+      state = train_epoch(program, state, x, y, settings.seed)[0]
+      state = _record_epoch(state, x, y, val, settings)
+      if on_epoch_end is not None:
+        on_epoch_end(state)
+      if should_stop is not None and should_stop() and state.epochs_done < epochs:
+        return _result(state, interrupted=not state.stopped_early)
+  finally:
+    stop_accounting()
   return _result(state, interrupted=False)
+
+
+def _epoch_entry(settings: FitSettings, num_examples: int) -> privacy.LedgerEntry:
+  """The privacy ledger's entry of one epoch (its steps, and the mechanism with DP)."""
+  return privacy.ledger_entry(steps_per_epoch(num_examples, settings.batch_size), settings.dp,
+                              num_examples, settings.batch_size)
+
+
+def _prefetch_epsilon(state: RunState, settings: FitSettings, num_examples: int,
+                      epochs: int) -> Callable[[], None]:
+  """With DP, starts the accountant on the ledgers the coming epochs will have, so that each
+  epoch's epsilon is ready when the epoch ends (`accounting.prefetch`); returns its stop."""
+  if settings.dp is None:
+    return lambda: None
+  entry, ledger, ledgers = _epoch_entry(settings, num_examples), tuple(state.ledger), []
+  for _ in range(epochs - state.epochs_done):
+    ledger = privacy.add_to_ledger(ledger, entry)
+    ledgers.append(ledger)
+  return accounting.prefetch(ledgers, settings.dp.delta)
 
 
 def _one_value(settings: Optional[FitSettings], loose: FitSettings) -> FitSettings:
@@ -221,11 +247,11 @@ def _record_epoch(state: RunState, x, y, val, settings: FitSettings) -> RunState
                                                                   settings.l2, net)
   if settings.track_train_accuracy:
     record[f"train_{score}"] = evaluate_checked(state.params, x, y, settings.l2, net)[1]
-  steps = steps_per_epoch(x.shape[0], settings.batch_size)
-  ledger = privacy.add_to_ledger(state.ledger, privacy.ledger_entry(
-      steps, settings.dp, x.shape[0], settings.batch_size))
+  if settings.dp is not None and settings.dp.adaptive:  # the clip norm of the next step
+    record["clip_norm"] = float(state.opt_state.clip_norm)
+  ledger = privacy.add_to_ledger(state.ledger, _epoch_entry(settings, x.shape[0]))
   if settings.dp is not None:
-    record["epsilon"] = privacy.ledger_epsilon(ledger, settings.dp.delta)
+    record["epsilon"] = accounting.ledger_epsilon(ledger, settings.dp.delta)
   state = state._replace(history=tuple(state.history[:-1]) + (record,), ledger=ledger)
   if val is None:
     return state

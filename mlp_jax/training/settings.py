@@ -63,7 +63,7 @@ class FitSettings:
         "seed": self.seed,
         "patience": self.patience,
         "compute_dtype": self.compute_dtype,
-        "dp": None if self.dp is None else list(self.dp),
+        "dp": None if self.dp is None else privacy.dp_record(self.dp),
         "devices": int(devices),
         "shuffle": self.shuffle,
         **extra,

@@ -95,7 +95,10 @@ def adam(learning_rate: float, beta_1: float = 0.9, beta_2: float = 0.999, epsil
 
 
 def with_learning_rate(state: Any, value: float) -> Any:
-  """`state` with its base learning rate set to `value` (same dtype, so no recompiling)."""
+  """`state` with its base learning rate set to `value` (same dtype, so no recompiling); a
+  wrapper's state (adaptive clipping's, `privacy.AdaptiveClipState`) has it set inside."""
+  if hasattr(state, "inner"):
+    return state._replace(inner=with_learning_rate(state.inner, value))
   return state._replace(learning_rate=jnp.asarray(value, state.learning_rate.dtype))
 
 

@@ -40,6 +40,10 @@ def step_body(optimizer: optax.GradientTransformation, settings: FitSettings,
       loss and gradient (a short last batch, or a Poisson batch's empty places). Needed with DP.
     step_key: the PRNG key of this step's DP noise (used only with `settings.dp`).
 
+  With adaptive clipping (`settings.dp.adaptive`), `optimizer` is wrapped by
+  `privacy.dp_optimizer` (a wrapper stays as it is) and `opt_state` is its `AdaptiveClipState`:
+  the step clips at its C and leaves the next C (`privacy.next_clip_norm`) in the new state.
+
   Returns:
     (params, opt_state, loss, grads): the updated state, the batch's loss (E6) at
     `settings.l2` and the gradient the update used.
@@ -47,6 +51,10 @@ def step_body(optimizer: optax.GradientTransformation, settings: FitSettings,
   With `mesh`, the batch's rows are sharded along "data" and the new state is replicated.
   """
   l2, compute_dtype, dp, net = settings.l2, settings.compute_dtype, settings.dp, settings.network
+  adaptive = dp is not None and dp.adaptive
+  if adaptive:  # refuses a count that leaves no noise for the gradient, before any training
+    privacy.gradient_noise_multiplier(dp, settings.batch_size)
+    optimizer = privacy.dp_optimizer(optimizer, dp)
 
   def step(params: Params, opt_state: optax.OptState, x: jax.Array, y: jax.Array,
            keep: Optional[jax.Array] = None, step_key: Optional[jax.Array] = None,
@@ -56,12 +64,21 @@ def step_body(optimizer: optax.GradientTransformation, settings: FitSettings,
     with jax.named_scope("gradients"):
       if dp is None:
         loss, grads = objective_and_grads(params, x, y, l2, compute_dtype, keep, net)
-      else:
+      elif not adaptive:
         loss, grads = privacy.noisy_clipped_grads(params, x, y, keep, step_key, l2, dp,
                                                   settings.batch_size, compute_dtype, net)
+      else:  # clipped at this step's C, from which the next one is drawn
+        grad_key, count_key = jax.random.split(step_key)
+        loss, grads, count = privacy.noisy_clipped_grads_and_count(
+            params, x, y, keep, grad_key, l2, dp, settings.batch_size, compute_dtype, net,
+            opt_state.clip_norm)
+        clip_norm = privacy.next_clip_norm(opt_state.clip_norm, count, settings.batch_size, dp,
+                                           count_key)
     with jax.named_scope("optimizer"):
       updates, opt_state = optimizer.update(grads, opt_state, params)
       params = optax.apply_updates(params, updates)
+      if adaptive:
+        opt_state = opt_state._replace(clip_norm=clip_norm)
     if mesh is not None:
       params, opt_state = distributed.constrain_replicated((params, opt_state), mesh)
     return params, opt_state, loss, grads

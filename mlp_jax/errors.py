@@ -69,6 +69,19 @@ def optional_import(module: str, extra: str, feature: str) -> types.ModuleType:
                                  f"installed: pip install 'mlp_jax[{extra}]'") from e
 
 
+def require(module: str, extra: str, feature: str) -> None:
+  """That `module` is installed, found without importing it (dp-accounting takes two seconds to
+  import); else the `MissingDependencyError` of `optional_import`."""
+  import importlib.util
+  try:
+    found = importlib.util.find_spec(module) is not None
+  except (ImportError, ValueError):  # a parent missing, or a module blocked in sys.modules
+    found = False
+  if not found:
+    raise MissingDependencyError(f"{feature} needs {module}, which is not installed: "
+                                 f"pip install 'mlp_jax[{extra}]'")
+
+
 class ResumeError(MLPJaxError, ValueError):
   """A resume asks for a setting other than the saved run's, or there is nothing to resume."""
 

@@ -87,6 +87,14 @@ def test_dp_training_reports_epsilon(tmp_path, capsys):
   assert all(r["epsilon"] > 0 for r in history)
 
 
+def test_dp_without_dp_accounting_is_refused_before_the_run(tmp_path, capsys, monkeypatch):
+  monkeypatch.setitem(sys.modules, "dp_accounting", None)  # as if not installed
+  code, _, err = _run(["train", *TINY, "--out", str(tmp_path / "dp"), "--dp"], capsys)
+  assert code == EXIT_ERROR and "--dp needs dp_accounting, which is not installed: pip " \
+      "install 'mlp_jax[dp]'" in err
+  assert not (tmp_path / "dp").exists()
+
+
 def test_a_target_epsilon_run_reports_its_chosen_noise_and_adaptive_clip(tmp_path, capsys):
   code, text, _ = _run(["train", *TINY, "--out", str(tmp_path / "dp"), "--dp",
                         "--target-epsilon", "2", "--target-quantile", "0.5"], capsys)

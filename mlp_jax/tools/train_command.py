@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 
 from mlp_jax.errors import printable
 from mlp_jax.tables import text_block
@@ -56,6 +57,7 @@ def cmd_train(args, signals) -> int:
     return 0
   if folder.saved is not None:
     print(f"resuming {printable(folder.checkpoint)} after epoch {folder.saved.state.epochs_done}")
+  start = time.perf_counter()  # the session: calibration, training, report
   settings = with_planned_noise(settings, num_train, args.epochs, folder.saved)
   optimizer = mj.make_optimizer(args.optimizer, args.lr, schedule=args.schedule,
                                 total_steps=args.epochs * mj.steps_per_epoch(num_train,
@@ -69,7 +71,9 @@ def cmd_train(args, signals) -> int:
             if progress.saved_epochs else "no epoch had finished, so there is nothing to resume")
     return f"mlp-jax: {interrupts.word(signals.signum)} during epoch {progress.epochs + 1}; {kept}"
 
-  start = time.perf_counter()
+  if primary:  # matplotlib loads while the epochs train, not after them
+    plots_ready = threading.Thread(target=_load_plotting, name="mlp_jax plots", daemon=True)
+    plots_ready.start()
   try:
     with signals.graceful(stopped_at_once):
       result = mj.fit(
@@ -90,6 +94,16 @@ def cmd_train(args, signals) -> int:
   if primary:
     _report(args, config, splits, result, time.perf_counter() - start, folder, mesh)
   return 0
+
+
+def _load_plotting() -> None:
+  """Imports what the report draws with (nothing when matplotlib is missing: the report says)."""
+  from mlp_jax.errors import MissingDependencyError
+  from mlp_jax.tools import plots
+  try:
+    plots.load()
+  except MissingDependencyError:
+    pass
 
 
 def _mesh(args):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from mlp_jax.errors import InputError, optional_import
+from mlp_jax.errors import InputError, require
 
 
 EXAMPLES_TRAIN = """examples:
@@ -156,7 +156,7 @@ def train_config(args) -> dict:
        f"--num-samples: expected an int >= 10, got {config['num_samples']}")
   config["activation"] = activation_spec(args.activation, len(args.hidden))
   if args.dp:
-    optional_import("dp_accounting", "dp", "--dp")  # before a run starts, not after an epoch
+    require("dp_accounting", "dp", "--dp")  # before a run starts, not after an epoch
   return config
 
 

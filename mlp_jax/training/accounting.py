@@ -126,12 +126,30 @@ def _build_step_pld(dataset_size: int, sampling_probability: float, batch_capaci
 
 
 def epsilon_of_pmf(lower: int, probs: np.ndarray, infinity: float, interval: float,
-                   delta: float) -> float:
+                   delta: float, floor: Optional[float] = None) -> float:
   """The smallest epsilon >= 0 whose hockey-stick divergence is at most delta, of the pmf with
   mass probs[j] at loss (lower + j) * interval: dp-accounting's `get_epsilon_for_delta`, its
-  scan from the largest loss down done with cumulative sums."""
+  scan from the largest loss down done with cumulative sums.
+
+  The scan ends where it first meets a loss at most the epsilon it has found: with `floor` (a
+  guess at epsilon, e.g. the last epoch's), the losses from `floor` up are scanned first, and
+  the whole pmf only when the scan does not end among them. The result is the same."""
   if infinity > delta:
     return math.inf
+  if floor is not None:
+    first = min(max(math.ceil(floor / interval) - lower, 0), probs.size)
+    found = _scan(lower + first, probs[first:], infinity, interval, delta, whole=False)
+    if found is not None:
+      return found
+  return _scan(lower, probs, infinity, interval, delta, whole=True)
+
+
+def _scan(lower: int, probs: np.ndarray, infinity: float, interval: float, delta: float,
+          whole: bool) -> Optional[float]:
+  """`epsilon_of_pmf`'s scan of the top of a pmf (all of it when `whole`); None when it runs
+  out of losses before ending and is not `whole`."""
+  if probs.size == 0:
+    return None if not whole else (0.0 if infinity <= delta else math.inf)
   losses = (lower + np.arange(probs.size - 1, -1, -1, dtype=np.float64)) * interval
   p = probs[::-1]
   upper = infinity + np.cumsum(p)              # the masses after taking each loss in turn
@@ -148,6 +166,8 @@ def epsilon_of_pmf(lower: int, probs: np.ndarray, infinity: float, interval: flo
     return max(0.0, float(losses[first_underflow]))
   if first_stop < probs.size:  # the scan stops before this loss: the masses above it
     up, low = before_up[first_stop], before_low[first_stop]
+  elif not whole:
+    return None
   else:
     up, low = upper[-1], lower_mass[-1]
   return 0.0 if up <= low + delta else math.log((up - delta) / low)
@@ -181,6 +201,7 @@ class Accountant:
     self._last: Optional[_Composition] = None
     self._lock = threading.Lock()
     self._known: Dict[Ledger, float] = {}
+    self._floors: Dict[int, float] = {}  # each direction's epsilon for the last ledger
     self._powers: Dict[Tuple, Tuple[np.ndarray, ...]] = {}  # (step, length, count) -> spectra
 
   def epsilon(self, ledger: Ledger) -> float:
@@ -207,15 +228,19 @@ class Accountant:
                for d in range(len(steps[counts[0][0]].pmfs))]
     needed = max([hi - lo + 1 for lo, hi, _ in windows] + [s.size for s in steps.values()])
     length = self._length(needed)
+    grows = self._last is not None and _extends(counts, self._last.counts)
     spectra = self._spectra(counts, steps, length)
-    eps = 0.0
+    floors = {}
     for d, (lo, hi, base) in enumerate(windows):
       circular = np.fft.irfft(spectra[d], length)
-      probs = np.roll(circular, -((lo - base) % length))[:hi - lo + 1]
+      start = (lo - base) % length  # the window, where the circular result holds it
+      probs = np.concatenate([circular[start:], circular[:start]])[:hi - lo + 1]
       infinity = TAIL - math.expm1(sum(
           c * math.log1p(-steps[k].pmfs[d].infinity) for k, c in counts))
-      eps = max(eps, epsilon_of_pmf(lo, probs, infinity, self.interval, self.delta))
-    return eps
+      floors[d] = epsilon_of_pmf(lo, probs, infinity, self.interval, self.delta,
+                                 self._floors.get(d) if grows else None)  # it only grows
+    self._floors = {d: e for d, e in floors.items() if math.isfinite(e)}
+    return max(floors.values())
 
   def _length(self, needed: int) -> int:
     """The FFT length: the last one while it holds the window, else a quarter more than needed

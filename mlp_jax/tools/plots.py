@@ -8,16 +8,11 @@ from mlp_jax.errors import optional_import
 from mlp_jax.io.atomic_file import atomic_write
 
 
-def load():
-  """matplotlib's pyplot on the Agg backend (files only; no display needed), imported once
-  (half a second: `train_command` has it loaded while a run trains)."""
+def _figure():
   matplotlib = optional_import("matplotlib", "plots", "drawing curves.png and confusion.png")
-  matplotlib.use("Agg")
+  matplotlib.use("Agg")  # files only; no display needed
   import matplotlib.pyplot as plt
   return plt
-
-
-_figure = load
 
 
 def _save(fig, path) -> None:

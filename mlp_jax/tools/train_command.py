@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 
 from mlp_jax.errors import printable
 from mlp_jax.tables import text_block
@@ -71,9 +70,6 @@ def cmd_train(args, signals) -> int:
             if progress.saved_epochs else "no epoch had finished, so there is nothing to resume")
     return f"mlp-jax: {interrupts.word(signals.signum)} during epoch {progress.epochs + 1}; {kept}"
 
-  if primary:  # matplotlib loads while the epochs train, not after them
-    plots_ready = threading.Thread(target=_load_plotting, name="mlp_jax plots", daemon=True)
-    plots_ready.start()
   try:
     with signals.graceful(stopped_at_once):
       result = mj.fit(
@@ -94,16 +90,6 @@ def cmd_train(args, signals) -> int:
   if primary:
     _report(args, config, splits, result, time.perf_counter() - start, folder, mesh)
   return 0
-
-
-def _load_plotting() -> None:
-  """Imports what the report draws with (nothing when matplotlib is missing: the report says)."""
-  from mlp_jax.errors import MissingDependencyError
-  from mlp_jax.tools import plots
-  try:
-    plots.load()
-  except MissingDependencyError:
-    pass
 
 
 def _mesh(args):

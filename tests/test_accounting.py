@@ -158,3 +158,16 @@ def test_the_estimator_chooses_its_noise_for_max_iter_epochs():
   with pytest.raises(mj.InputError, match="dp_target_epsilon: not with partial_fit"):
     mj.MLPClassifier((32,), dp_target_epsilon=2.0).partial_fit(x[:50] / 16, y[:50],
                                                                classes=np.arange(10))
+
+
+def test_a_step_distribution_from_the_disk_cache_is_the_one_built(tmp_path, monkeypatch):
+  monkeypatch.setenv("MLP_JAX_CACHE", str(tmp_path))
+  key = (1000, 0.05, privacy.batch_capacity(50, 1000), 1.3)
+  accounting.step_pld.cache_clear()
+  built = accounting.step_pld(*key)
+  accounting.step_pld.cache_clear()  # this process forgets it; the disk does not
+  loaded = accounting.step_pld(*key)
+  assert len(list((tmp_path / "pld").glob("*.npz"))) == 1
+  for a, b in zip(built.pmfs + tuple(built.log_mgfs), loaded.pmfs + tuple(loaded.log_mgfs)):
+    for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

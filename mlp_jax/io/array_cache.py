@@ -7,9 +7,11 @@ determined by a few numbers (the privacy accountant's one-step distributions).
 
 An entry is one `.npz` named by the SHA-256 of its key, holding the key itself and a checksum
 of its arrays: a file of another key, a truncated or altered file reads as a miss and is
-computed again. Writes go through `atomic_write`. Like the compilation cache, it is a speed-up,
-never a reason to fail: a folder that cannot be made or written leaves entries uncached.
-`MLP_JAX_CACHE=off` turns it off; `MLP_JAX_CACHE=PATH` moves its root.
+computed again. Writes go through `atomic_write`; a reading marks its entry used, and a writing
+that takes a kind's folder past `MAX_BYTES` removes the entries used least recently. Like the
+compilation cache, it is a speed-up, never a reason to fail: a folder that cannot be made or
+written leaves entries uncached. `MLP_JAX_CACHE=off` turns it off; `MLP_JAX_CACHE=PATH` moves
+its root.
 """
 
 import hashlib
@@ -22,6 +24,7 @@ import numpy as np
 from mlp_jax.io.atomic_file import atomic_write
 
 ENV = "MLP_JAX_CACHE"
+MAX_BYTES = 256 * 2**20  # per kind; a USPS-sized step distribution is about 5 MB
 
 
 def default_root() -> str:
@@ -59,11 +62,15 @@ class ArrayCache(NamedTuple):
     try:
       with np.load(self._path(key), allow_pickle=False) as f:
         arrays = {name: f[name] for name in f.files}
-    except (OSError, ValueError, KeyError, EOFError):
+    except Exception:  # missing, truncated, not a zip, not arrays: a miss, never an error
       return None
     stored_key, checksum = arrays.pop("__key__", None), arrays.pop("__checksum__", None)
     if stored_key is None or str(stored_key) != key or str(checksum) != _checksum(arrays):
       return None
+    try:
+      os.utime(self._path(key))  # used now: the last to be evicted
+    except OSError:
+      pass
     return arrays
 
   def put(self, key: str, arrays: Dict[str, np.ndarray]) -> bool:
@@ -74,4 +81,19 @@ class ArrayCache(NamedTuple):
                  **arrays)
     except Exception:  # a speed-up only: StorageError, or anything else writing raised
       return False
+    self._evict()
     return True
+
+  def _evict(self) -> None:
+    """Removes the least recently used entries while the folder holds over `MAX_BYTES`."""
+    try:
+      entries = sorted((p.stat().st_mtime, p.stat().st_size, p)
+                       for p in self.folder.glob("*.npz"))
+      total = sum(size for _, size, _ in entries)
+      for _, size, path in entries[:-1]:  # never the newest
+        if total <= MAX_BYTES:
+          break
+        path.unlink()
+        total -= size
+    except OSError:  # another process evicting the same files, or no permission
+      pass

@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 from mlp_jax.core import validation
-from mlp_jax.errors import optional_import
+from mlp_jax.errors import MissingDependencyError, optional_import
 from mlp_jax.io.array_cache import ArrayCache
 from mlp_jax.training.privacy import DPConfig, Ledger, LedgerEntry, check_dp_config, ledger_entry
 
@@ -80,7 +80,8 @@ def step_pld(dataset_size: int, sampling_probability: float, batch_capacity: int
   key = (f"mlp_jax step PLD 1: dp-accounting {version}, truncated subsampled Gaussian, "
          f"N={dataset_size}, q={sampling_probability!r}, capacity={batch_capacity}, "
          f"sigma={noise_multiplier!r}, interval={interval!r}, orders={_ORDERS.tolist()!r}")
-  cache = ArrayCache.from_environment("pld")
+  # The accountant's own grid only: calibration's coarse steps are cheap and many.
+  cache = ArrayCache.from_environment("pld") if interval == INTERVAL else None
   arrays = None if cache is None else cache.get(key)
   if arrays is None:
     arrays = _build_step_pld(dataset_size, sampling_probability, batch_capacity,
@@ -113,16 +114,29 @@ def _build_step_pld(dataset_size: int, sampling_probability: float, batch_capaci
       dataset_size=dataset_size, sampling_probability=sampling_probability,
       truncated_batch_size=batch_capacity, noise_multiplier=noise_multiplier,
       value_discretization_interval=interval)
-  directions = [pld._pmf_remove] if pld._symmetric else [pld._pmf_remove, pld._pmf_add]
-  arrays = {"directions": np.asarray(len(directions))}
-  for d, p in enumerate(directions):  # dp-accounting's dense pmf: its grid, values, inf mass
-    dense = p.to_dense_pmf()
-    pmf = Pmf(int(dense._lower_loss), np.asarray(dense._probs, np.float64),
-              float(dense._infinity_mass))
+  arrays = {}
+  for d, pmf in enumerate(_dense_pmfs(pld)):
     arrays.update({f"lower{d}": np.asarray(pmf.lower, np.int64), f"probs{d}": pmf.probs,
                    f"infinity{d}": np.asarray(pmf.infinity, np.float64),
                    f"log_mgf{d}": _log_mgf(pmf, _ORDERS * interval)})
+  arrays["directions"] = np.asarray(d + 1)
   return arrays
+
+
+def _dense_pmfs(pld) -> List[Pmf]:
+  """A dp-accounting PLD's pmfs (remove, and add unless symmetric) as `Pmf`s. These are its
+  private attributes (it has no public accessor): a release that renames them is one clear
+  error, and tests/test_accounting.py compares every result with its `PLDAccountant`."""
+  try:
+    directions = [pld._pmf_remove] if pld._symmetric else [pld._pmf_remove, pld._pmf_add]
+    dense = [p.to_dense_pmf() for p in directions]
+    return [Pmf(int(p._lower_loss), np.asarray(p._probs, np.float64), float(p._infinity_mass))
+            for p in dense]
+  except AttributeError as e:
+    raise MissingDependencyError(
+        f"dp-accounting {_dp_accounting_version()} keeps its privacy loss distributions in "
+        f"another form than the accountant reads ({e}); install a release this one was tested "
+        f"with: pip install 'dp-accounting>=0.4.4,<0.7'") from e
 
 
 def epsilon_of_pmf(lower: int, probs: np.ndarray, infinity: float, interval: float,

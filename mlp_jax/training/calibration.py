@@ -9,7 +9,7 @@ whole run's epsilon checked against the target before any epoch.
 """
 
 import math
-from typing import Optional, Tuple
+from typing import Optional
 
 from mlp_jax.core import validation
 from mlp_jax.errors import InputError, ResumeError
@@ -72,13 +72,12 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, num_examples
     raise InputError(f"{name}={target:g} cannot be met: {what} spend epsilon={top:.3g} "
                      f"even at noise multiplier {high:g}; train fewer steps (epochs)")
   sigma = _bisect(lambda s: spend(s, COARSE_INTERVAL), target, low, high, 1e-3)
-  return _refine(spend, target, sigma, high, top)[0]
+  return _refine(spend, target, sigma, high, top)
 
 
-def _refine(spend, target: float, sigma: float, high: float, high_eps: float,
-            ) -> Tuple[float, float]:
-  """(sigma, epsilon) in the band [target (1 - tolerance), target] on the fine grid, from a
-  first guess: secant steps on log epsilon against log sigma toward the band's middle, kept
+def _refine(spend, target: float, sigma: float, high: float, high_eps: float) -> float:
+  """A sigma whose epsilon is in the band [target (1 - tolerance), target] on the fine grid,
+  from a first guess: secant steps on log epsilon against log sigma toward the band's middle, kept
   inside a bracket that shrinks around it (bisection when a step would leave it)."""
   aim = target * (1 - CALIBRATION_TOLERANCE / 2)
   low = NOISE_RANGE[0]                             # spends too much
@@ -86,7 +85,7 @@ def _refine(spend, target: float, sigma: float, high: float, high_eps: float,
   for _ in range(40):
     eps = spend(sigma)
     if target * (1 - CALIBRATION_TOLERANCE) <= eps <= target:
-      return sigma, eps
+      return sigma
     if eps > target:
       low = sigma
     else:
@@ -125,7 +124,7 @@ def planned_dp(dp: Optional[DPConfig], num_examples: int, batch_size: int, epoch
       dp = dp._replace(noise_multiplier=float(saved[1]))  # calibrated once, at the start
   if dp.noise_multiplier is None:
     sigma = calibrate_noise_multiplier(dp.target_epsilon, dp.delta, num_examples, batch_size,
-                                       steps * epochs, name=name)
+                                       steps * remaining, ledger, name=name)
     return dp._replace(noise_multiplier=sigma)
   spent = _planned_epsilon(dp.noise_multiplier, dp.delta, num_examples, batch_size,
                            steps * remaining, ledger, INTERVAL)

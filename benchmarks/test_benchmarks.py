@@ -127,6 +127,28 @@ def test_quick_run_writes_results(folder, script, tmp_path):
 
 
 @pytest.mark.slow
+def test_dp_curve_quick_run_checks_every_epsilon(tmp_path):  # 1-2 min: 8 compiles, 4 calibrations
+  proc = subprocess.run([sys.executable, os.path.join(BENCH, "dp_curve.py"), "--quick",
+                         "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  payload = json.loads((tmp_path / "dp_curve_quick.json").read_text())
+  assert payload["quick"] is True and payload["machine"]["jax"] == jax.__version__
+  results = payload["results"]
+  assert [p["epsilon_target"] for p in results["curve"]] == [3.0, 8.0]
+  assert len(results["grid"]) == 4  # two configurations at each epsilon
+  for p in results["curve"]:
+    # the run spends at most its budget, by the library and by dp-accounting, within 1 %
+    for spent in (p["epsilon_library"], p["epsilon_dp_accounting"]):
+      assert 0.99 * p["epsilon_target"] <= spent <= p["epsilon_target"]
+    assert p["epsilon_dp_accounting"] == pytest.approx(p["epsilon_library"], rel=1e-6)
+    assert 0.1 < p["test_acc"]["mean"] <= 1.0
+  # epsilon 3 stays below 93 % after 2 epochs: the gap runs are there, noise-free and non-private
+  assert set(results["gap"]) == {"clipping, no noise", "no DP"}
+  assert (tmp_path / "dp_curve_quick.md").read_text().startswith("###")
+  assert (tmp_path / "dp_curve_quick.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
 def test_accelerator_script_quick_cpu_run(tmp_path):
   """The accelerator run's quick form on the CPU (the suite itself is not re-run inside it)."""
   proc = subprocess.run(["bash", os.path.join(BENCH, "accelerator.sh"), str(tmp_path), "--quick",

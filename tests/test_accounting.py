@@ -171,3 +171,9 @@ def test_a_step_distribution_from_the_disk_cache_is_the_one_built(tmp_path, monk
   for a, b in zip(built.pmfs + tuple(built.log_mgfs), loaded.pmfs + tuple(loaded.log_mgfs)):
     for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
       np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_a_compiled_epoch_needs_the_noise_itself():
+  with pytest.raises(mj.InputError, match="dp: no noise_multiplier; a target epsilon's is "
+                                          "chosen by fit"):
+    mj.make_epoch("adam", 32, dp=mj.DPConfig(target_epsilon=3.0))

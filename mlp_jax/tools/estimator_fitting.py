@@ -185,7 +185,7 @@ def fit_stochastic(est, X: np.ndarray, Y: np.ndarray, sample_weight: Optional[np
 def calibrated(est, settings, rows: int, incremental: bool):
   """`settings` with DP-SGD's noise multiplier chosen, with `dp_target_epsilon`, so that the
   estimator's ledger so far and `max_iter` epochs of `rows` spend at most the target
-  (`accounting.calibrate_noise_multiplier`); kept as `dp_noise_multiplier_`."""
+  (`calibration.calibrate_noise_multiplier`); kept as `dp_noise_multiplier_`."""
   dp = settings.dp
   if dp is None or dp.noise_multiplier is not None:
     return settings

@@ -22,6 +22,7 @@ from mlp_jax.core import validation
 from mlp_jax.core.backprop import objective_and_grads
 from mlp_jax.core.model import Params
 from mlp_jax.core.network import DEFAULT_OUTPUT
+from mlp_jax.errors import InputError
 from mlp_jax.training import distributed, privacy
 from mlp_jax.training.optimizers import OptimizerLike, as_optimizer
 from mlp_jax.training.settings import FitSettings, check_settings
@@ -51,6 +52,10 @@ def step_body(optimizer: optax.GradientTransformation, settings: FitSettings,
   With `mesh`, the batch's rows are sharded along "data" and the new state is replicated.
   """
   l2, compute_dtype, dp, net = settings.l2, settings.compute_dtype, settings.dp, settings.network
+  if dp is not None and dp.noise_multiplier is None:
+    raise InputError("dp: no noise_multiplier; a target epsilon's is chosen by fit for its "
+                     "epochs (calibration.planned_dp), or give one "
+                     "(calibration.calibrate_noise_multiplier finds it)")
   adaptive = dp is not None and dp.adaptive
   if adaptive:  # refuses a count that leaves no noise for the gradient, before any training
     privacy.gradient_noise_multiplier(dp, settings.batch_size)

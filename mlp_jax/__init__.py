@@ -19,6 +19,11 @@ from typing import TYPE_CHECKING
 _FROM = {
     "mlp_jax.core.activations": ("Activation", "ACTIVATIONS"),
     "mlp_jax.core.backprop": ("grads", "loss_and_grads"),
+    "mlp_jax.core.curvature": ("KroneckerFactors", "ggn_diagonal", "hessian_diagonal",
+                               "kronecker_factors", "per_sample_ggn_diagonals"),
+    "mlp_jax.core.curvature_products": ("ggn_vector_product", "hessian_vector_product"),
+    "mlp_jax.core.gradient_moments": ("GradientMoments", "grad_variance", "gradient_moments",
+                                      "sum_grad_squared"),
     "mlp_jax.core.validation": ("value_checks",),
     "mlp_jax.core.inference": ("forward", "predict"),
     "mlp_jax.core.model": ("Dense", "Params", "init_params", "layer_sizes"),
@@ -57,6 +62,11 @@ if TYPE_CHECKING:  # the same names, for type checkers and IDEs (tests/test_arch
   # holds this block and `_FROM` to each other)
   from mlp_jax.core.activations import ACTIVATIONS, Activation
   from mlp_jax.core.backprop import grads, loss_and_grads
+  from mlp_jax.core.curvature import (KroneckerFactors, ggn_diagonal, hessian_diagonal,
+                                      kronecker_factors, per_sample_ggn_diagonals)
+  from mlp_jax.core.curvature_products import ggn_vector_product, hessian_vector_product
+  from mlp_jax.core.gradient_moments import (GradientMoments, grad_variance, gradient_moments,
+                                             sum_grad_squared)
   from mlp_jax.core.validation import value_checks
   from mlp_jax.core.inference import forward, predict
   from mlp_jax.core.model import Dense, Params, init_params, layer_sizes
@@ -98,15 +108,18 @@ __all__ = [  # the public API; `diagnose` and `Diagnosis` load on first use
     "clipped_mean_grads", "confusion_matrix", "data", "DataFileError", "Dense", "diagnose",
     "Diagnosis", "distributed", "DistributedError", "dp_epsilon", "DPConfig",
     "enable_compilation_cache", "evaluate", "fit", "FitResult", "FitSettings", "forward",
-    "GradientReport", "grads", "init_params", "initialize_distributed", "InputError",
-    "InputTypeError", "is_primary", "layer_sizes", "LayerNorms", "ledger_epsilon", "LedgerEntry",
+    "ggn_diagonal", "ggn_vector_product", "grad_variance", "GradientMoments", "gradient_moments",
+    "GradientReport", "grads", "hessian_diagonal", "hessian_vector_product", "init_params",
+    "initialize_distributed", "InputError", "InputTypeError", "is_primary", "KroneckerFactors",
+    "kronecker_factors", "layer_sizes", "LayerNorms", "ledger_epsilon", "LedgerEntry",
     "load_checkpoint", "load_pytree", "load_run", "loss", "loss_and_grads",
     "make_data_parallel_step", "make_epoch", "make_mesh", "make_optimizer", "make_train_step",
     "MissingDependencyError", "MLPClassifier", "MLPJaxError", "MLPRegressor", "Network",
-    "NonFiniteError", "OUTPUTS", "Params", "per_sample_grad_norms", "per_sample_grads",
-    "per_sample_layer_norms", "predict", "process_shard", "relative_error", "replicate",
-    "ResumeError", "RunState", "save_checkpoint", "save_pytree", "save_run", "SavedRun",
-    "shard_batch", "steps_per_epoch", "StorageError", "value_checks",
+    "NonFiniteError", "OUTPUTS", "Params", "per_sample_ggn_diagonals", "per_sample_grad_norms",
+    "per_sample_grads", "per_sample_layer_norms", "predict", "process_shard", "relative_error",
+    "replicate", "ResumeError", "RunState", "save_checkpoint", "save_pytree", "save_run",
+    "SavedRun", "shard_batch", "steps_per_epoch", "StorageError", "sum_grad_squared",
+    "value_checks",
 ]
 
 _LAZY = {name: module for module, names in _FROM.items() for name in names}

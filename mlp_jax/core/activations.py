@@ -1,4 +1,5 @@
-"""Hidden-layer activations, each with its hand-derived derivative beside it, (E16)-(E21).
+"""Hidden-layer activations, each with its hand-derived derivative beside it, (E16)-(E21), and
+its second derivative, (E31).
 
     act = ACTIVATIONS["tanh"]
     a = act.forward(h)                  # (m, d) layer output from the pre-activation h
@@ -39,6 +40,17 @@ class Activation(NamedTuple):
     """g'(h), elementwise, from h and the layer's output a = g(h) (each formula reads the one
     that is cheaper)."""
     return FORMULAS[self.name][1](h, a, self.slope)
+
+  def second_derivative(self, h: jax.Array, a: jax.Array) -> jax.Array:
+    """g''(h), elementwise, (E31): what the Hessian adds to the Gauss-Newton matrix; 0 (away
+    from the kinks) for the piecewise-linear activations."""
+    return SECOND_DERIVATIVES[self.name](h, a)
+
+  @property
+  def piecewise_linear(self) -> bool:
+    """g'' = 0 wherever it exists (identity, ReLU, leaky ReLU): the Hessian of a network of
+    these is its Gauss-Newton matrix, (E32)."""
+    return self.name in PIECEWISE_LINEAR
 
   def backward_factor(self, h: jax.Array, a: jax.Array) -> jax.Array:
     """What the backward pass applies to Delta_{l+1} W_{l+1}^T: g'(h), except for ReLU the bool
@@ -114,6 +126,27 @@ FORMULAS: Dict[str, Tuple[Callable, Callable]] = {
              lambda h, a, s: _normal_cdf(h) + h * jnp.exp(-0.5 * jnp.square(h))
              / math.sqrt(2 * math.pi)),
     "gelu_tanh": (_gelu_tanh_forward, _gelu_tanh_derivative),
+}
+
+PIECEWISE_LINEAR = frozenset({"identity", "relu", "leaky_relu"})
+
+
+def _gelu_tanh_second(h, a):
+  """(E31) g'' = (1 - t^2)(u' - h t u'^2 + (h / 2) u''), u'' = sqrt(2/pi) 6 c h."""
+  t = jnp.tanh(_SQRT_2_OVER_PI * (h + _GELU_CUBIC * h ** 3))
+  du = _SQRT_2_OVER_PI * (1 + 3 * _GELU_CUBIC * jnp.square(h))
+  ddu = _SQRT_2_OVER_PI * 6 * _GELU_CUBIC * h
+  return (1 - jnp.square(t)) * (du - h * t * jnp.square(du) + 0.5 * h * ddu)
+
+
+# name -> g''(h, a), (E31); each from the quantity its first derivative reads.
+SECOND_DERIVATIVES: Dict[str, Callable] = {
+    **{name: (lambda h, a: jnp.zeros_like(a)) for name in PIECEWISE_LINEAR},
+    "logistic": lambda h, a: a * (1 - a) * (1 - 2 * a),
+    "tanh": lambda h, a: -2 * a * (1 - jnp.square(a)),
+    "gelu": lambda h, a: (2 - jnp.square(h)) * jnp.exp(-0.5 * jnp.square(h))
+    / math.sqrt(2 * math.pi),
+    "gelu_tanh": _gelu_tanh_second,
 }
 
 # Every activation by name, at its default parameters.

@@ -9,7 +9,7 @@ checks still run); docs/architecture.md gives its measured cost.
 """
 
 import math
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +52,17 @@ class Compiled(NamedTuple):
   """One compiled public call in two forms, both `(params, x, y, *args, **kwargs)`."""
   plain: Callable    # -> result
   flagged: Callable  # -> (result, flag): flag raised by bad input or a non-finite result
+
+
+def compile_call(fn: Callable, **jit_kwargs: Any) -> Compiled:
+  """`fn(params, x, y, ..., net=)` jitted as is, and with `input_flag(params, x, y, net)` beside:
+  the `Compiled` of a call whose inputs, not its result, decide the flag. `net` is static."""
+  def with_flag(params: Params, x: jax.Array, y: jax.Array, *args: Any, net: Network = SOURCE,
+                **kwargs: Any) -> Tuple[Any, jax.Array]:
+    return fn(params, x, y, *args, net=net, **kwargs), input_flag(params, x, y, net)
+  static = ("net",) + tuple(jit_kwargs.pop("static_argnames", ()))
+  return Compiled(jax.jit(fn, static_argnames=static, **jit_kwargs),
+                  jax.jit(with_flag, static_argnames=static, **jit_kwargs))
 
 
 def checked_call(compiled: Compiled, params: Sequence[Dense], x: ArrayLike, y: ArrayLike,

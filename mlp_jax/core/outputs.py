@@ -1,5 +1,5 @@
 """Output layers and their losses, each with its hand-derived output error beside it,
-(E4)-(E5), (E7) and (E22)-(E26).
+(E4)-(E5), (E7) and (E22)-(E26), and its output Hessian, (E28).
 
     out = OUTPUTS["sigmoid_binary_cross_entropy"]
     yhat = out.predict(z)        # (m, K) probabilities or values from the last layer's z
@@ -15,7 +15,7 @@ it is (E6).
 """
 
 import math
-from typing import Callable, Dict, NamedTuple
+from typing import Callable, Dict, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -50,6 +50,10 @@ class Output(NamedTuple):
   low: float = -math.inf     # real targets: the least value allowed
   high: float = math.inf     # real targets: the greatest value allowed
   score: str = "acc"         # how predictions are scored: "acc" (classification) or "r2"
+  # The output Hessian H_i = d^2 l_i / dz_i^2 (K, K) of every example, (E28), in three forms:
+  hessian_vp: Optional[Callable[[jax.Array, jax.Array], jax.Array]] = None  # (z, v) -> H v
+  hessian_sqrt: Optional[Callable[[jax.Array], jax.Array]] = None  # z -> S (C, m, K), H = S S^T
+  sample: Optional[Callable[[jax.Array, jax.Array], jax.Array]] = None  # (key, z) -> y ~ model
 
 
 def softmax_cross_entropy() -> Output:
@@ -58,7 +62,28 @@ def softmax_cross_entropy() -> Output:
   return Output("softmax_cross_entropy", jax.nn.softmax,
                 lambda z, y: cross_entropy(log_softmax(z), y),
                 lambda z, y: output_error(log_softmax(z), y), "class labels (m,) in 0..K-1",
-                lambda z: jnp.argmax(z, axis=-1), labels=True)
+                lambda z: jnp.argmax(z, axis=-1), labels=True, hessian_vp=_softmax_hvp,
+                hessian_sqrt=_softmax_sqrt,
+                sample=lambda key, z: jax.random.categorical(key, z, axis=1).astype(jnp.int32))
+
+
+def _softmax_hvp(z: jax.Array, v: jax.Array) -> jax.Array:
+  """(E28) H v = p * v - p (p . v) for softmax with cross-entropy, H = diag(p) - p p^T."""
+  p = jax.nn.softmax(z)
+  return p * v - p * jnp.sum(p * v, axis=1, keepdims=True)
+
+
+def _softmax_sqrt(z: jax.Array) -> jax.Array:
+  """(E28) S with S S^T = diag(p) - p p^T: column c is sqrt(p_c) (e_c - p); (K, m, K)."""
+  p = jax.nn.softmax(z)
+  eye = jnp.eye(z.shape[1], dtype=z.dtype)
+  return jnp.sqrt(p).T[:, :, None] * (eye[:, None, :] - p[None])
+
+
+def _diagonal_sqrt(d: jax.Array) -> jax.Array:
+  """(E28) S = diag(sqrt d) for a diagonal output Hessian diag(d), d (m, K): (K, m, K)."""
+  eye = jnp.eye(d.shape[1], dtype=d.dtype)
+  return eye[:, None, :] * jnp.sqrt(d)[None]
 
 
 def sigmoid_binary_cross_entropy() -> Output:
@@ -70,9 +95,16 @@ def sigmoid_binary_cross_entropy() -> Output:
   def loss(z, y):
     return jnp.sum(jax.nn.softplus(z) - y * z, axis=1)
 
+  def curvature(z):  # (E28) H = diag(yhat (1 - yhat))
+    s = jax.nn.sigmoid(z)
+    return s * (1 - s)
+
   return Output("sigmoid_binary_cross_entropy", jax.nn.sigmoid, loss,
                 lambda z, y: jax.nn.sigmoid(z) - y, "indicators (m, K) in [0, 1]",
-                lambda z: (z > 0).astype(jnp.int32), low=0.0, high=1.0)
+                lambda z: (z > 0).astype(jnp.int32), low=0.0, high=1.0,
+                hessian_vp=lambda z, v: curvature(z) * v,
+                hessian_sqrt=lambda z: _diagonal_sqrt(curvature(z)),
+                sample=lambda key, z: jax.random.bernoulli(key, jax.nn.sigmoid(z)).astype(z.dtype))
 
 
 def identity_squared_error() -> Output:
@@ -81,8 +113,14 @@ def identity_squared_error() -> Output:
   def loss(z, y):
     return 0.5 * jnp.mean(jnp.square(z - y), axis=1)
 
+  def sample(key, z):  # the Gaussian whose negative log-likelihood is the loss: variance K
+    return z + math.sqrt(z.shape[1]) * jax.random.normal(key, z.shape, z.dtype)
+
   return Output("identity_squared_error", lambda z: z, loss, lambda z, y: (z - y) / z.shape[1],
-                "real values (m, K)", lambda z: z, score="r2")
+                "real values (m, K)", lambda z: z, score="r2",
+                hessian_vp=lambda z, v: v / z.shape[1],  # (E28) H = I / K
+                hessian_sqrt=lambda z: _diagonal_sqrt(jnp.full_like(z, 1 / z.shape[1])),
+                sample=sample)
 
 
 def poisson_log_link() -> Output:
@@ -93,7 +131,10 @@ def poisson_log_link() -> Output:
     return jnp.sum(jnp.exp(z) - y * z + jax.scipy.special.xlogy(y, y) - y, axis=1)
 
   return Output("poisson_log_link", jnp.exp, loss, lambda z, y: jnp.exp(z) - y,
-                "counts (m, K) >= 0", jnp.exp, low=0.0, score="r2")
+                "counts (m, K) >= 0", jnp.exp, low=0.0, score="r2",
+                hessian_vp=lambda z, v: jnp.exp(z) * v,  # (E28) H = diag(yhat)
+                hessian_sqrt=lambda z: _diagonal_sqrt(jnp.exp(z)),
+                sample=lambda key, z: jax.random.poisson(key, jnp.exp(z)).astype(z.dtype))
 
 
 def weighted_top_error(error: jax.Array, sample_weight: jax.Array) -> jax.Array:

@@ -15,7 +15,7 @@ sum_i c_i dl_i/dW_l = A_{l-1}^T (c * Delta_l). Norms and clipped means therefore
 and one backward pass and never materialise an (m, n, d) tensor.
 """
 
-from typing import Any, Callable, NamedTuple, Optional, Tuple
+from typing import Any, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +34,7 @@ class LayerNorms(NamedTuple):
   b: jax.Array  # ||dl_i/db_l||
 
 
-def _example_errors(params: Params, x: jax.Array, y: jax.Array, compute_dtype=None,
+def example_errors(params: Params, x: jax.Array, y: jax.Array, compute_dtype=None,
                     net: Network = SOURCE):
   """Forward pass and per-example error signals.
 
@@ -50,23 +50,13 @@ def _example_errors(params: Params, x: jax.Array, y: jax.Array, compute_dtype=No
 
 def _per_sample_grads(params: Params, x: jax.Array, y: jax.Array,
                       net: Network = SOURCE) -> Params:
-  activations, deltas, _ = _example_errors(params, x, y, net=net)
+  activations, deltas, _ = example_errors(params, x, y, net=net)
   return tuple(
       Dense(w=jnp.einsum("mi,mj->mij", a, delta), b=delta)
       for a, delta in zip(activations, deltas))
 
 
-def _compile(fn: Callable, **jit_kwargs: Any) -> eager.Compiled:
-  """`fn(params, x, y, ...)` jitted as is, and with `eager.input_flag(params, x, y)` beside."""
-  def with_flag(params: Params, x: jax.Array, y: jax.Array, *args: Any, net: Network = SOURCE,
-                **kwargs: Any) -> Tuple[Any, jax.Array]:
-    return fn(params, x, y, *args, net=net, **kwargs), eager.input_flag(params, x, y, net)
-  static = ("net",) + tuple(jit_kwargs.pop("static_argnames", ()))
-  return eager.Compiled(jax.jit(fn, static_argnames=static, **jit_kwargs),
-                        jax.jit(with_flag, static_argnames=static, **jit_kwargs))
-
-
-_PER_SAMPLE_GRADS = _compile(_per_sample_grads)
+_PER_SAMPLE_GRADS = eager.compile_call(_per_sample_grads)
 
 
 def per_sample_grads(params: Params, x: ArrayLike, y: ArrayLike, *,
@@ -99,10 +89,11 @@ def _per_sample_grads_chunked(params, x, y, chunk_size: int, net: Network = SOUR
   return jax.lax.map(one, (x, y), batch_size=chunk_size)
 
 
-_PER_SAMPLE_GRADS_CHUNKED = _compile(_per_sample_grads_chunked, static_argnames=("chunk_size",))
+_PER_SAMPLE_GRADS_CHUNKED = eager.compile_call(_per_sample_grads_chunked,
+                                               static_argnames=("chunk_size",))
 
 
-def _layer_sq_norms(activations, deltas) -> Tuple[Tuple[jax.Array, jax.Array], ...]:
+def layer_sq_norms(activations, deltas) -> Tuple[Tuple[jax.Array, jax.Array], ...]:
   """Per layer: (||a_i||^2 ||delta_i||^2, ||delta_i||^2), each (m,), (E15)."""
   return tuple(
       (jnp.sum(a * a, axis=1) * jnp.sum(d * d, axis=1), jnp.sum(d * d, axis=1))
@@ -110,9 +101,9 @@ def _layer_sq_norms(activations, deltas) -> Tuple[Tuple[jax.Array, jax.Array], .
 
 
 def _layer_norms(params, x, y, net=SOURCE):
-  activations, deltas, _ = _example_errors(params, x, y, net=net)
+  activations, deltas, _ = example_errors(params, x, y, net=net)
   return tuple(LayerNorms(w=jnp.sqrt(w2), b=jnp.sqrt(b2))
-               for w2, b2 in _layer_sq_norms(activations, deltas))
+               for w2, b2 in layer_sq_norms(activations, deltas))
 
 
 def per_sample_layer_norms(params: Params, x: ArrayLike, y: ArrayLike, *,
@@ -127,19 +118,20 @@ def per_sample_layer_norms(params: Params, x: ArrayLike, y: ArrayLike, *,
   return eager.checked_call(_LAYER_NORMS, params, x, y, net=make_network(activation, output))
 
 
-_LAYER_NORMS = _compile(_layer_norms)
+_LAYER_NORMS = eager.compile_call(_layer_norms)
 
 
 def _global_norms(activations, deltas) -> jax.Array:
-  return jnp.sqrt(sum(w2 + b2 for w2, b2 in _layer_sq_norms(activations, deltas)))
+  return jnp.sqrt(sum(w2 + b2 for w2, b2 in layer_sq_norms(activations, deltas)))
 
 
 def _global_norms_of(params, x, y, net=SOURCE):
-  activations, deltas, _ = _example_errors(params, x, y, net=net)
+  activations, deltas, _ = example_errors(params, x, y, net=net)
   return _global_norms(activations, deltas)
 
 
-GLOBAL_NORMS = _compile(_global_norms_of)  # .plain: the unchecked core the benchmarks time
+# .plain: the unchecked core the benchmarks time
+GLOBAL_NORMS = eager.compile_call(_global_norms_of)
 
 
 def per_sample_grad_norms(params: Params, x: ArrayLike, y: ArrayLike, *,
@@ -174,7 +166,7 @@ def clipped_grad_sum(params: Params, x: jax.Array, y: jax.Array, clip_norm: Arra
     (sums, norms, losses): a params-shaped tuple of sums, and (m,) gradient norms ||g_i|| and
     losses l_i.
   """
-  activations, deltas, losses = _example_errors(params, x, y, compute_dtype, net)
+  activations, deltas, losses = example_errors(params, x, y, compute_dtype, net)
   norms = _global_norms(activations, deltas)
   c = clip_factors(norms, clip_norm)
   c = c if mask is None else c * mask
@@ -187,7 +179,8 @@ def _clipped_mean(params, x, y, clip_norm, l2, net=SOURCE):
   return mean_with_penalty(total, params, l2, x.shape[0])
 
 
-CLIPPED_MEAN = _compile(_clipped_mean)  # .plain: the unchecked core the benchmarks time
+# .plain: the unchecked core the benchmarks time
+CLIPPED_MEAN = eager.compile_call(_clipped_mean)
 
 
 def clipped_mean_grads(params: Params, x: ArrayLike, y: ArrayLike, clip_norm: ArrayLike,

@@ -12,7 +12,9 @@ Runs on whatever JAX sees (GPU, TPU or CPU), from the source tree, installing no
    the GEMM FLOP rate and its fraction of a large square matmul measured in the same run; and
    the time per USPS epoch when the file is given;
 3. the gradient and per-example benchmarks (`benchmarks/grads.py`, `benchmarks/per_sample.py`)
-   in their quick forms plus the sizes that fill the chip.
+   in their quick forms plus the sizes that fill the chip, and the curvature benchmark
+   (`benchmarks/curvature.py`: statistics, GGN and Hessian diagonals, Kronecker factors and
+   products against one gradient and their autodiff routes) at m = 1024, 4096, 16384.
 
 Writes OUT/accelerator.json, OUT/accelerator.md and the logs, and prints the table last. The
 quick form on a CPU takes well under a minute and is a test in CI.
@@ -146,7 +148,8 @@ def main():
   report["steps"]["throughput"] = {"exit": 0, "seconds": time.perf_counter() - start}
 
   scripts = [("grads", ["--no-float64", "--no-torch", "--no-cold", "--quick"]),
-             ("per_sample", ["--quick"])]
+             ("per_sample", ["--quick"]),
+             ("curvature", ["--quick"] if args.quick else ["--sizes", "1024", "4096", "16384"])]
   if not args.quick:
     scripts += [("grads", ["--no-float64", "--no-torch", "--no-cold", "--no-numpy", "--sizes",
                            "65536", "262144"])]

@@ -113,6 +113,16 @@ def square_matmul_gflops(size: int, timing: Dict, dtype="float32", numpy: bool =
           for name, s in stats.items()}
 
 
+def planned_bytes(jitted, *args):
+  """temp + output bytes XLA plans for jitted(*args), and the parts."""
+  analysis = jitted.lower(*args).compile().memory_analysis()
+  if analysis is None:
+    return None
+  parts = {k: int(getattr(analysis, f"{k}_size_in_bytes", 0))
+           for k in ("temp", "output", "argument", "alias", "generated_code")}
+  return dict(parts, peak_extra=parts["temp"] + parts["output"])
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

@@ -83,16 +83,6 @@ def jax_privacy_fn(m, clip_norm):
   return fn, f"jax_privacy {getattr(jax_privacy, '__version__', '?')}"
 
 
-def planned_bytes(jitted, *args):
-  """temp + output bytes XLA plans for jitted(*args), and the parts."""
-  analysis = jitted.lower(*args).compile().memory_analysis()
-  if analysis is None:
-    return None
-  parts = {k: int(getattr(analysis, f"{k}_size_in_bytes", 0))
-           for k in ("temp", "output", "argument", "alias", "generated_code")}
-  return dict(parts, peak_extra=parts["temp"] + parts["output"])
-
-
 def rel(a, b):
   return max(mj.relative_error(np.asarray(u), np.asarray(v))
              for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
@@ -123,7 +113,7 @@ def run_size(m, clip, timing, privacy_fn_for):
     first_call = time.perf_counter() - start
     out[name] = dict(common.time_call(fn, **timing), impl=name, m=m, first_call=first_call)
     if name in jitted:
-      out[name]["memory"] = planned_bytes(*jitted[name][0:1], *jitted[name][1])
+      out[name]["memory"] = common.planned_bytes(*jitted[name][0:1], *jitted[name][1])
     if name == "clipped":
       clipped = first
     if name == "norms":

@@ -109,6 +109,7 @@ def test_plot_draws_every_figure(tmp_path):
     pytest.param(BENCH, "grads", marks=pytest.mark.slow),  # 25-30 s: three cold-start processes
     pytest.param(BENCH, "train", marks=pytest.mark.slow),  # 15-35 s, with the machine's load
     (BENCH, "per_sample"),                                  # 11-16 s
+    pytest.param(BENCH, "curvature", marks=pytest.mark.slow),  # 20-30 s: 14 programs, 2 sizes
     pytest.param(BENCH, "networks", marks=pytest.mark.slow),  # 12 networks at m = 64
     pytest.param(BENCH, "regression", marks=pytest.mark.slow),  # two fits on diabetes
     pytest.param(BENCH, "usps_activations", marks=pytest.mark.slow),  # two 2-epoch CLI runs
@@ -159,8 +160,9 @@ def test_accelerator_script_quick_cpu_run(tmp_path):
   assert report["quick"] is True
   # every step ran: a benchmark script the run cannot find is skipped, not failed
   assert {k: v["exit"] for k, v in report["steps"].items()} == {
-      "throughput": 0, "grads-0": 0, "per_sample-1": 0}
-  for name in ("grads-0/grads_quick.json", "per_sample-1/per_sample_quick.json"):
+      "throughput": 0, "grads-0": 0, "per_sample-1": 0, "curvature-2": 0}
+  for name in ("grads-0/grads_quick.json", "per_sample-1/per_sample_quick.json",
+               "curvature-2/curvature_quick.json"):
     assert json.loads((tmp_path / name).read_text())["results"]
   rows = report["throughput"]["rows"]
   assert [r["batch"] for r in rows] == [256, 1024]

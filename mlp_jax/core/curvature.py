@@ -89,48 +89,43 @@ def sampled_errors(net: Network, z: jax.Array, key: jax.Array, samples: int) -> 
 
 
 def _ggn_columns(params, x, net, key=None, samples=1):
-  """The layers' inputs and the GGN columns of every layer: exact (E29) or sampled (E30)."""
+  """The layers' inputs and the GGN columns of every layer: exact (E29) or sampled (E30), for
+  the Kronecker factors and the sampled diagonal."""
   z, activations, pre = forward_with_pre(params, x, net)
   top = net.out.hessian_sqrt(z) if key is None else sampled_errors(net, z, key, samples)
   return activations, column_errors(params, derivatives_of(net, activations, pre), top)
 
 
-def _ggn_diagonal(params, x, y, l2, key=None, samples=1, net=SOURCE):
-  activations, columns = _ggn_columns(params, x, net, key, samples)
-  return diagonal_from(params, activations, _squares(columns), l2, x.shape[0])
-
-
-def _per_sample_ggn_diagonals(params, x, y, net=SOURCE):
-  activations, columns = _ggn_columns(params, x, net)
-  return tuple(Dense(w=jnp.einsum("mi,mj->mij", jnp.square(a), d), b=d)
-               for a, d in zip(activations, _squares(columns)))
-
-
-def hessian_pre_diagonals(params: Params, x: jax.Array, y: jax.Array,
-                          net: Network = SOURCE) -> Tuple[Tuple[jax.Array, ...], Any]:
-  """(E32) Each example's Hessian diagonal over every layer's pre-activations, d_l (m, d_l),
-  and the layers' inputs.
+def pre_diagonals(params: Params, x: jax.Array, y: jax.Array, net: Network = SOURCE,
+                  hessian: bool = False) -> Tuple[Tuple[jax.Array, ...], Any]:
+  """Each example's GGN diagonal (E29), or with `hessian` its Hessian diagonal (E32), over
+  every layer's pre-activations, d_l (m, d_l), and the layers' inputs.
 
   The Hessian over h_l is D_l W_{l+1} Hess(h_{l+1}) W_{l+1}^T D_l + diag(g_l''(h_l) * beta_l),
-  beta_l = dl_i/da_l. Its GGN part is carried as columns, (E29); the second term is diagonal
-  and enters d_l as is, and the layers below as |rho|^(1/2) columns with the sign of rho.
-  Piecewise-linear layers add nothing: there the diagonal is the GGN's.
+  beta_l = dl_i/da_l. Its GGN part is read in closed form for the logits and the top hidden
+  layer (diag H and g'^2 * diag(W H W^T), `Output.hessian_sandwich`), and carried as the
+  columns of (E29) to the layers below; the second term is diagonal and enters d_l as is, and
+  the layers below as |rho|^(1/2) columns with the sign of rho. Piecewise-linear layers add
+  nothing: there the Hessian's diagonal is the GGN's.
   """
   z, activations, pre = forward_with_pre(params, x, net)
-  hidden = net.hidden(len(pre))
-  columns = net.out.hessian_sqrt(z)                    # (C, m, K)
+  hidden, out = net.hidden(len(pre)), net.out
+  diagonals = [out.hessian_sandwich(z, jnp.eye(z.shape[1], dtype=z.dtype))]  # diag H
+  columns = out.hessian_sqrt(z) if len(pre) > 1 else None  # (C, m, K), for layers below
   signs: Optional[jax.Array] = None                    # (C, m); None while all are +1
-  delta = net.out.error(z, y)                          # dl_i/dh of the current layer
-  diagonals = [jnp.sum(jnp.square(columns), axis=0)]
+  delta = out.error(z, y)                              # dl_i/dh of the current layer
   for l in range(len(pre) - 1, -1, -1):
     w, act, h, a = params[l + 1].w, hidden[l], pre[l], activations[l + 1]
     slope = act.derivative(h, a)
-    columns = jnp.einsum("cmk,dk->cmd", columns, w) * slope[None]  # (E10) on every column
-    beta = delta @ w.T
-    delta = beta * slope
-    squares = jnp.square(columns)
-    d = jnp.sum(squares if signs is None else signs[:, :, None] * squares, axis=0)
-    if not act.piecewise_linear:
+    if columns is not None:                            # (E10) on every column
+      columns = jnp.einsum("cmk,dk->cmd", columns, w) * slope[None]
+    if l == len(pre) - 1:                              # closed form: g'^2 * diag(W H W^T)
+      d = out.hessian_sandwich(z, w) * jnp.square(slope)
+    else:
+      squares = jnp.square(columns)
+      d = jnp.sum(squares if signs is None else signs[:, :, None] * squares, axis=0)
+    if hessian and not act.piecewise_linear:
+      beta = delta @ w.T
       rho = act.second_derivative(h, a) * beta         # (E31) the activation's own curvature
       d = d + rho
       if l > 0:                                        # the layers below see it as columns
@@ -139,12 +134,30 @@ def hessian_pre_diagonals(params: Params, x: jax.Array, y: jax.Array,
         old = jnp.ones(columns.shape[:2], rho.dtype) if signs is None else signs
         signs = jnp.concatenate([old, jnp.sign(rho).T])
         columns = jnp.concatenate([columns, new])
+      delta = beta * slope
+    elif hessian:
+      delta = (delta @ w.T) * slope
     diagonals.append(d)
   return tuple(diagonals[::-1]), activations
 
 
+def _ggn_diagonal(params, x, y, l2, key=None, samples=1, net=SOURCE):
+  if key is None:
+    diagonals, activations = pre_diagonals(params, x, y, net)
+  else:
+    activations, columns = _ggn_columns(params, x, net, key, samples)
+    diagonals = _squares(columns)
+  return diagonal_from(params, activations, diagonals, l2, x.shape[0])
+
+
+def _per_sample_ggn_diagonals(params, x, y, net=SOURCE):
+  diagonals, activations = pre_diagonals(params, x, y, net)
+  return tuple(Dense(w=jnp.einsum("mi,mj->mij", jnp.square(a), d), b=d)
+               for a, d in zip(activations, diagonals))
+
+
 def _hessian_diagonal(params, x, y, l2, net=SOURCE):
-  diagonals, activations = hessian_pre_diagonals(params, x, y, net)
+  diagonals, activations = pre_diagonals(params, x, y, net, hessian=True)
   return diagonal_from(params, activations, diagonals, l2, x.shape[0])
 
 

@@ -54,6 +54,8 @@ class Output(NamedTuple):
   hessian_vp: Optional[Callable[[jax.Array, jax.Array], jax.Array]] = None  # (z, v) -> H v
   hessian_sqrt: Optional[Callable[[jax.Array], jax.Array]] = None  # z -> S (C, m, K), H = S S^T
   sample: Optional[Callable[[jax.Array, jax.Array], jax.Array]] = None  # (key, z) -> y ~ model
+  # (z, w (d, K)) -> (m, d): w_k^T H_i w_k for every row w_k of w and example i, (E29)
+  hessian_sandwich: Optional[Callable[[jax.Array, jax.Array], jax.Array]] = None
 
 
 def softmax_cross_entropy() -> Output:
@@ -63,7 +65,7 @@ def softmax_cross_entropy() -> Output:
                 lambda z, y: cross_entropy(log_softmax(z), y),
                 lambda z, y: output_error(log_softmax(z), y), "class labels (m,) in 0..K-1",
                 lambda z: jnp.argmax(z, axis=-1), labels=True, hessian_vp=_softmax_hvp,
-                hessian_sqrt=_softmax_sqrt,
+                hessian_sqrt=_softmax_sqrt, hessian_sandwich=_softmax_sandwich,
                 sample=lambda key, z: jax.random.categorical(key, z, axis=1).astype(jnp.int32))
 
 
@@ -78,6 +80,18 @@ def _softmax_sqrt(z: jax.Array) -> jax.Array:
   p = jax.nn.softmax(z)
   eye = jnp.eye(z.shape[1], dtype=z.dtype)
   return jnp.sqrt(p).T[:, :, None] * (eye[:, None, :] - p[None])
+
+
+def _softmax_sandwich(z: jax.Array, w: jax.Array) -> jax.Array:
+  """(E29) w_k^T (diag(p) - p p^T) w_k = p . w_k^2 - (p . w_k)^2 for every row w_k of w (d, K):
+  two GEMMs, (m, d)."""
+  p = jax.nn.softmax(z)
+  return p @ jnp.square(w).T - jnp.square(p @ w.T)
+
+
+def _diagonal_sandwich(h: Callable[[jax.Array], jax.Array]) -> Callable:
+  """(E29) w_k^T diag(h(z)) w_k = h(z) . w_k^2 for a diagonal output Hessian: one GEMM."""
+  return lambda z, w: h(z) @ jnp.square(w).T
 
 
 def _diagonal_sqrt(d: jax.Array) -> jax.Array:
@@ -104,6 +118,7 @@ def sigmoid_binary_cross_entropy() -> Output:
                 lambda z: (z > 0).astype(jnp.int32), low=0.0, high=1.0,
                 hessian_vp=lambda z, v: curvature(z) * v,
                 hessian_sqrt=lambda z: _diagonal_sqrt(curvature(z)),
+                hessian_sandwich=_diagonal_sandwich(curvature),
                 sample=lambda key, z: jax.random.bernoulli(key, jax.nn.sigmoid(z)).astype(z.dtype))
 
 
@@ -120,6 +135,7 @@ def identity_squared_error() -> Output:
                 "real values (m, K)", lambda z: z, score="r2",
                 hessian_vp=lambda z, v: v / z.shape[1],  # (E28) H = I / K
                 hessian_sqrt=lambda z: _diagonal_sqrt(jnp.full_like(z, 1 / z.shape[1])),
+                hessian_sandwich=_diagonal_sandwich(lambda z: jnp.full_like(z, 1 / z.shape[1])),
                 sample=sample)
 
 
@@ -134,6 +150,7 @@ def poisson_log_link() -> Output:
                 "counts (m, K) >= 0", jnp.exp, low=0.0, score="r2",
                 hessian_vp=lambda z, v: jnp.exp(z) * v,  # (E28) H = diag(yhat)
                 hessian_sqrt=lambda z: _diagonal_sqrt(jnp.exp(z)),
+                hessian_sandwich=_diagonal_sandwich(jnp.exp),
                 sample=lambda key, z: jax.random.poisson(key, jnp.exp(z)).astype(z.dtype))
 
 

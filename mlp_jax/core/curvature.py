@@ -10,9 +10,10 @@ into a sum of squares: each of the C columns of S is an error at the logits that
     diag GGN(W_l) = (1/m) (A_{l-1} * A_{l-1})^T sum_c (Delta_l^c * Delta_l^c) + lambda/m
     diag GGN(b_l) = (1/m) 1^T sum_c (Delta_l^c * Delta_l^c)
 
-So the exact diagonal costs C backward passes of the small top layers and one GEMM per layer on
-squared factors (C = K for softmax); one sampled label, whose error e has E[e e^T] = H, gives a
-Monte-Carlo estimate at the cost of one (E30). The Hessian adds, at every hidden layer, the
+The logits' and the top hidden layer's sums over c have closed forms (diag H, and
+g'^2 * diag(W H W^T)), so the columns are carried only to the layers below: for a 2-layer
+network the exact diagonal costs about one gradient. One sampled label, whose error e has
+E[e e^T] = H, gives a Monte-Carlo estimate with one column instead of C (E30). The Hessian adds, at every hidden layer, the
 activation's second derivative times the gradient reaching it (E31), (E32); Kronecker factors
 are the second moments of the layers' inputs and of the columns, (E33).
 """

@@ -245,6 +245,8 @@ def test_bad_arguments_are_named():
     mj.hessian_vector_product(params, x, y, (v[0], v[0], v[2]))
   with pytest.raises(mj.InputError, match="v: expected 3 layers"):
     mj.ggn_vector_product(params, x, y, v[:2])
+  with pytest.raises(mj.InputTypeError, match="v: expected a tuple of Dense"):
+    mj.ggn_vector_product(params, x, y, {"w": v[0].w})
   with pytest.raises(mj.InputError, match="samples"):
     mj.ggn_diagonal(params, x, y, key=0, samples=0)
   with pytest.raises(mj.InputTypeError, match="key"):

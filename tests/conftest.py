@@ -351,3 +351,20 @@ def weighted_gradient_scale(params, x, y, coef, penalty, **network):
   return tuple(Dense(w=jnp.einsum("m,mij->ij", coef, s.w) + abs(penalty) * jnp.abs(p.w),
                      b=jnp.einsum("m,mj->j", coef, s.b))
                for s, p in zip(per, params))
+
+
+
+def release_compiled_programs():
+  """Drops every compiled program JAX holds (`jax.clear_caches`) and collects the garbage."""
+  import gc
+  jax.clear_caches()
+  gc.collect()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs_per_file():
+  """Each test file's compiled programs are dropped when it ends: a worker that runs the whole
+  suite would otherwise keep every executable it ever built, several GB over the suite, which
+  with two workers has exhausted this 24 GB machine (XLA's compiler then crashes)."""
+  yield
+  release_compiled_programs()

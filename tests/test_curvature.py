@@ -11,7 +11,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import mlp_jax as mj
-from conftest import RTOL, assert_tree_close, call, network_batch
+from conftest import RTOL, assert_tree_close, call, network_batch, release_compiled_programs
 from mlp_jax.core import curvature
 from mlp_jax.core.network import make_network
 from mlp_jax.oracle import curvature as oracle
@@ -20,6 +20,19 @@ ACTIVATIONS = ["relu", "leaky_relu", "identity", "tanh", "logistic", "gelu", "ge
 OUTPUTS = list(mj.OUTPUTS)
 SMALL = (6, 5, 4, 3)  # two hidden layers: a smooth layer's curvature reaches the one below
 L2 = 0.3
+
+
+_RUN = [0]
+
+
+@pytest.fixture(autouse=True)
+def _bounded_compiled_programs():
+  """Every network here compiles its own programs and the oracles' (about 17 MB a test): drop
+  them every 20 tests, so the file's memory stays bounded."""
+  yield
+  _RUN[0] += 1
+  if _RUN[0] % 20 == 0:
+    release_compiled_programs()
 
 
 def _setup(sizes, m, dtype, output="softmax_cross_entropy", seed=0):

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from mlp_jax.core import eager, validation
+from mlp_jax.core.backprop import backprop_errors
 from mlp_jax.core.model import Dense, Params, affine, prng_key
 from mlp_jax.core.network import DEFAULT_OUTPUT, SOURCE, Network, make_network
 
@@ -61,13 +62,9 @@ def derivatives_of(net: Network, activations: Sequence[jax.Array],
 def column_errors(params: Params, derivatives: Sequence[jax.Array],
                   columns: jax.Array) -> Tuple[jax.Array, ...]:
   """(E29) Every column of errors at the logits, (C, m, K), carried down by (E10): per layer
-  the (C, m, d_l) columns Delta_l^c, each step one GEMM of C m rows."""
-  deltas = [columns]
-  for layer, slope in zip(params[:0:-1], derivatives[::-1]):
-    back = jnp.einsum("cmk,dk->cmd", deltas[-1], layer.w)
-    deltas.append(jnp.where(slope[None], back, jnp.zeros_like(back)) if slope.dtype == bool
-                  else back * slope[None])
-  return tuple(deltas[::-1])
+  the (C, m, d_l) columns Delta_l^c, each step one GEMM of C m rows (`backprop_errors` with
+  the derivatives broadcast over the columns)."""
+  return backprop_errors(params, (), columns, masks=tuple(d[None] for d in derivatives))
 
 
 def diagonal_from(params: Params, activations: Sequence[jax.Array],
